@@ -1,0 +1,83 @@
+"""The power-driver interface: the only thing the executor knows about BMCs.
+
+Two small abilities, as in bmclib's ``PowerStateGetter``/``PowerSetter``:
+read the power state, and send an action *without waiting* for the hardware.
+Vendor states and exceptions are mapped to these types at each driver's edge.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from powerq.states import Action, PowerState
+
+
+class BmcError(Exception):
+    """Base of every error a driver raises. ``transient`` says whether a retry may help."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, address: str = "", port: int = 0) -> None:
+        super().__init__(message)
+        self.address = address
+        self.port = port
+
+
+class BmcUnreachable(BmcError):
+    """The BMC did not answer in time (down, lossy link, overloaded). Transient."""
+
+    transient = True
+
+
+class BmcAuthError(BmcError):
+    """The BMC refused the credentials. Permanent until the credentials change."""
+
+
+class BmcCommandRejected(BmcError):
+    """The BMC answered but refused the command (completion code, unsupported). Permanent."""
+
+
+@dataclass(frozen=True)
+class BmcTarget:
+    """Where and how to reach one BMC. ``password`` is never shown in a repr."""
+
+    driver: str
+    address: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """Human-readable ``address:port`` for messages (never the credentials)."""
+        return f"{self.address}:{self.port}"
+
+
+class PowerDriver(abc.ABC):
+    """One BMC, as seen by the executor."""
+
+    @abc.abstractmethod
+    def get_power_state(self) -> PowerState:
+        """Read the machine's power state (ON or OFF).
+
+        :raises BmcUnreachable: no answer in time (transient).
+        :raises BmcAuthError: credentials refused (permanent).
+        :raises BmcCommandRejected: the BMC refused the request (permanent).
+        """
+
+    @abc.abstractmethod
+    def send_power_action(self, action: Action) -> None:
+        """Send ``action`` (on, off, soft_off, cycle, reset) and return at once.
+
+        Returns when the BMC has accepted the command, not when the hardware has
+        reached the new state: callers verify with :meth:`get_power_state`.
+
+        :raises BmcUnreachable: no answer in time (transient).
+        :raises BmcAuthError: credentials refused (permanent).
+        :raises BmcCommandRejected: the BMC refused the command (permanent).
+        :raises ValueError: ``action`` is ``query`` or otherwise not sendable.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
+        """Release any session held with the BMC."""

@@ -1,0 +1,142 @@
+"""powerq's power vocabulary and the pure rules that relate actions to states.
+
+Nothing here touches the database, the broker or a BMC: these are the
+table-driven rules every other module asks.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PowerState(enum.StrEnum):
+    """What a BMC reports (observed state)."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+class DesiredPowerState(enum.StrEnum):
+    """What users asked for (desired state). Never inferred from anything else."""
+
+    ON = "on"
+    OFF = "off"
+
+
+class Action(enum.StrEnum):
+    """A power action a user may request."""
+
+    ON = "on"
+    OFF = "off"
+    SOFT_OFF = "soft_off"
+    CYCLE = "cycle"
+    RESET = "reset"
+    QUERY = "query"
+
+
+class RequestStatus(enum.StrEnum):
+    """Lifecycle of a power request: pending -> running -> succeeded | failed,
+    or pending -> cancelled before any worker claimed it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+OUTSTANDING_STATUSES: frozenset[RequestStatus] = frozenset(
+    {RequestStatus.PENDING, RequestStatus.RUNNING}
+)
+FINISHED_STATUSES: frozenset[RequestStatus] = frozenset(
+    {RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED}
+)
+
+
+class Step(enum.StrEnum):
+    """The short steps one request is executed in (one task run each)."""
+
+    QUERY = "query"
+    SEND = "send"
+    CHECK = "check"
+
+
+class DriverKind(enum.StrEnum):
+    """How powerq talks to a node's BMC."""
+
+    IPMI = "ipmi"
+    REDFISH = "redfish"
+    SIM = "sim"
+
+
+# Actions that change power and therefore must never overlap on one machine.
+POWER_CHANGING_ACTIONS: frozenset[Action] = frozenset(
+    {Action.ON, Action.OFF, Action.SOFT_OFF, Action.CYCLE, Action.RESET}
+)
+
+# Actions sent at most once per request (resending would hit the machine twice).
+SEND_ONCE_ACTIONS: frozenset[Action] = frozenset({Action.CYCLE, Action.RESET})
+
+_DESIRED_AFTER: dict[Action, DesiredPowerState | None] = {
+    Action.ON: DesiredPowerState.ON,
+    Action.OFF: DesiredPowerState.OFF,
+    Action.SOFT_OFF: DesiredPowerState.OFF,
+    Action.CYCLE: DesiredPowerState.ON,
+    Action.RESET: DesiredPowerState.ON,
+    Action.QUERY: None,
+}
+
+_TARGET_OF: dict[Action, PowerState | None] = {
+    Action.ON: PowerState.ON,
+    Action.OFF: PowerState.OFF,
+    Action.SOFT_OFF: PowerState.OFF,
+    Action.CYCLE: PowerState.ON,
+    Action.RESET: PowerState.ON,
+    Action.QUERY: None,
+}
+
+DEFAULT_DEADLINE_S: dict[Action, float] = {
+    Action.ON: 120.0,
+    Action.OFF: 120.0,
+    Action.SOFT_OFF: 600.0,
+    Action.CYCLE: 120.0,
+    Action.RESET: 120.0,
+    Action.QUERY: 60.0,
+}
+
+
+def desired_after(action: Action) -> DesiredPowerState | None:
+    """The desired power state a request for ``action`` records, or None to leave it."""
+    return _DESIRED_AFTER[action]
+
+
+def target_state(action: Action) -> PowerState | None:
+    """The observed state that proves ``action`` succeeded (None: any answer does)."""
+    return _TARGET_OF[action]
+
+
+def needs_command(action: Action, observed: PowerState) -> bool:
+    """Whether ``action`` must be sent to a machine observed in ``observed``.
+
+    ``on``/``off``/``soft_off`` converge: nothing is sent when the machine is
+    already there (so "on" never hard-cycles a running machine). ``cycle`` and
+    ``reset`` always act; ``query`` never does.
+    """
+    if action is Action.QUERY:
+        return False
+    if action in SEND_ONCE_ACTIONS:
+        return True
+    return observed is not _TARGET_OF[action]
+
+
+def command_for(action: Action, observed: PowerState) -> Action:
+    """The command to send to carry out ``action`` on a machine observed ``observed``.
+
+    IPMI refuses a power cycle or hard reset of a machine that is off; powering
+    it on is the honest equivalent (the machine ends up freshly started either
+    way). Everything else is sent as asked.
+    """
+    if action in SEND_ONCE_ACTIONS and observed is PowerState.OFF:
+        return Action.ON
+    return action
