@@ -1,0 +1,75 @@
+"""Celery settings for powerq (read by ``powerq.tasks.app``).
+
+The numbers nest so that no message can be redelivered while its step may
+still be running, and no lease can outlive a step that was killed:
+
+    step hard time limit (30 s)  <  lease (POWERQ_LEASE_S, 60 s)
+        <  Redis visibility_timeout (300 s)
+
+* A step is a few milliseconds of database work plus one BMC call bounded by
+  the driver's own timeouts (a few seconds); 30 s is a hang guard that kills it.
+* The lease is how long a claim protects a running request from a second
+  claim; it is extended at each step and must outlast the hard limit.
+* The visibility timeout is when Redis hands an unacknowledged message to
+  another worker. Countdown (check backoff) tasks sit unacked in the worker and
+  count against it, so check countdowns stay short (at most 10 s). After a
+  worker is SIGKILLed, ``task_reject_on_worker_lost`` requeues its message at
+  once; after a broker loss, the sweeper re-dispatches from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Exchange, Queue
+
+from powerq.config import get_settings
+from powerq.tasks.routing import CONTROL_QUEUE, lane_queue
+
+_settings = get_settings()
+
+STEP_SOFT_TIME_LIMIT_S = 20
+STEP_TIME_LIMIT_S = 30
+VISIBILITY_TIMEOUT_S = 300
+assert STEP_TIME_LIMIT_S < _settings.lease_s < VISIBILITY_TIMEOUT_S, "see module docstring"
+
+broker_url = _settings.broker_url or os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 4
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_S,
+    "socket_connect_timeout": 3,
+}
+
+# Lanes: one queue per lane, each consumed by exactly one concurrency-1 worker.
+_default_exchange = Exchange("powerq", type="direct")
+task_queues = [
+    Queue(lane_queue(k), _default_exchange, routing_key=lane_queue(k))
+    for k in range(_settings.lanes)
+] + [Queue(CONTROL_QUEUE, _default_exchange, routing_key=CONTROL_QUEUE)]
+task_default_queue = CONTROL_QUEUE
+task_default_exchange = "powerq"
+task_default_routing_key = CONTROL_QUEUE
+task_create_missing_queues = False
+
+# Delivery: ack after the step ran; a SIGKILLed worker's message is requeued.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = STEP_SOFT_TIME_LIMIT_S
+task_time_limit = STEP_TIME_LIMIT_S
+task_ignore_result = True
+result_backend = None
+
+# Messages carry only ids: JSON, never pickle.
+task_serializer = "json"
+accept_content = ["json"]
+
+# Flower sees tasks only with these.
+worker_send_task_events = True
+task_send_sent_event = True
+
+worker_hijack_root_logger = False
+worker_max_memory_per_child = 200_000  # KiB: recycle a lane worker that leaks
+timezone = "UTC"
+enable_utc = True

@@ -1,0 +1,93 @@
+"""Settings from ``POWERQ_*`` environment variables, in one place (pydantic-settings).
+
+A malformed value stops the program with a message naming the variable, e.g.
+``POWERQ_LANES: Input should be a valid integer, unable to parse string as an
+integer (got 'eight')``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from powerq.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every tunable of powerq. Unset URLs mean "start embedded services"."""
+
+    model_config = SettingsConfigDict(env_prefix="POWERQ_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of PostgreSQL; unset: embedded PostgreSQL"
+    )
+    broker_url: str | None = Field(
+        default=None, description="Redis URL of the Celery broker; unset: embedded Redis"
+    )
+    lanes: int = Field(default=8, ge=1, le=1024, description="Number of lane queues")
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key for BMC passwords; unset: generated once into the data dir",
+    )
+    data_dir: Path = Field(
+        default=Path(".powerq"), description="Where embedded services and keys live"
+    )
+    api_url: str = Field(default="http://127.0.0.1:8000", description="API base URL (CLI)")
+    token: str | None = Field(default=None, description="API bearer token (CLI)")
+    enforce_desired: bool = Field(
+        default=False, description="Monitor files correcting requests on drift"
+    )
+    sweep_interval_s: float = Field(default=10.0, gt=0, description="Sweeper period")
+    monitor_interval_s: float = Field(default=60.0, gt=0, description="Monitor period")
+    fault_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failed requests that set power_fault"
+    )
+    lease_s: float = Field(default=60.0, gt=0, description="Lease a worker holds on a step")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest API body")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL (postgresql+psycopg://user@host/db)")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+socket://")):
+            raise ValueError("must be a Redis URL (redis://host:port/db)")
+        return value
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment.
+
+    :raises ConfigError: a ``POWERQ_*`` variable has a malformed value.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"POWERQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return load_settings()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise a PostgreSQL URL to the psycopg 3 dialect SQLAlchemy needs."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,97 @@
+"""Engine, session factory and declarative base (SQLAlchemy 2.x).
+
+Transactions are short by rule: open one with :func:`session_scope`, do the
+database work, leave. Never hold one across a BMC call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from powerq.config import get_settings, sqlalchemy_url
+from powerq.errors import ConfigError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a stable constraint naming convention (for Alembic)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (all timestamps are ``timestamptz``)."""
+    return datetime.now(UTC)
+
+
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One pooled engine per URL per process.
+
+    ``pool_pre_ping`` makes a connection that died with a PostgreSQL restart be
+    replaced transparently instead of failing the next request.
+    """
+    if url not in _engines:
+        _engines[url] = create_engine(
+            sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=10
+        )
+    return _engines[url]
+
+
+def get_engine() -> Engine:
+    """The engine for ``POWERQ_DATABASE_URL``.
+
+    :raises ConfigError: no database URL is configured (start services first).
+    """
+    url = get_settings().database_url
+    if not url:
+        raise ConfigError(
+            "POWERQ_DATABASE_URL is not set: run `powerq up`, or set it to a PostgreSQL URL"
+        )
+    return engine_for(url)
+
+
+def session_factory() -> sessionmaker[Session]:
+    """The session factory bound to the configured engine.
+
+    :raises ConfigError: no database URL is configured.
+    """
+    engine = get_engine()
+    url = str(engine.url)
+    if url not in _factories:
+        _factories[url] = sessionmaker(bind=engine, expire_on_commit=False)
+    return _factories[url]
+
+
+@contextlib.contextmanager
+def session_scope() -> Iterator[Session]:
+    """One short transaction: commits on success, rolls back on any exception.
+
+    :raises ConfigError: no database URL is configured.
+    """
+    with session_factory()() as session, session.begin():
+        yield session
+
+
+def reset_engines() -> None:
+    """Dispose and forget every engine (tests that switch databases, forked workers)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _factories.clear()

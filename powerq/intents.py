@@ -1,0 +1,229 @@
+"""Recording power intent: no Flask, no Celery, just the rules and the database.
+
+The serialisation of intent is the partial unique index
+``uq_power_requests_one_outstanding``: whichever transaction inserts first wins,
+every other one gets :class:`AlreadyOutstanding` and is then answered with the
+outstanding request (same action) or refused (:class:`ConflictingRequest`).
+Callers commit, and only then ring the node's lane.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from powerq.audit import record_event
+from powerq.db import utcnow
+from powerq.errors import AlreadyOutstanding, Conflict, ConflictingRequest, InvalidInput, NotFound
+from powerq.models import Node, PowerRequest
+from powerq.states import (
+    DEFAULT_DEADLINE_S,
+    OUTSTANDING_STATUSES,
+    Action,
+    RequestStatus,
+    desired_after,
+)
+
+OUTSTANDING_INDEX = "uq_power_requests_one_outstanding"
+MAX_DEADLINE_S = 24 * 3600.0
+# An insert can lose the race to a request that then finishes before we read
+# it; a few rounds settle that, the index still decides.
+_INSERT_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class PowerIntent:
+    """What :func:`request_power` did: created a request, or found the identical one."""
+
+    outcome: Literal["created", "existing"]
+    request: PowerRequest
+
+    @property
+    def created(self) -> bool:
+        """Whether a new request was written (and must be dispatched after commit)."""
+        return self.outcome == "created"
+
+
+def find_node(session: Session, name: str, *, lock: bool = False) -> Node:
+    """The node called ``name``.
+
+    :raises NotFound: no such node.
+    """
+    query = select(Node).where(Node.name == name)
+    if lock:
+        query = query.with_for_update()
+    node = session.scalars(query).one_or_none()
+    if node is None:
+        raise NotFound(f"no node named {name!r}")
+    return node
+
+
+def outstanding_request(session: Session, node_id: int) -> PowerRequest | None:
+    """The node's pending or running request, if any."""
+    return session.scalars(
+        select(PowerRequest).where(
+            PowerRequest.node_id == node_id,
+            PowerRequest.status.in_(OUTSTANDING_STATUSES),
+        )
+    ).one_or_none()
+
+
+def insert_outstanding(session: Session, request: PowerRequest) -> PowerRequest:
+    """Insert ``request`` as the node's one outstanding request, inside a savepoint.
+
+    :raises AlreadyOutstanding: the database already holds an outstanding
+        request for that node (the partial unique index refused the row).
+    """
+    try:
+        with session.begin_nested():
+            session.add(request)
+            session.flush()
+    except IntegrityError as exc:
+        if OUTSTANDING_INDEX not in str(exc.orig):
+            raise
+        raise AlreadyOutstanding(
+            "the node already has an outstanding power request", node_id=request.node_id
+        ) from None
+    return request
+
+
+def validate_deadline(action: Action, deadline_s: float | None) -> float:
+    """The request's deadline in seconds (the action's default when None).
+
+    :raises InvalidInput: not a positive number of at most a day.
+    """
+    if deadline_s is None:
+        return DEFAULT_DEADLINE_S[action]
+    if not 1.0 <= deadline_s <= MAX_DEADLINE_S:
+        raise InvalidInput(f"deadline_s must be between 1 and {MAX_DEADLINE_S:.0f} seconds")
+    return float(deadline_s)
+
+
+def request_power(
+    session: Session,
+    node: Node,
+    action: Action,
+    *,
+    actor: str,
+    deadline_s: float | None = None,
+    soft_fallback: bool = False,
+    batch_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    not_before: datetime | None = None,
+) -> PowerIntent:
+    """Record the intent to run ``action`` on ``node``, in the caller's transaction.
+
+    A new request sets ``desired_power_state`` (on/off/soft_off/cycle/reset;
+    ``query`` leaves it) and writes a ``requested`` event. An identical
+    outstanding request is returned as it is.
+
+    :raises ConflictingRequest: another action is outstanding on the node
+        (``extra["outstanding"]`` is that request; it is left untouched).
+    :raises InvalidInput: ``deadline_s`` is out of range, or ``soft_fallback``
+        was asked for an action other than soft_off.
+    """
+    deadline = validate_deadline(action, deadline_s)
+    if soft_fallback and action is not Action.SOFT_OFF:
+        raise InvalidInput("soft_fallback applies to soft_off only")
+    for _ in range(_INSERT_ROUNDS):
+        candidate = PowerRequest(
+            node_id=node.id,
+            action=action,
+            status=RequestStatus.PENDING,
+            deadline_s=deadline,
+            soft_fallback=soft_fallback,
+            requested_by=actor,
+            batch_id=batch_id,
+            idempotency_key=idempotency_key,
+            not_before=not_before,
+        )
+        try:
+            insert_outstanding(session, candidate)
+        except AlreadyOutstanding:
+            existing = outstanding_request(session, node.id)
+            if existing is None:
+                continue  # it finished between our insert and our read: try again
+            if existing.action is action:
+                return PowerIntent("existing", existing)
+            raise ConflictingRequest(
+                f"node {node.name!r} has an outstanding {existing.action.value!r} request "
+                f"({existing.status.value}); a {action.value!r} request cannot be accepted "
+                "until it finishes, and in-flight requests are never cancelled",
+                outstanding=existing,
+            ) from None
+        _record_intent(session, node, candidate, actor)
+        return PowerIntent("created", candidate)
+    raise Conflict(f"node {node.name!r} is too busy to accept a request now; try again")
+
+
+def _record_intent(session: Session, node: Node, request: PowerRequest, actor: str) -> None:
+    desired = desired_after(request.action)
+    if desired is not None and node.desired_power_state is not desired:
+        node.desired_power_state = desired
+        node.desired_power_state_at = utcnow()
+    record_event(
+        session,
+        node_id=node.id,
+        request_id=request.id,
+        kind="requested",
+        actor=actor,
+        message=f"{request.action.value} requested",
+        detail={"action": request.action.value, "desired_power_state": desired},
+    )
+
+
+def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> PowerRequest:
+    """Cancel a request that no worker has claimed yet.
+
+    Clears the node's desired state if this request set it, since the intent it
+    recorded was withdrawn.
+
+    :raises NotFound: no such request.
+    :raises Conflict: the request is already running or finished (a claimed
+        request is never cancelled: nobody could say whether it ran).
+    """
+    now = utcnow()
+    cancelled = session.execute(
+        update(PowerRequest)
+        .where(PowerRequest.id == request_id, PowerRequest.status == RequestStatus.PENDING)
+        .values(status=RequestStatus.CANCELLED, finished_at=now, error=f"cancelled by {actor}")
+        .returning(PowerRequest.id)
+    ).first()
+    request = session.get(PowerRequest, request_id, populate_existing=True)
+    if request is None:
+        raise NotFound(f"no power request {request_id}")
+    if cancelled is None:
+        raise Conflict(
+            f"request {request_id} is {request.status.value}; only a pending request "
+            "can be cancelled",
+            request=request,
+        )
+    _withdraw_desired(request.node, request)
+    record_event(
+        session,
+        node_id=request.node_id,
+        request_id=request.id,
+        kind="cancelled",
+        actor=actor,
+        message=f"{request.action.value} cancelled before any worker claimed it",
+    )
+    return request
+
+
+def _withdraw_desired(node: Node, request: PowerRequest) -> None:
+    """Clear the desired state a cancelled request had recorded (None: no preference)."""
+    desired = desired_after(request.action)
+    if desired is not None and node.desired_power_state is desired:
+        node.desired_power_state = None
+        node.desired_power_state_at = utcnow()
+
+
+def deadline_from(start: datetime, request: PowerRequest) -> datetime:
+    """When ``request`` must have finished if it starts at ``start``."""
+    return start + timedelta(seconds=request.deadline_s)

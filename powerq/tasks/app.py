@@ -1,0 +1,10 @@
+"""The Celery application (configured from the top-level ``celeryconfig``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+TASK_MODULES = ["powerq.tasks.steps", "powerq.tasks.sweeper", "powerq.tasks.monitor"]
+
+app = Celery("powerq", include=TASK_MODULES)
+app.config_from_object("celeryconfig")

@@ -1,0 +1,79 @@
+"""Ringing a node's lane: send ``powerq.step`` with the request id, after commit.
+
+Redis only carries wake-ups. If it is unreachable the intent is still durable
+in PostgreSQL and the sweeper dispatches it later, so a failed send is logged
+and reported (``False``), never raised to the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from kombu.exceptions import OperationalError
+from sqlalchemy import update
+
+from powerq.config import get_settings
+from powerq.db import session_scope, utcnow
+from powerq.models import PowerRequest
+from powerq.tasks.app import app
+from powerq.tasks.routing import lane_for, lane_queue
+
+log = logging.getLogger(__name__)
+
+STEP_TASK = "powerq.step"
+# One quick retry covers a dropped pooled connection; a broker that is down
+# stays down for longer than a user should wait for a 202.
+_PUBLISH_RETRY = {
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def send_step(request_id: uuid.UUID, node_name: str, *, countdown: float | None = None) -> None:
+    """Publish one ``powerq.step`` for ``request_id`` on ``node_name``'s lane.
+
+    :raises kombu.exceptions.OperationalError: the broker cannot be reached.
+    """
+    lane = lane_for(node_name, get_settings().lanes)
+    app.send_task(
+        STEP_TASK,
+        args=[str(request_id)],
+        queue=lane_queue(lane),
+        routing_key=lane_queue(lane),
+        countdown=countdown,
+        retry=True,
+        retry_policy=_PUBLISH_RETRY,
+    )
+
+
+def dispatch_request(request_id: uuid.UUID, node_name: str) -> bool:
+    """Wake the lane for a committed request and note when it was dispatched.
+
+    Returns False (and logs why) when the broker is unreachable; the sweeper
+    will dispatch the request later. Call only after the intent has committed.
+    """
+    try:
+        send_step(request_id, node_name)
+    except (OperationalError, OSError) as exc:
+        log.warning("broker unreachable, request %s left for the sweeper: %s", request_id, exc)
+        return False
+    mark_dispatched([request_id])
+    return True
+
+
+def mark_dispatched(request_ids: list[uuid.UUID]) -> None:
+    """Record that the requests were sent to their lanes (one short transaction)."""
+    if not request_ids:
+        return
+    with session_scope() as session:
+        session.execute(
+            update(PowerRequest)
+            .where(PowerRequest.id.in_(request_ids))
+            .values(
+                dispatched_at=utcnow(),
+                dispatch_count=PowerRequest.dispatch_count + 1,
+            )
+        )

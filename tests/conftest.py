@@ -1,0 +1,78 @@
+"""Suite-wide fixtures: a real PostgreSQL database and a real Redis for every test run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from tests import services as test_services
+
+_SERVICES: test_services.SuiteServices | None = None
+_DATA_DIR = Path(tempfile.mkdtemp(prefix="powerq-test-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start services and export their URLs before any powerq module reads settings,
+    so worker subprocesses started by tests inherit the same environment."""
+    global _SERVICES
+    _SERVICES = test_services.start(_DATA_DIR)
+    os.environ.update(
+        POWERQ_DATABASE_URL=_SERVICES.database_url,
+        POWERQ_BROKER_URL=_SERVICES.broker_url,
+        POWERQ_DATA_DIR=str(_DATA_DIR / "data"),
+        POWERQ_SECRET_KEY=Fernet.generate_key().decode(),
+    )
+    from powerq.migrate import upgrade
+
+    upgrade(_SERVICES.database_url)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the session's database and stop anything embedded."""
+    if _SERVICES is None:
+        return
+    from powerq.db import reset_engines
+    from powerq.services import stop_embedded
+
+    reset_engines()
+    test_services.drop_database(_SERVICES.admin_pg_url, _SERVICES.database_name)
+    stop_embedded(_SERVICES.handles)
+
+
+@pytest.fixture(scope="session")
+def services() -> test_services.SuiteServices:
+    """The PostgreSQL and Redis this run uses."""
+    assert _SERVICES is not None
+    return _SERVICES
+
+
+TABLES = "power_events, power_requests, batches, nodes, api_tokens, idempotent_responses"
+
+
+@pytest.fixture
+def db(services: test_services.SuiteServices) -> Iterator[None]:
+    """An empty schema and an empty broker for this test (truncate before, not after,
+    so a failing test leaves its rows to look at)."""
+    from powerq.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    redis.Redis.from_url(services.broker_url).flushdb()
+    yield
+
+
+@pytest.fixture
+def session(db: None) -> Iterator[Session]:
+    """A session for arranging and inspecting rows (commit explicitly)."""
+    from powerq.db import session_factory
+
+    with session_factory()() as s:
+        yield s
