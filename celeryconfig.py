@@ -73,3 +73,17 @@ worker_hijack_root_logger = False
 worker_max_memory_per_child = 200_000  # KiB: recycle a lane worker that leaks
 timezone = "UTC"
 enable_utc = True
+
+# Periodic jobs (run exactly one beat; both jobs are harmless if two do).
+beat_schedule = {
+    "powerq-sweep": {
+        "task": "powerq.sweep",
+        "schedule": _settings.sweep_interval_s,
+        "options": {"queue": CONTROL_QUEUE, "expires": _settings.sweep_interval_s},
+    },
+    "powerq-monitor": {
+        "task": "powerq.monitor",
+        "schedule": _settings.monitor_interval_s,
+        "options": {"queue": CONTROL_QUEUE, "expires": _settings.monitor_interval_s},
+    },
+}

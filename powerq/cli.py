@@ -9,3 +9,13 @@ import click
 @click.version_option(package_name="powerq")
 def main() -> None:
     """powerq: serialised, durable, verified power actions for bare-metal fleets."""
+
+
+def _register() -> None:
+    from powerq.tasks.cli import beat, worker
+
+    main.add_command(worker)
+    main.add_command(beat)
+
+
+_register()

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import MetaData, create_engine
+from sqlalchemy import MetaData, create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -77,6 +77,12 @@ def session_factory() -> sessionmaker[Session]:
     if url not in _factories:
         _factories[url] = sessionmaker(bind=engine, expire_on_commit=False)
     return _factories[url]
+
+
+def db_now(session: Session) -> datetime:
+    """PostgreSQL's clock (transaction time): leases and deadlines all use it."""
+    now: datetime = session.execute(select(func.now())).scalar_one()
+    return now
 
 
 @contextlib.contextmanager

@@ -161,6 +161,8 @@ class PowerRequest(Base):
     command_sent: Mapped[Action | None] = mapped_column(_pg_enum(Action, "power_action"))
     command_sent_at: Mapped[datetime | None] = mapped_column(TZ)
     fallback_sent_at: Mapped[datetime | None] = mapped_column(TZ)
+    # A cycle is verified by seeing the machine go off and back on (see tasks.verify).
+    transition_seen_at: Mapped[datetime | None] = mapped_column(TZ)
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     finished_at: Mapped[datetime | None] = mapped_column(TZ)
     observed_before: Mapped[PowerState | None] = mapped_column(_pg_enum(PowerState, "power_state"))

@@ -110,6 +110,7 @@ def upgrade() -> None:
     sa.Column('command_sent', ENUMS['power_action'], nullable=True),
     sa.Column('command_sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('fallback_sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('transition_seen_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('observed_before', ENUMS['power_state'], nullable=True),

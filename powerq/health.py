@@ -1,0 +1,76 @@
+"""A node's power health: failure count, ``last_error`` and ``power_fault``.
+
+A node that fails ``POWERQ_FAULT_THRESHOLD`` requests in a row is put in
+``power_fault`` with the reason; the next verified success clears it. Both
+functions work in the caller's transaction and write the audit events.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from powerq.audit import record_event
+from powerq.db import db_now
+from powerq.models import Node
+from powerq.states import Action
+
+
+def record_success(
+    session: Session, node: Node, *, request_id: uuid.UUID | None, action: Action, actor: str
+) -> None:
+    """A verified success: reset the failure count and clear any power fault."""
+    if node.power_fault:
+        record_event(
+            session,
+            node_id=node.id,
+            request_id=request_id,
+            kind="power_fault_cleared",
+            actor=actor,
+            message="a verified success cleared the power fault",
+        )
+    node.consecutive_failures = 0
+    node.power_fault = False
+    node.power_fault_reason = None
+    node.last_error = None
+    record_event(
+        session,
+        node_id=node.id,
+        request_id=request_id,
+        kind="succeeded",
+        actor=actor,
+        message=f"{action.value} verified",
+    )
+
+
+def record_failure(
+    session: Session,
+    node: Node,
+    *,
+    request_id: uuid.UUID | None,
+    error: str | None,
+    threshold: int,
+    actor: str,
+) -> None:
+    """A failed request: count it, keep the error, and raise a fault at ``threshold``."""
+    node.consecutive_failures += 1
+    node.last_error = error
+    record_event(
+        session, node_id=node.id, request_id=request_id, kind="failed", actor=actor, message=error
+    )
+    if node.consecutive_failures < threshold or node.power_fault:
+        return
+    node.power_fault = True
+    node.power_fault_reason = (
+        f"{node.consecutive_failures} consecutive failed power requests; last: {error}"
+    )
+    node.power_fault_at = db_now(session)
+    record_event(
+        session,
+        node_id=node.id,
+        request_id=request_id,
+        kind="power_fault",
+        actor=actor,
+        message=node.power_fault_reason,
+    )

@@ -1,0 +1,164 @@
+"""The sweeper: PostgreSQL brings back every request Redis may have dropped.
+
+Redis is only a doorbell (here it keeps nothing on disk), so after any outage
+(worker killed, broker flushed or restarted, link lost) the outstanding work is
+found in the database and its lane is rung again:
+
+* pending requests that are due and were never dispatched, or were dispatched
+  long enough ago that the message must be gone;
+* running requests whose lease expired a grace period ago (the chain of step
+  messages was lost; the next claim re-checks ``command_sent_at``, so nothing
+  is sent twice);
+* running requests past their deadline whose lease expired: failed, with a
+  message saying so.
+
+Every scan is an indexed query over outstanding rows only, in bounded batches,
+with ``FOR UPDATE SKIP LOCKED``, so two sweepers (two beats by mistake) split
+the work instead of doubling it. Messages are published after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from powerq.config import get_settings
+from powerq.db import db_now, session_scope
+from powerq.health import record_failure
+from powerq.models import Node, PowerRequest
+from powerq.states import RequestStatus
+from powerq.tasks.app import app
+from powerq.tasks.dispatch import send_step
+
+log = logging.getLogger(__name__)
+
+ACTOR = "sweeper"
+# A message may sit in a busy lane for a while; re-ringing sooner only adds
+# duplicates (harmless, fenced) and load.
+REDISPATCH_AFTER = timedelta(seconds=30)
+LEASE_GRACE = timedelta(seconds=10)
+BATCH_SIZE = 500
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    redispatched: list[uuid.UUID] = field(default_factory=list)
+    expired: list[uuid.UUID] = field(default_factory=list)
+    publish_failures: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Counts, for logs and the task result."""
+        return {
+            "redispatched": len(self.redispatched),
+            "expired": len(self.expired),
+            "publish_failures": self.publish_failures,
+        }
+
+
+@app.task(name="powerq.sweep", ignore_result=True)  # type: ignore[untyped-decorator]
+def sweep() -> dict[str, int]:
+    """Beat entry point: one sweep."""
+    report = sweep_once()
+    if report.redispatched or report.expired or report.publish_failures:
+        log.info("sweep: %s", report.as_dict())
+    return report.as_dict()
+
+
+def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
+    """Fail what is past its deadline, then re-dispatch what lost its message."""
+    report = SweepReport()
+    with session_scope() as session:
+        report.expired = _expire_overdue(session, batch_size)
+    with session_scope() as session:
+        due = _claim_redispatch(session, batch_size)
+    for request_id, node_name in due:
+        try:
+            send_step(request_id, node_name)
+            report.redispatched.append(request_id)
+        except Exception as exc:  # broker down: try again next sweep
+            report.publish_failures += 1
+            log.warning("sweeper could not dispatch %s: %s", request_id, exc)
+            break
+    return report
+
+
+def _needs_redispatch(now: datetime) -> Any:
+    stale_dispatch = or_(
+        PowerRequest.dispatched_at.is_(None),
+        PowerRequest.dispatched_at < now - REDISPATCH_AFTER,
+    )
+    pending_due = and_(
+        PowerRequest.status == RequestStatus.PENDING,
+        or_(PowerRequest.not_before.is_(None), PowerRequest.not_before <= now),
+    )
+    lease_lost = and_(
+        PowerRequest.status == RequestStatus.RUNNING,
+        PowerRequest.lease_expires_at < now - LEASE_GRACE,
+        or_(
+            PowerRequest.dispatched_at.is_(None),
+            PowerRequest.dispatched_at < now - LEASE_GRACE,
+        ),
+    )
+    return or_(and_(pending_due, stale_dispatch), lease_lost)
+
+
+def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str]]:
+    """Mark due requests dispatched now (locked, skipping rows others hold)."""
+    now = db_now(session)
+    rows = session.execute(
+        select(PowerRequest.id, Node.name)
+        .join(Node, Node.id == PowerRequest.node_id)
+        .where(PowerRequest.status.in_([RequestStatus.PENDING, RequestStatus.RUNNING]))
+        .where(_needs_redispatch(now))
+        .order_by(PowerRequest.created_at)
+        .limit(limit)
+        .with_for_update(of=PowerRequest, skip_locked=True)
+    ).all()
+    ids = [row[0] for row in rows]
+    if ids:
+        session.execute(
+            update(PowerRequest)
+            .where(PowerRequest.id.in_(ids))
+            .values(dispatched_at=now, dispatch_count=PowerRequest.dispatch_count + 1)
+        )
+    return [(row[0], row[1]) for row in rows]
+
+
+def _expire_overdue(session: Session, limit: int) -> list[uuid.UUID]:
+    """Fail running requests past their deadline that no worker holds."""
+    now = db_now(session)
+    overdue = session.scalars(
+        select(PowerRequest)
+        .where(
+            PowerRequest.status == RequestStatus.RUNNING,
+            PowerRequest.deadline_at < now,
+            PowerRequest.lease_expires_at < now - LEASE_GRACE,
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for request in overdue:
+        request.status = RequestStatus.FAILED
+        request.finished_at = now
+        request.lease_expires_at = None
+        request.error = (
+            f"{request.action.value} not verified by its deadline "
+            f"({request.deadline_s:.0f}s): no worker completed it in time"
+        )
+        record_failure(
+            session,
+            request.node,
+            request_id=request.id,
+            error=request.error,
+            threshold=get_settings().fault_threshold,
+            actor=ACTOR,
+        )
+    return [request.id for request in overdue]

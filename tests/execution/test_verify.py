@@ -1,0 +1,71 @@
+"""The check step's rules, table-driven (pure: no database, no BMC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from powerq.states import Action, PowerState
+from powerq.tasks.verify import CYCLE_SETTLE, Verdict, check_delay, check_verdict
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+LATER = T0 + timedelta(seconds=1)
+DEADLINE = T0 + timedelta(seconds=120)
+ON, OFF = PowerState.ON, PowerState.OFF
+
+
+@pytest.mark.parametrize(
+    ("action", "sent", "observed", "now", "seen", "fallback", "fallback_sent", "verdict"),
+    [
+        (Action.ON, Action.ON, ON, LATER, None, False, False, Verdict.VERIFIED),
+        (Action.ON, Action.ON, OFF, LATER, None, False, False, Verdict.WAIT),
+        (Action.ON, Action.ON, OFF, DEADLINE, None, False, False, Verdict.EXPIRED),
+        (Action.OFF, Action.OFF, OFF, LATER, None, False, False, Verdict.VERIFIED),
+        (Action.OFF, Action.OFF, ON, LATER, None, False, False, Verdict.WAIT),
+        # a cycle is not verified by "on" alone: the machine was on before it
+        (Action.CYCLE, Action.CYCLE, ON, LATER, None, False, False, Verdict.WAIT),
+        (Action.CYCLE, Action.CYCLE, OFF, LATER, None, False, False, Verdict.WAIT),
+        (Action.CYCLE, Action.CYCLE, ON, LATER, LATER, False, False, Verdict.VERIFIED),
+        (Action.CYCLE, Action.CYCLE, ON, T0 + CYCLE_SETTLE, None, False, False, Verdict.VERIFIED),
+        # cycle of a machine that was off is sent as "on": on verifies it
+        (Action.CYCLE, Action.ON, ON, LATER, None, False, False, Verdict.VERIFIED),
+        (Action.RESET, Action.RESET, ON, LATER, None, False, False, Verdict.VERIFIED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, LATER, None, True, False, Verdict.WAIT),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, None, True, False, Verdict.FALLBACK),
+        (Action.SOFT_OFF, Action.OFF, ON, DEADLINE, None, True, True, Verdict.EXPIRED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, None, False, False, Verdict.EXPIRED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, OFF, LATER, None, False, False, Verdict.VERIFIED),
+    ],
+)
+def test_check_verdict(
+    action: Action,
+    sent: Action,
+    observed: PowerState,
+    now: datetime,
+    seen: datetime | None,
+    fallback: bool,
+    fallback_sent: bool,
+    verdict: Verdict,
+) -> None:
+    assert (
+        check_verdict(
+            action,
+            sent,
+            observed,
+            now=now,
+            deadline_at=DEADLINE,
+            command_sent_at=T0,
+            transition_seen_at=seen,
+            soft_fallback=fallback,
+            fallback_sent=fallback_sent,
+        )
+        is verdict
+    )
+
+
+def test_check_delay_backs_off_and_is_capped() -> None:
+    delays = [check_delay(n) for n in range(8)]
+    assert delays == sorted(delays)
+    assert delays[0] == 0.5
+    assert max(delays) == 5.0
