@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from kombu import Exchange, Queue
+from kombu import Queue
 
 from powerq.config import get_settings
 from powerq.tasks.routing import CONTROL_QUEUE, lane_queue
@@ -42,14 +42,11 @@ broker_transport_options = {
 }
 
 # Lanes: one queue per lane, each consumed by exactly one concurrency-1 worker.
-_default_exchange = Exchange("powerq", type="direct")
-task_queues = [
-    Queue(lane_queue(k), _default_exchange, routing_key=lane_queue(k))
-    for k in range(_settings.lanes)
-] + [Queue(CONTROL_QUEUE, _default_exchange, routing_key=CONTROL_QUEUE)]
+# Celery publishes to a direct queue through Redis' anonymous exchange (the
+# message goes straight onto the list named after the queue), so no exchange
+# binding stored in Redis is needed: a FLUSHALL cannot make it route nowhere.
+task_queues = [Queue(lane_queue(k)) for k in range(_settings.lanes)] + [Queue(CONTROL_QUEUE)]
 task_default_queue = CONTROL_QUEUE
-task_default_exchange = "powerq"
-task_default_routing_key = CONTROL_QUEUE
 task_create_missing_queues = False
 
 # Delivery: ack after the step ran; a SIGKILLed worker's message is requeued.

@@ -29,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
         POWERQ_BROKER_URL=_SERVICES.broker_url,
         POWERQ_DATA_DIR=str(_DATA_DIR / "data"),
         POWERQ_SECRET_KEY=Fernet.generate_key().decode(),
+        # Two lanes: enough to show lane isolation and sharing on a 2-core machine.
+        POWERQ_LANES="2",
     )
     from powerq.migrate import upgrade
 
