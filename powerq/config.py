@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Consecutive failed requests that set power_fault"
     )
     lease_s: float = Field(default=60.0, gt=0, description="Lease a worker holds on a step")
+    redispatch_after_s: float = Field(
+        default=30.0, gt=0, description="Sweeper re-rings a dispatched, unclaimed request after"
+    )
+    fault_recheck_s: float = Field(
+        default=300.0, gt=0, description="Monitor re-checks a node in power_fault this often"
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest API body")
 
     @field_validator("database_url")

@@ -50,6 +50,15 @@ class Stack:
         if wait:
             self.wait_worker(lane)
 
+    def start_scheduler(self) -> None:
+        """The control worker (sweeper, monitor jobs) and beat."""
+        self.processes.python("control", "powerq.cli", "worker", "--control")
+        self.start_beat()
+
+    def start_beat(self) -> None:
+        """Start (or restart) celery beat."""
+        self.processes.python("beat", "powerq.cli", "beat")
+
     def wait_worker(self, lane: int, timeout: float = 60.0) -> None:
         """Block until lane ``lane``'s worker answers a broadcast ping.
 

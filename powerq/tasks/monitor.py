@@ -38,7 +38,6 @@ from powerq.tasks.routing import lane_for, lane_queue
 log = logging.getLogger(__name__)
 
 ACTOR = "monitor"
-FAULT_RECHECK = timedelta(seconds=300)
 BATCH_SIZE = 1000
 
 
@@ -59,6 +58,7 @@ def due_for_refresh(interval_s: float, limit: int = BATCH_SIZE) -> list[tuple[in
     Their ``last_checked_at`` is bumped at once so the next monitor run does not
     pick them again while their refresh waits in the lane.
     """
+    fault_recheck = timedelta(seconds=get_settings().fault_recheck_s)
     with session_scope() as session:
         now = db_now(session)
         busy = exists().where(
@@ -67,7 +67,7 @@ def due_for_refresh(interval_s: float, limit: int = BATCH_SIZE) -> list[tuple[in
         stale = or_(
             Node.last_checked_at.is_(None),
             and_(~Node.power_fault, Node.last_checked_at < now - timedelta(seconds=interval_s)),
-            and_(Node.power_fault, Node.last_checked_at < now - FAULT_RECHECK),
+            and_(Node.power_fault, Node.last_checked_at < now - fault_recheck),
         )
         rows = session.execute(
             select(Node.id, Node.name)

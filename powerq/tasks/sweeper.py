@@ -39,9 +39,6 @@ from powerq.tasks.dispatch import send_step
 log = logging.getLogger(__name__)
 
 ACTOR = "sweeper"
-# A message may sit in a busy lane for a while; re-ringing sooner only adds
-# duplicates (harmless, fenced) and load.
-REDISPATCH_AFTER = timedelta(seconds=30)
 LEASE_GRACE = timedelta(seconds=10)
 BATCH_SIZE = 500
 
@@ -91,9 +88,12 @@ def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
 
 
 def _needs_redispatch(now: datetime) -> Any:
+    # A message may sit in a busy lane for a while; re-ringing sooner than
+    # POWERQ_REDISPATCH_AFTER_S only adds duplicates (harmless, fenced) and load.
+    redispatch_after = timedelta(seconds=get_settings().redispatch_after_s)
     stale_dispatch = or_(
         PowerRequest.dispatched_at.is_(None),
-        PowerRequest.dispatched_at < now - REDISPATCH_AFTER,
+        PowerRequest.dispatched_at < now - redispatch_after,
     )
     pending_due = and_(
         PowerRequest.status == RequestStatus.PENDING,
