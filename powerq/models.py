@@ -154,8 +154,11 @@ class PowerRequest(Base):
     deadline_s: Mapped[float] = mapped_column(Float)
     deadline_at: Mapped[datetime | None] = mapped_column(TZ)
     soft_fallback: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # Earliest time the request may be dispatched (batch stagger / max_in_flight).
+    # Earliest time the request may be dispatched (batch stagger).
     not_before: Mapped[datetime | None] = mapped_column(TZ)
+    # Held back by its batch (max_in_flight): neither dispatched nor claimable
+    # until the batch pump releases it. Still outstanding for its node.
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     dispatched_at: Mapped[datetime | None] = mapped_column(TZ)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     command_sent: Mapped[Action | None] = mapped_column(_pg_enum(Action, "power_action"))
@@ -176,7 +179,7 @@ class PowerRequest(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now(), onupdate=func.now())
 
-    node: Mapped[Node] = relationship(back_populates="requests", lazy="joined")
+    node: Mapped[Node] = relationship(back_populates="requests", lazy="joined", innerjoin=True)
 
     __table_args__ = (
         Index(

@@ -122,8 +122,15 @@ class Stack:
             if all(r.status in FINISHED_STATUSES for r in rows.values()):
                 return rows
             if time.monotonic() > deadline:
-                waiting = [r for r in rows.values() if r.status not in FINISHED_STATUSES]
-                raise TimeoutError(f"{len(waiting)} requests still outstanding: {waiting[:5]}")
+                waiting = [
+                    (r, r.dispatched_at, r.dispatch_count, r.lease_expires_at, r.next_step)
+                    for r in rows.values()
+                    if r.status not in FINISHED_STATUSES
+                ]
+                raise TimeoutError(
+                    f"{len(waiting)} requests still outstanding: {waiting[:5]}; "
+                    f"worker logs in {self.processes.log_dir}"
+                )
             time.sleep(0.2)
 
     @staticmethod

@@ -91,6 +91,7 @@ def _claim_statement(request_id: uuid.UUID, now: datetime, lease_s: float) -> An
     claimable = or_(
         and_(
             PowerRequest.status == RequestStatus.PENDING,
+            ~PowerRequest.held,
             or_(PowerRequest.not_before.is_(None), PowerRequest.not_before <= now),
         ),
         and_(

@@ -97,6 +97,7 @@ def _needs_redispatch(now: datetime) -> Any:
     )
     pending_due = and_(
         PowerRequest.status == RequestStatus.PENDING,
+        ~PowerRequest.held,
         or_(PowerRequest.not_before.is_(None), PowerRequest.not_before <= now),
     )
     lease_lost = and_(
@@ -143,7 +144,7 @@ def _expire_overdue(session: Session, limit: int) -> list[uuid.UUID]:
             PowerRequest.lease_expires_at < now - LEASE_GRACE,
         )
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=PowerRequest, skip_locked=True)
     ).all()
     for request in overdue:
         request.status = RequestStatus.FAILED

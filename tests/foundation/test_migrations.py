@@ -45,3 +45,17 @@ def test_up_down_up_on_an_empty_database(services: SuiteServices) -> None:
         assert _tables(url) >= TABLES
     finally:
         drop_database(services.admin_pg_url, name)
+
+
+def test_models_and_migrations_agree(services: SuiteServices) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from powerq.db import Base
+
+    engine = create_engine(services.database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == [], "models changed without a migration"

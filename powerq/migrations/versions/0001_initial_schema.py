@@ -105,6 +105,7 @@ def upgrade() -> None:
     sa.Column('deadline_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('soft_fallback', sa.Boolean(), server_default=sa.text('false'), nullable=False),
     sa.Column('not_before', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('held', sa.Boolean(), server_default=sa.text('false'), nullable=False),
     sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('dispatch_count', sa.Integer(), server_default='0', nullable=False),
     sa.Column('command_sent', ENUMS['power_action'], nullable=True),
