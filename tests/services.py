@@ -18,7 +18,9 @@ import psycopg
 
 SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYSTEM_REDIS = ("127.0.0.1", 6379)
-TEST_REDIS_DB = 9
+# Concurrent test sessions on one machine each flush "their" Redis database:
+# spread them over databases 1-15 so one session does not eat the other's messages.
+TEST_REDIS_DB = 1 + os.getpid() % 15
 
 
 @dataclass
