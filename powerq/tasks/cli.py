@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from powerq.config import get_settings
+from powerq.tasks.restart import run_supervised
 from powerq.tasks.routing import CONTROL_QUEUE, lane_queue
 
 
@@ -40,18 +42,26 @@ def worker_argv(lane: int | None, loglevel: str) -> list[str]:
 @click.option("--lane", type=int, help="Lane number to consume (0 … POWERQ_LANES-1).")
 @click.option("--control", is_flag=True, help="Consume the control queue (sweeper, monitor).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(lane: int | None, control: bool, loglevel: str) -> None:
+@click.option(
+    "--supervise/--no-supervise",
+    default=True,
+    show_default=True,
+    help="Restart the Celery worker if it dies (e.g. after losing Redis).",
+)
+def worker(lane: int | None, control: bool, loglevel: str, supervise: bool) -> None:
     """Run one single-concurrency worker for a lane, or the control worker."""
     if (lane is None) == (not control):
         raise click.UsageError("give exactly one of --lane K or --control")
     lanes = get_settings().lanes
     if lane is not None and not 0 <= lane < lanes:
-        raise click.BadParameter(
-            f"must be 0 … {lanes - 1} (POWERQ_LANES={lanes})", param_hint="--lane"
-        )
+        message = f"must be 0 … {lanes - 1} (POWERQ_LANES={lanes})"
+        raise click.BadParameter(message, param_hint="--lane")
+    argv = worker_argv(None if control else lane, loglevel)
+    if supervise:
+        sys.exit(run_supervised([sys.executable, "-m", "celery", "-A", "powerq.tasks", *argv]))
     from powerq.tasks.app import app
 
-    app.worker_main(worker_argv(None if control else lane, loglevel))
+    app.worker_main(argv)
 
 
 @click.command("beat")
