@@ -1,0 +1,136 @@
+"""WORKAROUNDS FOR PYGHMI 1.6.x CLIENT BUGS — the one place powerq touches pyghmi internals.
+
+Each was reproduced against the simulated fleet (see tests/bmc/test_pyghmi_pitfalls.py):
+
+1. **IO thread deaf after a blocking recv** (``_io_recvfrom``). Caller threads
+   put the shared UDP socket in *blocking* mode to send (``_io_sendto``), the
+   IO thread puts it back in non-blocking mode and then reads until EAGAIN.
+   When a send lands between those two steps, the IO thread's final
+   ``recvfrom`` blocks until another datagram reaches *that* socket; with a
+   down BMC on it that may be never, and then every session in the process
+   stops hearing replies (reproduced: a 32-thread run with 10 % of BMCs down
+   hung for good, IO thread parked in ``recvfrom``). Fix: receive with
+   ``MSG_DONTWAIT`` so the socket's mode no longer matters.
+
+2. **Lost wake-ups** (``_io_wait``). A waiter registers with the IO thread
+   only *after* sending; when the reply is read (or processed by another
+   thread's ``wait_for_rsp``) in between, nobody wakes the waiter until its
+   deadline: the randomised retry timer for a command (the ~1 % 0.5-1 s
+   stalls, reproduced at 1.3 % of calls with 32 threads) or the next
+   keep-alive for a login (~23 s stalls of concurrent logins, reproduced).
+   Fix: after registering, return at once if a reply is already queued, and
+   never sleep longer than :data:`POLL_CAP` without re-checking.
+
+3. **Unbounded retry budget.** After login pyghmi allows ~9 s of retries and
+   then a silent re-login with ~20 s more before a command fails.
+   :func:`bound_session` caps it (see :data:`COMMAND_MAX_TIMEOUT`): a dead BMC
+   now fails a command in 4.5-6 s; the driver re-logs in on the next call.
+
+Also relied on, not patched: credentials are passed as ``bytes`` (pyghmi's
+session cache compares the encoded bytes; ``str`` credentials make a second
+``Command`` to a BMC with an open session wait forever), and one ``Command``
+per BMC is reused under a per-BMC lock (:mod:`powerq.bmc.ipmi_sessions`).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pyghmi.ipmi.private import session as _session
+
+PYGHMI_SERIES = "1.6."
+POLL_CAP = 0.05  # seconds a pyghmi waiter may sleep before re-checking its condition
+COMMAND_MAX_TIMEOUT = 3  # pyghmi retries a command until its retry timer would exceed this
+
+ORIGINALS: dict[str, Callable[..., Any]] = {}
+_apply_lock = threading.Lock()
+
+
+def apply() -> None:
+    """Install the workarounds into pyghmi's session module (idempotent, thread-safe).
+
+    :raises RuntimeError: the installed pyghmi is not the 1.6 series these fix.
+    """
+    with _apply_lock:
+        if ORIGINALS:
+            return
+        _check_version()
+        ORIGINALS["_io_recvfrom"] = _session._io_recvfrom
+        ORIGINALS["_io_wait"] = _session._io_wait
+        _session._io_recvfrom = recvfrom_never_blocks
+        _session._io_wait = io_wait_bounded
+
+
+def applied() -> bool:
+    """Whether :func:`apply` has run in this process."""
+    return bool(ORIGINALS)
+
+
+def bound_session(ipmi_session: Any) -> None:
+    """Cap a logged-in pyghmi session's retries (workaround 3).
+
+    No silent re-login (``logontries = 0``): a command that gets no answer fails
+    after three transmissions, and the session is marked broken.
+    """
+    ipmi_session.maxtimeout = COMMAND_MAX_TIMEOUT
+    ipmi_session.logontries = 0
+
+
+def recvfrom_never_blocks(mysocket: socket.socket, size: int) -> tuple[bytes, Any] | None:
+    """Replacement for ``session._io_recvfrom``: one datagram, or None when none is queued."""
+    try:
+        return mysocket.recvfrom(size, socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+
+
+def io_wait_bounded(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
+    """Replacement for ``session._io_wait`` that cannot lose a wake-up for long.
+
+    Registers with the IO thread exactly like the original, then returns at
+    once if the awaited packets are already queued, else sleeps at most
+    :data:`POLL_CAP` (callers loop and re-check their own condition).
+    """
+    evt = threading.Event()
+    if evq is not None:
+        evq.append(evt)
+    deadline = timeout + _session._monotonic_time()
+    _session.ioqueue.append((deadline, evt, myaddr))
+    if evq is None and _already_queued(myaddr):
+        return
+    if deadline < _session.selectdeadline:
+        _wake_io_thread()
+    evt.wait(max(0.0, min(timeout, POLL_CAP)))
+
+
+def _already_queued(myaddr: Any) -> bool:
+    """Whether packets the caller waits for were read before it registered.
+
+    A directed waiter is a session in ``awaitresponse``, which drains its own
+    queue when we return; idle sessions' stray packets are not its business
+    (returning for them would only make it spin).
+    """
+    if myaddr is None:
+        return bool(_session.sessionqueue)
+    handlers = _session.Session.bmc_handlers.get(myaddr) or {}
+    return any(s.pktqueue and s.awaitingresponse for s in list(handlers.values()))
+
+
+def _wake_io_thread() -> None:
+    """Break the IO thread out of select(), as the original ``_io_wait`` does."""
+    intsock = _session.iosockets[0]
+    intsock.sendto(b"\x01", (_session.myself, intsock.getsockname()[1]))
+
+
+def _check_version() -> None:
+    from importlib.metadata import version
+
+    installed = version("pyghmi")
+    if not installed.startswith(PYGHMI_SERIES):
+        raise RuntimeError(
+            f"pyghmi {installed} installed; powerq's workarounds target "
+            f"{PYGHMI_SERIES}x (see powerq/bmc/pyghmi_patches.py)"
+        )

@@ -1,0 +1,59 @@
+"""pyghmi's failures, translated into powerq's three BMC exceptions (table-driven)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyghmi.exceptions import IpmiException
+
+from powerq.bmc import ipmi_errors
+from powerq.bmc.base import (
+    BmcAuthError,
+    BmcCommandRejected,
+    BmcError,
+    BmcTarget,
+    BmcUnreachable,
+)
+
+pytestmark = pytest.mark.ipmi
+TARGET = BmcTarget("ipmi", "127.0.0.9", 6230, "operator", "s3cret-value")
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("Incorrect password provided", BmcAuthError),
+        ("Unauthorized name in RAKP2", BmcAuthError),
+        ("Invalid RAKP4 integrity code (wrong Kg?)", BmcAuthError),
+        ("Insufficient privilege level while requesting privelege level 4 for b'x'", BmcAuthError),
+        ("None", BmcUnreachable),  # pyghmi's login timeout
+        ("Session no longer connected", BmcUnreachable),
+        ("Unable to transmit to specified address", BmcUnreachable),
+    ],
+)
+def test_exceptions(message: str, error: type[BmcError]) -> None:
+    mapped = ipmi_errors.from_exception(IpmiException(message), TARGET, "login")
+    assert type(mapped) is error
+    assert "127.0.0.9:6230" in str(mapped) and "login" in str(mapped)
+    assert TARGET.password not in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        ({"code": 0, "data": b"\x01"}, None),
+        (None, BmcUnreachable),
+        ({"code": 0xFFFF, "error": "timeout"}, BmcUnreachable),
+        ({"code": 0xC0, "error": "Node busy"}, BmcUnreachable),
+        ({"code": 0xD5, "error": "Command not supported in present state"}, BmcCommandRejected),
+        ({"code": 0xC1, "error": "Invalid command"}, BmcCommandRejected),
+        ({"code": 0xD4, "error": "Insufficient privilege level"}, BmcCommandRejected),
+    ],
+)
+def test_responses(response: dict[str, Any] | None, error: type[BmcError] | None) -> None:
+    mapped = ipmi_errors.from_response(response, TARGET, "chassis control")
+    assert (type(mapped) if mapped is not None else None) is error
+    if mapped is not None:
+        assert (mapped.address, mapped.port) == ("127.0.0.9", 6230)
+        assert mapped.transient is (error is BmcUnreachable)
