@@ -114,7 +114,8 @@ def test_a_down_bmc_fails_unreachable_then_faults_then_recovers(live: Stack) -> 
     (name,) = live.register_fleet(1)
     live.fleet.control.set_fault(name, "down")
     for _ in range(3):
-        (request,) = live.wait_finished([live.submit(name, Action.OFF)], timeout=180).values()
+        request_id = live.submit(name, Action.OFF, deadline_s=10)
+        (request,) = live.wait_finished([request_id], timeout=180).values()
         assert request.status is RequestStatus.FAILED
         assert "unreachable" in (request.error or "").lower()
     node = live.node(name)

@@ -1,0 +1,1 @@
+"""powerq benchmarks: ``python -m bench all`` (see BENCHMARKS.md). Not imported by powerq."""
