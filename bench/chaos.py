@@ -58,6 +58,7 @@ class Verdict:
     repeated: int
     stuck: int
     statuses: dict[str, int] = field(default_factory=dict)
+    overlap_details: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -84,6 +85,8 @@ def main() -> int:
     print(
         f"statuses={verdict.statuses} faults={verdict.faults} seconds={verdict.seconds:.0f}"
     )
+    for detail in verdict.overlap_details:
+        print(f"overlap on {detail['bmc']}: {detail['entries']}")
     print(verdict.line())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "chaos.json").write_text(json.dumps(verdict.__dict__, indent=2) + "\n")
@@ -175,7 +178,9 @@ class Chaos:
             options: dict[str, Any] = {"deadline_s": 60}
             if action is Action.SOFT_OFF:
                 options["soft_fallback"] = True
-                options["deadline_s"] = 5
+                # Longer than the sim's ACPI shutdown (5 s): the hard-off fallback
+                # is for an OS that ignores the request, not one still obeying it.
+                options["deadline_s"] = 10
             try:
                 self.submitted.append(self.stack.submit(name, action, **options))
             except PowerqError:
@@ -244,6 +249,7 @@ class Chaos:
             requests=len(rows),
             lost=len(outstanding),
             overlaps=int(fleet.control.overlaps()["total"]),
+            overlap_details=_overlap_details(fleet),
             repeated=_repeated(fleet, rows),
             stuck=len(stuck),
             statuses=dict(statuses),
@@ -324,6 +330,17 @@ def _requests(ids: list[uuid.UUID]) -> list[dict[str, Any]]:
             }
             for request, name in rows
         ]
+
+
+def _overlap_details(fleet: Any) -> list[dict[str, Any]]:
+    """The log entries around each overlap, to say what collided."""
+    details = []
+    for name in fleet.control.overlaps()["per_bmc"]:
+        log = fleet.control.log(name)
+        for i, entry in enumerate(log):
+            if entry["overlapped"]:
+                details.append({"bmc": name, "entries": log[max(0, i - 6) : i + 1]})
+    return details
 
 
 def _repeated(fleet: Any, rows: list[dict[str, Any]]) -> int:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from celery import Celery
 
-TASK_MODULES = ["powerq.tasks.steps", "powerq.tasks.sweeper", "powerq.tasks.monitor"]
+TASK_MODULES = [
+    "powerq.tasks.steps",
+    "powerq.tasks.sweeper",
+    "powerq.tasks.monitor",
+    "powerq.tasks.batch_pump",
+]
 
 app = Celery("powerq", include=TASK_MODULES)
 app.config_from_object("celeryconfig")

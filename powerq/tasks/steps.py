@@ -32,7 +32,7 @@ from powerq.states import (
     command_for,
     needs_command,
 )
-from powerq.tasks import leases, verify
+from powerq.tasks import batch_pump, leases, verify
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
 from powerq.tasks.leases import Claim
@@ -114,6 +114,7 @@ def run_request(request_id: uuid.UUID) -> None:
                 observed=outcome.observed,
                 fault_threshold=settings.fault_threshold,
             )
+            batch_pump.ring(c.request_id)  # a batch waiting on this request may go on
             return
         advanced = leases.advance(
             c, delay_s=outcome.delay_s, next_step=outcome.step, **outcome.values
@@ -138,12 +139,11 @@ def _schedule(c: Claim, delay_s: float) -> None:
 def perform(c: Claim, driver: PowerDriver) -> Outcome:
     """Run the claim's next step against the BMC and say what follows."""
     step_to_run = c.next_step
-    if (
-        c.action in SEND_ONCE_ACTIONS
-        and c.command_sent_at is not None
-        and step_to_run != Step.CHECK
-    ):
-        step_to_run = Step.CHECK  # sent once already (maybe by a crashed attempt): only check
+    if c.command_sent_at is not None and step_to_run is not Step.CHECK:
+        # Sent already, maybe by an attempt that crashed before it could record
+        # the next step: check. A cycle/reset is never sent again; an on/off
+        # is re-sent by the check only if it shows no effect (verify.should_resend).
+        step_to_run = Step.CHECK
     try:
         if step_to_run is Step.QUERY:
             return _query(c, driver)
@@ -179,6 +179,14 @@ def _send(c: Claim, driver: PowerDriver) -> Outcome:
     return Next(Step.CHECK, verify.check_delay(0), {"checks": 0, "transient_errors": 0})
 
 
+def _resend(c: Claim, driver: PowerDriver) -> Outcome:
+    """Send an on/off again that showed no effect (its packet may have been lost)."""
+    if leases.mark_command_sent(c, c.command_sent or c.action) is None:
+        return Fenced()
+    driver.send_power_action(c.command_sent or c.action)
+    return Next(Step.CHECK, verify.check_delay(0), {"checks": 0, "transient_errors": 0})
+
+
 def _send_fallback(c: Claim, driver: PowerDriver, now: datetime) -> Outcome:
     """soft_off ran out of time and a fallback was asked for: send a hard off once."""
     if leases.mark_command_sent(c, Action.OFF, fallback=True) is None:
@@ -208,6 +216,10 @@ def _check(c: Claim, driver: PowerDriver) -> Outcome:
         return Done(RequestStatus.SUCCEEDED, observed=state)
     if verdict is verify.Verdict.FALLBACK:
         return _send_fallback(c, driver, read_at)
+    if verdict is verify.Verdict.WAIT and verify.should_resend(
+        c.action, state, c.observed_before, c.command_sent_at, read_at
+    ):
+        return _resend(c, driver)
     if verdict is verify.Verdict.EXPIRED:
         deadline_s = (c.deadline_at - c.started_at).total_seconds()
         return Done(
@@ -239,7 +251,9 @@ def _bmc_error(c: Claim, step_run: Step, exc: Exception) -> Outcome:
             RequestStatus.FAILED,
             error=f"BMC unreachable after {errors} attempts: {exc}",
         )
-    retry_step = Step.QUERY if step_run is Step.SEND else step_run
+    # A send that got no answer may still have reached the BMC: check (and let
+    # should_resend decide) rather than query and send straight away.
+    retry_step = Step.CHECK if step_run is Step.SEND else step_run
     return Next(retry_step, verify.retry_delay(errors), {"transient_errors": errors})
 
 

@@ -33,6 +33,7 @@ from powerq.db import db_now, session_scope
 from powerq.health import record_failure
 from powerq.models import Node, PowerRequest
 from powerq.states import RequestStatus
+from powerq.tasks import batch_pump
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
 
@@ -74,6 +75,7 @@ def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
     report = SweepReport()
     with session_scope() as session:
         report.expired = _expire_overdue(session, batch_size)
+    batch_pump.pump_in_sweep()  # release held batch requests (survives restarts)
     with session_scope() as session:
         due = _claim_redispatch(session, batch_size)
     for request_id, node_name in due:

@@ -18,6 +18,11 @@ from powerq.states import Action, PowerState, target_state
 # poll, so after this long with the command accepted and the machine on, the
 # cycle counts as done.
 CYCLE_SETTLE = timedelta(seconds=5)
+# An on/off command whose effect has not begun after this long is taken as
+# lost (a dropped packet, a BMC that forgot it) and sent again. Converging
+# commands are safe to repeat; waiting this long first keeps a repeat from
+# landing on a transition that is merely slow.
+RESEND_AFTER = timedelta(seconds=20)
 FIRST_CHECK_DELAY_S = 0.5
 MAX_CHECK_DELAY_S = 5.0
 MAX_RETRY_DELAY_S = 10.0
@@ -68,6 +73,20 @@ def _reached(
         return True
     settled = command_sent_at is not None and now - command_sent_at >= CYCLE_SETTLE
     return transition_seen_at is not None or settled
+
+
+def should_resend(
+    action: Action,
+    observed: PowerState,
+    observed_before: PowerState | None,
+    command_sent_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Whether an ``on``/``off`` command seems lost: no progress ``RESEND_AFTER`` after it."""
+    if action not in (Action.ON, Action.OFF) or command_sent_at is None:
+        return False
+    no_progress = observed is (observed_before or observed)
+    return no_progress and now - command_sent_at >= RESEND_AFTER
 
 
 def is_transition(command_sent: Action | None, observed: PowerState) -> bool:

@@ -69,3 +69,24 @@ def test_check_delay_backs_off_and_is_capped() -> None:
     assert delays == sorted(delays)
     assert delays[0] == 0.5
     assert max(delays) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("action", "observed", "before", "elapsed_s", "resend"),
+    [
+        (Action.OFF, ON, ON, 25, True),  # no effect after 20 s: the command was lost
+        (Action.OFF, ON, ON, 5, False),  # maybe just a slow transition: wait
+        (Action.ON, OFF, OFF, 25, True),
+        (Action.ON, ON, OFF, 25, False),  # reached (the verdict handles it)
+        (Action.CYCLE, ON, ON, 60, False),  # never resend a cycle
+        (Action.RESET, ON, ON, 60, False),
+        (Action.SOFT_OFF, ON, ON, 60, False),  # soft_off has its own fallback
+    ],
+)
+def test_should_resend(
+    action: Action, observed: PowerState, before: PowerState, elapsed_s: float, resend: bool
+) -> None:
+    from powerq.tasks.verify import should_resend
+
+    now = T0 + timedelta(seconds=elapsed_s)
+    assert should_resend(action, observed, before, T0, now) is resend
