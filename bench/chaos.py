@@ -58,6 +58,7 @@ class Verdict:
     repeated: int
     stuck: int
     statuses: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
     overlap_details: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -85,6 +86,8 @@ def main() -> int:
     print(
         f"statuses={verdict.statuses} faults={verdict.faults} seconds={verdict.seconds:.0f}"
     )
+    for error, count in verdict.errors.items():
+        print(f"  {count:4d} x {error}")
     for detail in verdict.overlap_details:
         print(f"overlap on {detail['bmc']}: {detail['entries']}")
     print(verdict.line())
@@ -253,6 +256,7 @@ class Chaos:
             repeated=_repeated(fleet, rows),
             stuck=len(stuck),
             statuses=dict(statuses),
+            errors=dict(Counter(r["error"] for r in rows if r["error"]).most_common(8)),
             faults=dict(self.faults),
         )
 
@@ -325,6 +329,7 @@ def _requests(ids: list[uuid.UUID]) -> list[dict[str, Any]]:
                 "action": request.action.value,
                 "node": name,
                 "sent": request.command_sent_at is not None,
+                "error": (request.error or "")[:90],
                 "overdue": request.deadline_at is not None
                 and (now - request.deadline_at).total_seconds() > grace,
             }

@@ -9,8 +9,9 @@ found in the database and its lane is rung again:
 * running requests whose lease expired a grace period ago (the chain of step
   messages was lost; the next claim re-checks ``command_sent_at``, so nothing
   is sent twice);
-* running requests past their deadline whose lease expired: failed, with a
-  message saying so.
+* running requests long past their deadline that no worker could check
+  (no lane worker at all): failed, with a message saying so. Normally the
+  worker fails an overdue request itself, after reading the BMC.
 
 Every scan is an indexed query over outstanding rows only, in bounded batches,
 with ``FOR UPDATE SKIP LOCKED``, so two sweepers (two beats by mistake) split
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 ACTOR = "sweeper"
 LEASE_GRACE = timedelta(seconds=10)
+# A worker fails an overdue request itself, after reading the BMC: that is the
+# honest answer (the hardware may have got there) and the node stays busy until
+# its transition is over. The sweeper only fails what no worker could look at
+# for this long past its deadline (no lane worker running at all).
+EXPIRE_GRACE = timedelta(minutes=5)
 BATCH_SIZE = 500
 
 
@@ -142,7 +148,7 @@ def _expire_overdue(session: Session, limit: int) -> list[uuid.UUID]:
         select(PowerRequest)
         .where(
             PowerRequest.status == RequestStatus.RUNNING,
-            PowerRequest.deadline_at < now,
+            PowerRequest.deadline_at < now - EXPIRE_GRACE,
             PowerRequest.lease_expires_at < now - LEASE_GRACE,
         )
         .limit(limit)
@@ -154,7 +160,9 @@ def _expire_overdue(session: Session, limit: int) -> list[uuid.UUID]:
         request.lease_expires_at = None
         request.error = (
             f"{request.action.value} not verified by its deadline "
-            f"({request.deadline_s:.0f}s): no worker completed it in time"
+            f"({request.deadline_s:.0f}s): no worker could check it for "
+            f"{EXPIRE_GRACE.total_seconds() / 60:.0f} minutes after that "
+            "(are the lane workers running?)"
         )
         record_failure(
             session,
