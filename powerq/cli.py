@@ -30,12 +30,21 @@ def main() -> None:
 
 
 def _register() -> None:
+    from powerq.api.cli import tokens
+    from powerq.bmc.simfleet.cli import sim_fleet
+    from powerq.clicmds import CLIENT_COMMANDS
     from powerq.dbcli import db
     from powerq.tasks.cli import beat, worker
+    from powerq.up import up
 
     main.add_command(db)
     main.add_command(worker)
     main.add_command(beat)
+    main.add_command(up)
+    main.add_command(tokens)
+    main.add_command(sim_fleet)
+    for command in CLIENT_COMMANDS:
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,76 @@
+"""``GET /healthz`` (no auth): can the API record intent and wake lanes?
+
+200 when PostgreSQL answers (``status: degraded`` if the broker does not: power
+requests are still accepted, and dispatched later by the sweeper); 503
+problem+json when PostgreSQL does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from apiflask import APIBlueprint, APIFlask
+from sqlalchemy import text
+
+from powerq.api.problems import problem, problem_response
+from powerq.api.results import ViewResult
+from powerq.api.schemas import Check, Health
+from powerq.db import get_engine
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("health", __name__, tag="Health")
+BROKER_TIMEOUT_S = 1.0
+
+
+def database_check() -> Check:
+    """Whether PostgreSQL answers ``SELECT 1``."""
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure is the answer, not an error
+        log.warning("health: database unreachable: %s", exc)
+        return Check(ok=False, detail=type(exc).__name__)
+    return Check(ok=True, detail=None)
+
+
+def broker_check(timeout_s: float = BROKER_TIMEOUT_S) -> Check:
+    """Whether the Celery broker answers a connection (and Redis's PING) in time."""
+    from powerq.tasks.app import app as celery_app
+
+    bounded = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    try:
+        with celery_app.connection_for_write(
+            connect_timeout=timeout_s, transport_options=bounded
+        ) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+            conn.default_channel  # noqa: B018 - opening a channel PINGs Redis
+    except Exception as exc:  # any failure is the answer, not an error
+        log.warning("health: broker unreachable: %s", exc)
+        return Check(ok=False, detail=type(exc).__name__)
+    return Check(ok=True, detail=None)
+
+
+@bp.get("/healthz")
+@bp.output(Health, description="The database answers (the broker may not: `degraded`)")
+@bp.doc(responses={503: "The database does not answer (problem+json with the checks)"})
+def healthz() -> ViewResult:
+    """Health of the API's backing services"""
+    database, broker = database_check(), broker_check()
+    if not database.ok:
+        body = problem(
+            503,
+            "Service unavailable",
+            "the database cannot be reached",
+            database=database.model_dump(),
+            broker=broker.model_dump(),
+        )
+        return problem_response(body, {"Retry-After": "5"})
+    status: Literal["ok", "degraded"] = "ok" if broker.ok else "degraded"
+    return Health(status=status, database=database, broker=broker)
+
+
+def init_app(app: APIFlask) -> None:
+    """Register the health blueprint."""
+    app.register_blueprint(bp)

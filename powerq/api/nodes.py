@@ -1,0 +1,267 @@
+"""Nodes: register, list (filters, pages), read, change, delete, import a manifest.
+
+Admins manage nodes; readers read them. The BMC password is write-only: it is
+accepted here, encrypted by the inventory, and never part of any answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from typing import Any
+
+from apiflask import APIBlueprint, APIFlask
+from flask import Response, request, url_for
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from powerq.api import openapi
+from powerq.api.auth import ADMIN, READER, auth, current_actor
+from powerq.api.results import ViewResult
+from powerq.api.schemas import (
+    ImportQuery,
+    ImportReport,
+    ImportRowOut,
+    NodeIn,
+    NodePage,
+    NodePatch,
+    NodeQuery,
+)
+from powerq.api.serializers import NodeOut, node_out
+from powerq.api.session import transaction
+from powerq.errors import InvalidInput
+from powerq.intents import find_node
+from powerq.inventory import (
+    ImportOutcome,
+    create_node,
+    delete_node,
+    import_node,
+    list_nodes,
+    outstanding_by_node,
+    update_node,
+)
+
+bp = APIBlueprint("nodes", __name__, url_prefix="/v1/nodes", tag="Nodes")
+
+IMPORT_COLUMNS = ("name", "driver", "address", "port", "username", "password")
+IMPORT_FIELDS = (*IMPORT_COLUMNS, "tags")
+CSV_MIME = "text/csv"
+# The header line is fixed (tags optional); data rows follow.
+CSV_BODY_PATTERN = r"^\ufeff?" + ",".join(IMPORT_COLUMNS) + r"(,tags)?(\r?\n[\s\S]*)?$"
+_CSV_BODY = re.compile(CSV_BODY_PATTERN)
+
+
+@bp.post("")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(NodeIn, arg_name="body")
+@bp.output(NodeOut, status_code=201, description="The node, registered")
+@bp.doc(responses={409: "A node with this name exists"})
+def post_node(body: NodeIn) -> ViewResult:
+    """Register a node"""
+    with transaction() as session:
+        node = create_node(session, body.spec(), actor=current_actor())
+        out = node_out(node)
+    return out, 201, {"Location": url_for("nodes.get_node", name=out.name)}
+
+
+@bp.get("")
+@bp.auth_required(auth, roles=[READER])
+@bp.input(NodeQuery, location="query", arg_name="query")
+@bp.output(NodePage)
+def get_nodes(query: NodeQuery) -> ViewResult:
+    """List nodes
+
+    Sorted by name; every given filter must match. `tag=a,b` selects nodes
+    that have both tags.
+    """
+    with transaction() as session:
+        nodes, total = list_nodes(session, query.filters(), limit=query.limit, offset=query.offset)
+        outstanding = outstanding_by_node(session, [node.id for node in nodes])
+        items = [node_out(node, outstanding.get(node.id)) for node in nodes]
+    return NodePage(items=items, total=total, limit=query.limit, offset=query.offset)
+
+
+@bp.get("/<node:name>")
+@bp.auth_required(auth, roles=[READER])
+@bp.output(NodeOut)
+def get_node(name: str) -> ViewResult:
+    """One node, with its outstanding request"""
+    with transaction() as session:
+        node = find_node(session, name)
+        return node_out(node, outstanding_by_node(session, [node.id]).get(node.id))
+
+
+@bp.patch("/<node:name>")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(NodePatch, arg_name="body")
+@bp.output(NodeOut)
+def patch_node(name: str, body: NodePatch) -> ViewResult:
+    """Change a node
+
+    Maintenance, BMC address and credentials, tags; `desired_power_state: null`
+    withdraws the desired state (only power requests set it).
+    """
+    with transaction() as session:
+        node = find_node(session, name, lock=True)
+        update_node(session, node, body.changes(), actor=current_actor())
+        session.flush()
+        session.refresh(node)
+        return node_out(node, outstanding_by_node(session, [node.id]).get(node.id))
+
+
+@bp.delete("/<node:name>")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.doc(
+    responses={
+        204: "Deleted, with its history",
+        409: "A request is outstanding (problem+json with `outstanding`)",
+    }
+)
+def remove_node(name: str) -> ViewResult:
+    """Delete a node
+
+    Refused while a request is outstanding on it.
+    """
+    with transaction() as session:
+        delete_node(session, name, actor=current_actor())
+    return Response(status=204)
+
+
+@bp.post("/import")
+@bp.auth_required(auth, roles=[ADMIN])
+@bp.input(ImportQuery, location="query", arg_name="query")
+@bp.output(ImportReport)
+def import_nodes(query: ImportQuery) -> ViewResult:
+    """Import nodes from a manifest
+
+    A JSON list of `{name, driver, address, port, username, password, tags}`
+    (also accepted as `{"nodes": [...]}`, the sim-fleet manifest), or CSV
+    (`Content-Type: text/csv`) with those columns (`tags` separated by `;`).
+    Unknown members/columns are ignored. Each row is reported: created,
+    updated, skipped (exists, mode=skip) or invalid (and why).
+    """
+    rows = _manifest_rows()
+    actor, update = current_actor(), query.mode == "update"
+    with transaction() as session:
+        outcomes = [
+            _import_row(session, number, row, update=update, actor=actor)
+            for number, row in enumerate(rows, start=1)
+        ]
+    return _report(outcomes)
+
+
+def _import_row(
+    session: Session, number: int, row: dict[str, Any], *, update: bool, actor: str
+) -> ImportOutcome:
+    spec_or_error = _row_spec(row)
+    if isinstance(spec_or_error, str):
+        return ImportOutcome(number, _row_name(row), "invalid", spec_or_error)
+    return import_node(session, number, spec_or_error.spec(), update=update, actor=actor)
+
+
+def _manifest_rows() -> list[dict[str, Any]]:
+    """The rows of the request's manifest (JSON or CSV).
+
+    :raises InvalidInput: the body is neither a JSON list nor CSV with the columns.
+    :raises BadRequest: the body is not valid JSON / UTF-8.
+    """
+    if request.mimetype == CSV_MIME:
+        return _csv_rows(request.get_data())
+    document = request.get_json(force=True)
+    if isinstance(document, dict) and isinstance(document.get("nodes"), list):
+        document = document["nodes"]
+    if not isinstance(document, list) or not all(isinstance(row, dict) for row in document):
+        raise InvalidInput('the manifest must be a JSON list of node objects (or {"nodes": [...]})')
+    return document
+
+
+def _csv_rows(data: bytes) -> list[dict[str, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the CSV manifest is not UTF-8 text") from None
+    if not _CSV_BODY.fullmatch(text):
+        raise InvalidInput(
+            "the CSV manifest must start with the header line "
+            f"'{','.join(IMPORT_COLUMNS)}' (optionally ',tags')"
+        )
+    try:
+        return [_csv_row(row) for row in csv.DictReader(io.StringIO(text.lstrip("\ufeff")))]
+    except csv.Error as exc:
+        raise InvalidInput(f"malformed CSV manifest: {exc}") from None
+
+
+def _csv_row(row: dict[str | Any, Any]) -> dict[str, Any]:
+    """A CSV record as a JSON row: port as a number (empty: default), tags as a list."""
+    fields = {key: row.get(key) for key in IMPORT_COLUMNS}
+    port = (fields.pop("port") or "").strip()
+    if port:
+        fields["port"] = int(port) if port.isascii() and port.isdigit() else port
+    fields["tags"] = (row.get("tags") or "").replace(";", " ").split()
+    return fields
+
+
+def _row_name(row: dict[str, Any]) -> str | None:
+    name = row.get("name")
+    return name if isinstance(name, str) and len(name) <= 255 else None
+
+
+def _row_spec(row: dict[str, Any]) -> NodeIn | str:
+    """The row as a validated node, or why it is not one (never echoing values)."""
+    known = {key: value for key, value in row.items() if key in IMPORT_FIELDS and value is not None}
+    try:
+        return NodeIn.model_validate(known)
+    except ValidationError as exc:
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'row'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+
+
+def _report(outcomes: list[ImportOutcome]) -> ImportReport:
+    summary = {"created": 0, "updated": 0, "skipped": 0, "invalid": 0}
+    for outcome in outcomes:
+        summary[outcome.outcome] += 1
+    rows = [
+        ImportRowOut(row=o.row, name=o.name, outcome=o.outcome, detail=o.detail) for o in outcomes
+    ]
+    return ImportReport(summary=summary, rows=rows)
+
+
+_ROW_SCHEMA = {
+    "type": "object",
+    "description": "A node as in POST /v1/nodes (NodeIn); each row is validated on its own "
+    "and an invalid one is reported, not fatal",
+}
+openapi.document_request_body(
+    "/v1/nodes/import",
+    "post",
+    {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "array", "items": _ROW_SCHEMA},
+                        {
+                            "type": "object",
+                            "properties": {"nodes": {"type": "array", "items": _ROW_SCHEMA}},
+                            "required": ["nodes"],
+                        },
+                    ]
+                }
+            },
+            CSV_MIME: {
+                "schema": {"type": "string", "pattern": CSV_BODY_PATTERN},
+                "example": "name,driver,address,port,username,password,tags\n"
+                "node-1,ipmi,10.0.0.11,623,admin,secret,rack1;gpu\n",
+            },
+        },
+    },
+)
+
+
+def init_app(app: APIFlask) -> None:
+    """Register the nodes blueprint."""
+    app.register_blueprint(bp)

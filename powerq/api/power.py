@@ -1,0 +1,197 @@
+"""Power: ask for an action on a node, and read its observed versus desired state.
+
+``POST /v1/nodes/{name}/power`` records intent in one short transaction
+(:func:`powerq.intents.request_power`; the partial unique index decides races),
+commits, and only then, for a new request, wakes the node's lane. Answers:
+
+* 202: a new request (``Location`` names it; ``dispatched`` says whether the
+  lane was woken; when the broker is down the intent is still durable and the
+  sweeper dispatches it later);
+* 200: the identical action was already outstanding: that request;
+* 409: another action is outstanding: refused, the outstanding request in the
+  problem document. An in-flight request is never cancelled or replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from apiflask import APIBlueprint, APIFlask
+from flask import request, url_for
+from sqlalchemy.exc import IntegrityError
+
+from powerq.api import idempotency, openapi
+from powerq.api.auth import OPERATOR, READER, auth, current_actor
+from powerq.api.idempotency import CallKey
+from powerq.api.results import ViewResult
+from powerq.api.schemas import PowerAccepted, PowerIn
+from powerq.api.serializers import PowerStatusOut, power_status_out, request_out
+from powerq.api.session import transaction
+from powerq.intents import find_node, request_power
+from powerq.inventory import outstanding_by_node
+from powerq.models import PowerRequest
+from powerq.tasks.dispatch import dispatch_request
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("power", __name__, url_prefix="/v1/nodes", tag="Power")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A committed answer to a power request, before the lane is woken."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    request_id: uuid.UUID
+    node_name: str
+
+    @property
+    def created(self) -> bool:
+        """Whether a new request was recorded (and must be dispatched)."""
+        return self.status == 202
+
+
+_RESPONSES: dict[int | str, dict[str, str | dict[str, dict[str, Any]]]] = {
+    200: {
+        "description": "The same action was already outstanding: that request",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PowerAccepted"}}},
+    },
+    409: {"description": "Another action is outstanding (problem+json with `outstanding`)"},
+}
+
+
+@bp.post("/<node:name>/power")
+@bp.auth_required(auth, roles=[OPERATOR])
+@bp.input(PowerIn, arg_name="body")
+@bp.output(PowerAccepted, status_code=202, description="A new request was recorded")
+@bp.doc(responses=_RESPONSES)
+def post_power(name: str, body: PowerIn) -> ViewResult:
+    """Request a power action
+
+    `on`/`off`/`soft_off` set the desired power state (soft_off → off),
+    `cycle`/`reset` set it to on, `query` leaves it. Send `Idempotency-Key` to
+    make retries safe: a retry with the same key gets the first answer back.
+    """
+    call = _call_key(body)
+    if call is not None and (stored := idempotency.stored_answer(call)) is not None:
+        return idempotency.replay(stored)
+    try:
+        recorded = _record(name, body, call)
+    except IntegrityError:
+        # A concurrent first call with the same key committed first: answer as it did.
+        stored = idempotency.stored_answer(call) if call is not None else None
+        if stored is None:
+            raise
+        return idempotency.replay(stored)
+    return _dispatch_and_answer(recorded, call)
+
+
+def _call_key(body: PowerIn) -> CallKey | None:
+    """The call's idempotency identity, or None without an ``Idempotency-Key``.
+
+    :raises InvalidInput: the header is malformed.
+    """
+    key = idempotency.key_from_request()
+    if key is None:
+        return None
+    return CallKey(current_actor(), key, request.method, request.path, body.action.value)
+
+
+def _record(name: str, body: PowerIn, call: CallKey | None) -> Recorded:
+    """Record the intent and (with a key) its answer, in one transaction.
+
+    :raises NotFound: no such node.
+    :raises ConflictingRequest: another action is outstanding.
+    :raises InvalidInput: the deadline or soft_fallback is not acceptable.
+    :raises IntegrityError: a concurrent call with the same key won.
+    """
+    with transaction() as session:
+        node = find_node(session, name)
+        intent = request_power(
+            session,
+            node,
+            body.action,
+            actor=current_actor(),
+            deadline_s=body.deadline_s,
+            soft_fallback=body.soft_fallback,
+            idempotency_key=call.key if call is not None else None,
+        )
+        recorded = _answer(intent.created, intent.request, node.name)
+        if call is not None:
+            idempotency.remember(session, call, recorded.status, recorded.body, recorded.headers)
+    return recorded
+
+
+def _answer(created: bool, power_request: PowerRequest, node_name: str) -> Recorded:
+    accepted = PowerAccepted(
+        created=created,
+        dispatched=power_request.dispatched_at is not None,
+        request=request_out(power_request),
+    )
+    location = url_for("requests.get_request", request_id=power_request.id)
+    return Recorded(
+        status=202 if created else 200,
+        body=accepted.model_dump(mode="json"),
+        headers={"Location": location},
+        request_id=power_request.id,
+        node_name=node_name,
+    )
+
+
+def _dispatch_and_answer(recorded: Recorded, call: CallKey | None) -> ViewResult:
+    """Wake the lane for a new request (after commit) and answer."""
+    body = recorded.body
+    if recorded.created:
+        dispatched = _wake_lane(recorded.request_id, recorded.node_name)
+        body = {**body, "dispatched": dispatched}
+        if dispatched and call is not None:
+            idempotency.note_dispatched(call)
+    return PowerAccepted.model_validate(body), recorded.status, recorded.headers
+
+
+def _wake_lane(request_id: uuid.UUID, node_name: str) -> bool:
+    """:func:`dispatch_request`, never letting a failure to wake the lane turn a
+    committed intent into an error answer (the sweeper dispatches it later)."""
+    try:
+        return dispatch_request(request_id, node_name)
+    except Exception:
+        log.exception("waking the lane for request %s failed; left for the sweeper", request_id)
+        return False
+
+
+@bp.get("/<node:name>/power")
+@bp.auth_required(auth, roles=[READER])
+@bp.output(PowerStatusOut)
+def get_power(name: str) -> ViewResult:
+    """Observed and desired power state
+
+    The state last read from the BMC and when, the desired state, whether they
+    agree, the outstanding request, the last error and the fault flag.
+    """
+    with transaction() as session:
+        node = find_node(session, name)
+        outstanding = outstanding_by_node(session, [node.id]).get(node.id)
+        return power_status_out(node, outstanding)
+
+
+openapi.document_header(
+    "/v1/nodes/{name}/power",
+    "post",
+    {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Makes retries safe: a retry with the same key gets the first answer",
+        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+    },
+)
+
+
+def init_app(app: APIFlask) -> None:
+    """Register the power blueprint."""
+    app.register_blueprint(bp)

@@ -1,0 +1,219 @@
+"""Every error the API returns, 4xx or 5xx, as RFC 9457 ``application/problem+json``.
+
+Sources of errors and where they are turned into problems:
+
+* :class:`~powerq.errors.PowerqError` raised by views and the core modules
+  (``problem()`` gives the document; rows it carries are serialised);
+* werkzeug's HTTP errors: unknown route (404), wrong method (405), body over
+  ``POWERQ_MAX_BODY_BYTES`` (413), malformed JSON (400);
+* APIFlask's validation errors (422) and Flask-HTTPAuth's 401/403;
+* database trouble: unreachable (503), a constraint a concurrent change hit
+  (409); anything else is a logged 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from apiflask import APIFlask, HTTPError
+from flask import Request, Response, current_app, request
+from flask.json.provider import DefaultJSONProvider
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from powerq.api.serializers import to_json
+from powerq.errors import PowerqError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIME = "application/problem+json"
+PROBLEM_BASE = "https://powerq.dev/problems/"
+_SLUGS = {
+    400: "malformed-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-input",
+    500: "internal",
+    503: "unavailable",
+}
+_TITLES = {
+    400: "Malformed request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid input",
+}
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A problem document for ``status`` (``type`` derived from the status)."""
+    return {
+        "type": PROBLEM_BASE + _SLUGS.get(status, f"http-{status}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A problem+json response whose status is ``body["status"]``."""
+    return Response(
+        json.dumps(to_json(body)),
+        status=int(body["status"]),
+        headers=headers,
+        mimetype=PROBLEM_MIME,
+    )
+
+
+def powerq_error_response(error: PowerqError) -> Response:
+    """The response for one of powerq's own errors."""
+    if error.status >= 500:
+        log.error("%s: %s", type(error).__name__, error.detail)
+    return problem_response(error.problem())
+
+
+def _http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    title = _TITLES.get(status, error.name)
+    return problem_response(problem(status, title, _http_detail(error, status)), headers)
+
+
+def _http_detail(error: HTTPException, status: int) -> str:
+    if status == 404:
+        return f"nothing at {request.path} (see {request.root_path}/v1/openapi.json)"
+    if status == 405:
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or []))
+        return f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+    if status == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return f"the request body is larger than the {limit} bytes accepted"
+    return str(error.description or error.name)
+
+
+def _validation_errors(detail: Any) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    if not isinstance(detail, dict):
+        return errors
+    for location, fields in detail.items():
+        for field, messages in (fields or {}).items():
+            for message in messages if isinstance(messages, list) else [messages]:
+                text = str(message).removeprefix("Value error, ")
+                name = "" if field == "_schema" else field  # a rule about the whole body
+                errors.append({"location": str(location), "field": name, "message": text})
+    return errors
+
+
+def _describe(errors: list[dict[str, str]]) -> str:
+    if not errors:
+        return "the request is not valid"
+    parts = [f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors]
+    return "; ".join(parts)
+
+
+def _apiflask_error(error: HTTPError) -> Response:
+    """APIFlask's HTTPError: validation (422) and auth (401/403) errors."""
+    status = error.status_code
+    headers = {str(key): str(value) for key, value in dict(error.headers or {}).items()}
+    if status == 422:
+        errors = _validation_errors(error.detail)
+        body = problem(422, "Invalid input", _describe(errors), errors=errors)
+    elif status == 401:
+        body = problem(401, "Unauthorized", "a valid bearer token is required")
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="powerq"')
+    elif status == 403:
+        body = problem(403, "Forbidden", "this token's role may not do this")
+    else:
+        body = problem(status, error.message or "Error", str(error.message or status))
+    return problem_response(body, headers)
+
+
+def _integrity_error(error: IntegrityError) -> Response:
+    log.warning("constraint hit by a concurrent change: %s", error.orig)
+    return problem_response(
+        problem(409, "Conflict", "the change conflicts with a concurrent one; retry")
+    )
+
+
+def _database_error(error: DBAPIError) -> Response:
+    if isinstance(error, OperationalError) or error.connection_invalidated:
+        log.error("database unavailable: %s", error.orig)
+        return problem_response(
+            problem(503, "Service unavailable", "the database cannot be reached; retry later"),
+            {"Retry-After": "5"},
+        )
+    return _unexpected(error)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error: %s", type(error).__name__)
+    return problem_response(problem(500, "Internal error", "an unexpected error occurred"))
+
+
+def auth_error(error: HTTPError) -> Response:
+    """Flask-HTTPAuth's 401/403, as problems (registered on the auth object)."""
+    return _apiflask_error(error)
+
+
+class BoundedJsonProvider(DefaultJSONProvider):
+    """Flask's JSON, with nesting too deep for the parser reported as malformed
+    input (a ValueError, hence 400) instead of a crash (500)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse JSON.
+
+        :raises ValueError: malformed, or nested too deeply.
+        """
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+
+
+class ApiRequest(Request):
+    """Flask's request, saying what is wrong with a malformed JSON body, and
+    refusing a body of ``null`` (every JSON body of the API is an object or a list)."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        """The parsed JSON body.
+
+        :raises BadRequest: malformed JSON, or ``null``.
+        """
+        document = super().get_json(force=force, silent=silent, cache=cache)
+        if document is None and not silent:
+            raise BadRequest("the JSON body is null; send an object")
+        return document
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        """Raise 400 naming the JSON error (never echoing the body).
+
+        :raises BadRequest: always.
+        """
+        reason = type(e).__name__ if isinstance(e, UnicodeDecodeError) else str(e)
+        raise BadRequest(f"malformed JSON body: {reason}")
+
+
+def init_app(app: APIFlask) -> None:
+    """Route every error of ``app`` to a problem+json response."""
+    app.request_class = ApiRequest
+    app.json = BoundedJsonProvider(app)
+    app.error_processor(_apiflask_error)
+    handlers: list[tuple[type[Exception], Any]] = [
+        (PowerqError, powerq_error_response),
+        (HTTPException, _http_exception),
+        (HTTPError, _apiflask_error),
+        (IntegrityError, _integrity_error),
+        (DBAPIError, _database_error),
+        (Exception, _unexpected),
+    ]
+    for exc_class, handler in handlers:
+        app.register_error_handler(exc_class, handler)

@@ -1,0 +1,390 @@
+"""Request bodies, query strings and response envelopes of the JSON API (pydantic 2).
+
+JSON bodies are validated strictly (``"623"`` is not a port, ``1`` is not a
+boolean) and reject unknown members, so a typo is an error rather than a
+silent no-op. Query strings are validated laxly (everything arrives as text)
+but also reject unknown parameters. Every string that reaches PostgreSQL is
+constrained to characters it can store (no NUL, valid UTF-8). Passwords are
+``SecretStr``: a model's repr never shows one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+
+from powerq.api.serializers import NodeOut, PowerEventOut, PowerRequestOut, TokenOut
+from powerq.intents import MAX_DEADLINE_S
+from powerq.inventory import RESERVED_NAMES, NodeChanges, NodeFilter, NodeSpec
+from powerq.states import Action, DesiredPowerState, DriverKind, PowerState
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    Omittable: TypeAlias = _T | None
+else:
+
+    class Omittable:
+        """``Omittable[X]``: a member that may be left out (default None) but, when
+        given, must be an X (``null`` is refused). mypy sees ``X | None``;
+        pydantic sees plain ``X``, so its errors and the document name no union."""
+
+        def __class_getitem__(cls, item: object) -> object:
+            return item
+
+
+def _drop_null_defaults(schema: dict[str, Any]) -> None:
+    """json_schema_extra: omitted members have no ``default: null`` in the document."""
+    for member in schema.get("properties", {}).values():
+        if "default" in member and member["default"] is None:
+            del member["default"]
+
+
+NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The same, as documented (ECMA regex, with the reserved names excluded).
+NODE_NAME_DOC_PATTERN = (
+    "^(?!(?:" + "|".join(sorted(RESERVED_NAMES)) + ")$)" + NODE_NAME_PATTERN.removeprefix("^")
+)
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,63}$"
+_TAG = r"[A-Za-z0-9][A-Za-z0-9._:/=+-]{0,63}"
+TAG_LIST_PATTERN = rf"^{_TAG}(,{_TAG})*$"
+MAX_PAGE = 500
+
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved and cannot name a node")
+    return name
+
+
+NodeName = Annotated[
+    str,
+    StringConstraints(pattern=NODE_NAME_PATTERN),
+    AfterValidator(_not_reserved),
+    WithJsonSchema({"type": "string", "pattern": NODE_NAME_DOC_PATTERN, "example": "node-1"}),
+]
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+Address = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:%\[\]-]+$")
+]
+
+
+def _number_not_text(value: Any) -> Any:
+    if isinstance(value, str | bool):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+# A JSON Schema integer: 623 or 623.0, never "623" or true.
+Port = Annotated[int, Field(ge=1, le=65535), Strict(False), BeforeValidator(_number_not_text)]
+Username = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+def _check_password(value: SecretStr) -> SecretStr:
+    try:
+        value.get_secret_value().encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("password must be valid UTF-8 text") from None
+    return value
+
+
+Password = Annotated[
+    SecretStr, Field(max_length=128, description="Write-only"), AfterValidator(_check_password)
+]
+# Enum members arrive as JSON strings: accept their values even in strict models.
+Driver = Annotated[DriverKind, Strict(False)]
+PowerAction = Annotated[Action, Strict(False)]
+Tags = Annotated[list[Tag], Field(max_length=64)]
+TagList = Annotated[str, StringConstraints(pattern=TAG_LIST_PATTERN)]
+NamePrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,63}$")]
+TokenName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
+
+
+class JsonBody(BaseModel):
+    """Base of JSON request bodies: strict types, no unknown members, and no
+    ``null`` except for the members listed in ``nullable`` (leave a member out
+    to get its default)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+        json_schema_extra=_drop_null_defaults,
+    )
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name not in cls.nullable:
+            raise ValueError("may not be null (leave it out to get the default)")
+        return value
+
+
+class QueryString(BaseModel):
+    """Base of query strings: text converted to types, no unknown parameters."""
+
+    model_config = ConfigDict(
+        extra="forbid", hide_input_in_errors=True, json_schema_extra=_drop_null_defaults
+    )
+
+
+class NodeIn(JsonBody):
+    """A machine to register."""
+
+    name: NodeName
+    driver: Driver
+    address: Address = Field(description="BMC host name or IP address")
+    port: Port = 623
+    username: Username
+    password: Password
+    tags: Tags = []
+
+    def spec(self) -> NodeSpec:
+        """The inventory's view of this body."""
+        return NodeSpec(
+            name=self.name,
+            driver=self.driver,
+            address=self.address,
+            port=self.port,
+            username=self.username,
+            password=self.password.get_secret_value(),
+            tags=tuple(self.tags),
+        )
+
+
+class NodePatch(JsonBody):
+    """Fields to change; absent fields stay. ``desired_power_state`` may only be null
+    (clearing it): power requests are what set it."""
+
+    driver: Omittable[Driver] = None
+    address: Omittable[Address] = None
+    port: Omittable[Port] = None
+    username: Omittable[Username] = None
+    password: Omittable[Password] = None
+    tags: Omittable[Tags] = None
+    maintenance: Omittable[bool] = None
+    desired_power_state: None = Field(
+        default=None, description="Only null, which clears the desired power state"
+    )
+    nullable: ClassVar[frozenset[str]] = frozenset({"desired_power_state"})
+
+    def changes(self) -> NodeChanges:
+        """The inventory's view of this body."""
+        password = self.password.get_secret_value() if self.password is not None else None
+        return NodeChanges(
+            driver=self.driver,
+            address=self.address,
+            port=self.port,
+            username=self.username,
+            password=password,
+            tags=tuple(self.tags) if self.tags is not None else None,
+            maintenance=self.maintenance,
+            clear_desired="desired_power_state" in self.model_fields_set,
+        )
+
+    @field_validator("desired_power_state", mode="before")
+    @classmethod
+    def _only_clear(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "desired_power_state can only be cleared (null); request a power action to set it"
+            )
+        return None
+
+
+def _soft_fallback_needs_soft_off(schema: dict[str, Any]) -> None:
+    """json_schema_extra of PowerIn: document the rule its validator enforces."""
+    _drop_null_defaults(schema)
+    schema["if"] = {"properties": {"soft_fallback": {"const": True}}, "required": ["soft_fallback"]}
+    schema["then"] = {"properties": {"action": {"const": Action.SOFT_OFF.value}}}
+
+
+class PowerIn(JsonBody):
+    """A power action to request. ``soft_fallback`` applies to ``soft_off`` only."""
+
+    model_config = ConfigDict(json_schema_extra=_soft_fallback_needs_soft_off)
+
+    action: PowerAction
+    deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
+        default=None, description="Seconds the action may take (default depends on the action)"
+    )
+    soft_fallback: bool = Field(
+        default=False, description="soft_off only: hard off when the deadline passes"
+    )
+
+    @model_validator(mode="after")
+    def _fallback_only_for_soft_off(self) -> PowerIn:
+        if self.soft_fallback and self.action is not Action.SOFT_OFF:
+            raise ValueError("soft_fallback applies to soft_off only")
+        return self
+
+
+class TokenIn(JsonBody):
+    """A token to create."""
+
+    role: Literal["reader", "operator", "admin"]
+    name: Omittable[TokenName] = Field(
+        default=None, description="Actor name recorded on requests (default: generated)"
+    )
+
+
+class PageQuery(QueryString):
+    """Pagination of a list (newest first for histories, by name for nodes)."""
+
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=1_000_000_000)
+
+
+class NodeQuery(PageQuery):
+    """Filters of the node list; all must match."""
+
+    power_state: Omittable[PowerState] = None
+    desired_power_state: Omittable[Literal["on", "off", "none"]] = Field(
+        default=None, description="'none' selects nodes nobody asked anything of"
+    )
+    maintenance: Omittable[bool] = None
+    power_fault: Omittable[bool] = None
+    tag: Omittable[TagList] = Field(
+        default=None, description="Comma-separated tags, all of which a node must have"
+    )
+    name_prefix: Omittable[NamePrefix] = None
+
+    def filters(self) -> NodeFilter:
+        """The inventory's view of these filters."""
+        desired = self.desired_power_state
+        return NodeFilter(
+            power_state=self.power_state,
+            desired_power_state=desired
+            if desired in (None, "none")
+            else DesiredPowerState(desired),
+            maintenance=self.maintenance,
+            power_fault=self.power_fault,
+            tags=tuple(self.tag.split(",")) if self.tag else (),
+            name_prefix=self.name_prefix,
+        )
+
+
+class ImportQuery(QueryString):
+    """How to treat rows naming existing nodes."""
+
+    mode: Literal["skip", "update"] = Field(
+        default="skip", description="skip: leave existing nodes; update: overwrite their fields"
+    )
+
+
+class NodePage(BaseModel):
+    """One page of nodes."""
+
+    items: list[NodeOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class RequestPage(BaseModel):
+    """One page of power requests, newest first."""
+
+    items: list[PowerRequestOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventPage(BaseModel):
+    """One page of audit events, newest first."""
+
+    items: list[PowerEventOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PowerAccepted(BaseModel):
+    """The answer to a power request: the request that now carries the intent."""
+
+    created: bool = Field(description="true: a new request (202); false: the identical one (200)")
+    dispatched: bool = Field(
+        description="Whether the node's lane was woken; if false the sweeper will do it"
+    )
+    request: PowerRequestOut
+
+
+class ImportRowOut(BaseModel):
+    """What happened to one manifest row."""
+
+    row: int = Field(description="1-based row number (CSV: data rows, header excluded)")
+    name: str | None
+    outcome: Literal["created", "updated", "skipped", "invalid"]
+    detail: str
+
+
+class ImportReport(BaseModel):
+    """Per-row results of an import and their counts."""
+
+    summary: dict[str, int]
+    rows: list[ImportRowOut]
+
+
+class TokenCreated(TokenOut):
+    """A new token; ``token`` is shown this once and never again."""
+
+    token: str
+
+
+class TokenList(BaseModel):
+    """Every API token (no secrets)."""
+
+    items: list[TokenOut]
+
+
+class Check(BaseModel):
+    """Reachability of one backing service."""
+
+    ok: bool
+    detail: str | None
+
+
+class Health(BaseModel):
+    """Whether the API can record intent (database) and wake lanes (broker)."""
+
+    status: Literal["ok", "degraded"]
+    database: Check
+    broker: Check
+
+
+class ProblemError(BaseModel):
+    """One validation failure."""
+
+    location: str
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | SkipJsonSchema[None] = None
+    outstanding: PowerRequestOut | SkipJsonSchema[None] = Field(
+        default=None, description="409 on a power request: the request outstanding on the node"
+    )
