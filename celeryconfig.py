@@ -39,6 +39,9 @@ broker_connection_timeout = 4
 broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT_S,
     "socket_connect_timeout": 3,
+    # A Redis that accepts connections but never answers must not hang an API
+    # call that is only ringing a lane (the intent is already durable).
+    "socket_timeout": 5,
 }
 
 # Lanes: one queue per lane, each consumed by exactly one concurrency-1 worker.

@@ -147,21 +147,11 @@ def _dispatch_and_answer(recorded: Recorded, call: CallKey | None) -> ViewResult
     """Wake the lane for a new request (after commit) and answer."""
     body = recorded.body
     if recorded.created:
-        dispatched = _wake_lane(recorded.request_id, recorded.node_name)
+        dispatched = dispatch_request(recorded.request_id, recorded.node_name)
         body = {**body, "dispatched": dispatched}
         if dispatched and call is not None:
             idempotency.note_dispatched(call)
     return PowerAccepted.model_validate(body), recorded.status, recorded.headers
-
-
-def _wake_lane(request_id: uuid.UUID, node_name: str) -> bool:
-    """:func:`dispatch_request`, never letting a failure to wake the lane turn a
-    committed intent into an error answer (the sweeper dispatches it later)."""
-    try:
-        return dispatch_request(request_id, node_name)
-    except Exception:
-        log.exception("waking the lane for request %s failed; left for the sweeper", request_id)
-        return False
 
 
 @bp.get("/<node:name>/power")

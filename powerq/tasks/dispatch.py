@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from kombu.exceptions import OperationalError
 from sqlalchemy import update
 
 from powerq.config import get_settings
@@ -52,15 +51,19 @@ def send_step(request_id: uuid.UUID, node_name: str, *, countdown: float | None 
 def dispatch_request(request_id: uuid.UUID, node_name: str) -> bool:
     """Wake the lane for a committed request and note when it was dispatched.
 
-    Returns False (and logs why) when the broker is unreachable; the sweeper
-    will dispatch the request later. Call only after the intent has committed.
+    Never raises: returns False (and logs why) when the message could not be
+    sent; the sweeper dispatches the request later. Call only after the intent
+    has committed.
     """
     try:
         send_step(request_id, node_name)
-    except (OperationalError, OSError) as exc:
+    except Exception as exc:  # any broker or transport error: the intent is durable
         log.warning("broker unreachable, request %s left for the sweeper: %s", request_id, exc)
         return False
-    mark_dispatched([request_id])
+    try:
+        mark_dispatched([request_id])
+    except Exception as exc:  # sent, but not noted: the sweeper may ring once more (fenced)
+        log.warning("request %s sent but dispatched_at not recorded: %s", request_id, exc)
     return True
 
 

@@ -192,10 +192,10 @@ def test_an_unexpected_dispatch_failure_still_answers_202(
     session: Session,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(*args: Any) -> bool:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("pool closed")
 
-    monkeypatch.setattr("powerq.api.power.dispatch_request", broken)
+    monkeypatch.setattr("powerq.tasks.dispatch.send_step", broken)
     response = client.post(POWER, json={"action": "on"}, headers=operator)
 
     assert response.status_code == 202
