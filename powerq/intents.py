@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select, update
@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 from powerq.audit import record_event
 from powerq.db import utcnow
 from powerq.errors import AlreadyOutstanding, Conflict, ConflictingRequest, InvalidInput, NotFound
-from powerq.models import Node, PowerRequest
+from powerq.models import Node, PowerEvent, PowerRequest
 from powerq.states import (
     DEFAULT_DEADLINE_S,
     OUTSTANDING_STATUSES,
     Action,
+    DesiredPowerState,
     RequestStatus,
     desired_after,
 )
@@ -164,6 +165,7 @@ def request_power(
 
 def _record_intent(session: Session, node: Node, request: PowerRequest, actor: str) -> None:
     desired = desired_after(request.action)
+    before = node.desired_power_state
     if desired is not None and node.desired_power_state is not desired:
         node.desired_power_state = desired
         node.desired_power_state_at = utcnow()
@@ -174,15 +176,19 @@ def _record_intent(session: Session, node: Node, request: PowerRequest, actor: s
         kind="requested",
         actor=actor,
         message=f"{request.action.value} requested",
-        detail={"action": request.action.value, "desired_power_state": desired},
+        detail={
+            "action": request.action.value,
+            "desired_power_state": desired,
+            "desired_before": before.value if before else None,
+        },
     )
 
 
 def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> PowerRequest:
     """Cancel a request that no worker has claimed yet.
 
-    Clears the node's desired state if this request set it, since the intent it
-    recorded was withdrawn.
+    The desired state this request recorded is withdrawn: the node's desired
+    state goes back to what it was before the request.
 
     :raises NotFound: no such request.
     :raises Conflict: the request is already running or finished (a claimed
@@ -204,7 +210,7 @@ def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> Po
             "can be cancelled",
             request=request,
         )
-    _withdraw_desired(request.node, request)
+    _withdraw_desired(session, request.node, request)
     record_event(
         session,
         node_id=request.node_id,
@@ -216,14 +222,16 @@ def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> Po
     return request
 
 
-def _withdraw_desired(node: Node, request: PowerRequest) -> None:
-    """Clear the desired state a cancelled request had recorded (None: no preference)."""
+def _withdraw_desired(session: Session, node: Node, request: PowerRequest) -> None:
+    """Put back the desired state the cancelled request replaced (from its audit event),
+    unless something else has changed it since."""
     desired = desired_after(request.action)
-    if desired is not None and node.desired_power_state is desired:
-        node.desired_power_state = None
-        node.desired_power_state_at = utcnow()
-
-
-def deadline_from(start: datetime, request: PowerRequest) -> datetime:
-    """When ``request`` must have finished if it starts at ``start``."""
-    return start + timedelta(seconds=request.deadline_s)
+    if desired is None or node.desired_power_state is not desired:
+        return
+    before = session.scalar(
+        select(PowerEvent.detail["desired_before"].astext).where(
+            PowerEvent.request_id == request.id, PowerEvent.kind == "requested"
+        )
+    )
+    node.desired_power_state = DesiredPowerState(before) if before else None
+    node.desired_power_state_at = utcnow()
