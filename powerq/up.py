@@ -10,9 +10,11 @@ services, leaving no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -72,21 +74,43 @@ def up(**options: object) -> None:
 def run(options: UpOptions) -> None:
     """Start everything, supervise, and stop everything on a signal."""
     data_dir = get_settings().data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)  # the admin token goes there even with URLs set
     with _signals_stop(), ensure_services() as services:
         upgrade(services.database_url)
-        group = ProcessGroup(env=dict(os.environ), log_dir=data_dir / "logs")
+        group = ProcessGroup(env=_child_env(options), log_dir=data_dir / "logs")
         try:
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
             _start_celery(group, options)
             api_url = _start_api(group, options)
+            _wait_workers(group)
             _announce(options, api_url, token, nodes, data_dir, services.embedded)
             _supervise(group)
         except _Stop:
             click.echo("stopping …")
         finally:
-            group.stop_all()
+            _stop_everything(group)
     click.echo("stopped")
+
+
+def _child_env(options: UpOptions) -> dict[str, str]:
+    """The children's environment. Flower's setting is in it (not only in Flower's
+    own start) so that a Flower restarted by :func:`_supervise` keeps its API."""
+    env = dict(os.environ)
+    if options.flower:
+        env["FLOWER_UNAUTHENTICATED_API"] = "1"  # bound to 127.0.0.1 only
+    return env
+
+
+def _stop_everything(group: ProcessGroup) -> None:
+    """SIGTERM every child but the simulated fleet at once (so they shut down in
+    parallel, not one after another), then stop them all newest first: the fleet
+    goes last, after the workers that talk to it."""
+    for child in list(group.children.values()):
+        if child.name != "simfleet":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+    group.stop_all()
 
 
 @contextmanager
@@ -165,8 +189,31 @@ def _start_celery(group: ProcessGroup, options: UpOptions) -> None:
             "flower",
             "celery", "-A", "powerq.tasks", "flower",
             "--address=127.0.0.1", f"--port={options.flower_port}",
-            extra_env={"FLOWER_UNAUTHENTICATED_API": "1"},
         )  # fmt: skip
+
+
+def _wait_workers(group: ProcessGroup) -> None:
+    """Wait until every lane worker and the control worker answer a ping.
+
+    ``powerq worker`` restarts its Celery worker by itself, so a worker that
+    cannot start (e.g. a broken installation) never shows up as a dead child:
+    only a ping tells that the lanes really run.
+
+    :raises ServiceUnavailable: some did not answer in time (their logs are named).
+    """
+    from powerq.tasks.app import app
+
+    host = socket.gethostname()
+    names = {f"lane{lane}": f"lane{lane}@{host}" for lane in range(get_settings().lanes)}
+    names["control"] = f"control@{host}"
+    waiting = dict(names)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while waiting and time.monotonic() < deadline:
+        for reply in app.control.ping(destination=list(waiting.values()), timeout=1.0):
+            waiting = {child: node for child, node in waiting.items() if node not in reply}
+    if waiting:
+        logs = ", ".join(str(group.children[child].log_path) for child in sorted(waiting))
+        raise ServiceUnavailable(f"{', '.join(sorted(waiting))} did not start; see {logs}")
 
 
 def _start_api(group: ProcessGroup, options: UpOptions) -> str:

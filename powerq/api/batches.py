@@ -1,0 +1,307 @@
+"""Batches: one power action on many nodes, paced by the server.
+
+``POST /v1/batches`` creates the batch and one request per node in one
+transaction (:func:`powerq.batches.create_batch`: identical outstanding
+requests are reused, conflicting ones refuse that node, nothing else is
+disturbed), commits, and only then publishes what may start at once. Operators
+create batches; readers read them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from apiflask import APIBlueprint, APIFlask
+from flask import url_for
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
+
+from powerq.api.auth import OPERATOR, READER, auth, current_actor
+from powerq.api.results import ViewResult
+from powerq.api.schemas import (
+    JsonBody,
+    NodeName,
+    Omittable,
+    PageQuery,
+    PowerAction,
+    QueryString,
+    Tag,
+    _number_not_text,
+)
+from powerq.api.serializers import OutModel, PowerRequestOut, UtcDatetime, request_out
+from powerq.api.session import transaction
+from powerq.batches import (
+    MAX_BATCH_NODES,
+    MAX_STAGGER_S,
+    BatchSpec,
+    BatchView,
+    NodeResult,
+    Selector,
+    State,
+    batch_view,
+    create_batch,
+    list_batches,
+)
+from powerq.intents import MAX_DEADLINE_S
+from powerq.states import Action
+from powerq.tasks.batch_pump import dispatch_releases
+
+bp = APIBlueprint("batches", __name__, url_prefix="/v1/batches", tag="Batches")
+
+
+NameGlob = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9._*?-]{1,63}$"),
+    Field(description="Node name pattern: `*` matches any run of characters, `?` one"),
+]
+BatchName = Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# A JSON Schema integer: 4 or 4.0, never "4" or true.
+InFlight = Annotated[
+    int, Field(ge=1, le=MAX_BATCH_NODES), Strict(False), BeforeValidator(_number_not_text)
+]
+
+
+def _schema_with(*alternatives: dict[str, Any], key: str) -> Any:
+    """json_schema_extra: drop ``default: null`` of omittable members and add
+    ``key`` (anyOf/oneOf) naming which members must be present."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for member in schema.get("properties", {}).values():
+            if "default" in member and member["default"] is None:
+                del member["default"]
+        schema[key] = list(alternatives)
+
+    return extra
+
+
+class SelectorIn(JsonBody):
+    """Which nodes: every given criterion must match; `all: true` selects every
+    node and is required when neither tags nor a name pattern is given."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_schema_with(
+            {"required": ["all"], "properties": {"all": {"const": True}}},
+            {"required": ["tags"]},
+            {"required": ["name_glob"]},
+            key="anyOf",
+        )
+    )
+
+    tags: Omittable[Annotated[list[Tag], Field(min_length=1, max_length=64)]] = Field(
+        default=None, description="Nodes having all these tags"
+    )
+    name_glob: Omittable[NameGlob] = None
+    all: bool = Field(default=False, description="Every node (needed when nothing else is given)")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SelectorIn:
+        if not (self.all or self.tags or self.name_glob):
+            raise ValueError("give tags, a name_glob, or all: true")
+        return self
+
+    def selector(self) -> Selector:
+        """The domain's view of this selector."""
+        return Selector(tuple(self.tags or ()), self.name_glob, self.all)
+
+
+class BatchIn(JsonBody):
+    """A power action for many nodes: named (`nodes`) or selected (`selector`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_schema_with(
+            {"required": ["nodes"]}, {"required": ["selector"]}, key="oneOf"
+        )
+    )
+
+    action: PowerAction
+    nodes: Omittable[Annotated[list[NodeName], Field(min_length=1, max_length=MAX_BATCH_NODES)]] = (
+        Field(default=None, description="Node names, in the order they are to be started")
+    )
+    selector: Omittable[SelectorIn] = None
+    stagger_s: Annotated[float, Field(ge=0, le=MAX_STAGGER_S)] = Field(
+        default=0.0, description="Least seconds between the starts of two of the batch's requests"
+    )
+    max_in_flight: Omittable[InFlight] = Field(
+        default=None, description="Most of the batch's requests started and unfinished at once"
+    )
+    name: Omittable[BatchName] = None
+    deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
+        default=None, description="Seconds each request may take (default depends on the action)"
+    )
+
+    @model_validator(mode="after")
+    def _nodes_or_selector(self) -> BatchIn:
+        if (self.nodes is None) == (self.selector is None):
+            raise ValueError("give either nodes or a selector, not both")
+        return self
+
+    def spec(self) -> BatchSpec:
+        """The domain's view of this body."""
+        return BatchSpec(
+            action=self.action,
+            nodes=tuple(self.nodes) if self.nodes is not None else None,
+            selector=self.selector.selector() if self.selector is not None else None,
+            stagger_s=self.stagger_s,
+            max_in_flight=self.max_in_flight,
+            name=self.name,
+            deadline_s=self.deadline_s,
+        )
+
+
+class BatchQuery(QueryString):
+    """Whether to include each node's result."""
+
+    results: bool = Field(default=True, description="false: counts only (cheap to poll)")
+
+
+class BatchNodeOut(OutModel):
+    """One node of a batch and how it stands."""
+
+    node: str
+    outcome: Literal["created", "existing", "refused"] = Field(
+        description="created: a new request; existing: the identical outstanding request was "
+        "reused; refused: another action is outstanding (see `outstanding`)"
+    )
+    state: State = Field(
+        description="The request's status, `held` (waiting for its batch's turn) or `refused`"
+    )
+    request: PowerRequestOut | None = Field(description="The request carrying the action")
+    outstanding: PowerRequestOut | None = Field(description="refused: the conflicting request")
+    error: str | None = Field(description="Why the request failed, or why the node was refused")
+
+
+class BatchCounts(OutModel):
+    """Nodes of the batch per state."""
+
+    held: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    refused: int
+
+
+class BatchOutcomes(OutModel):
+    """Nodes of the batch per outcome at creation."""
+
+    created: int
+    existing: int
+    refused: int
+
+
+class BatchOut(OutModel):
+    """A batch, its counts and (unless `results=false`) its per-node results."""
+
+    id: uuid.UUID
+    name: str | None
+    action: Action
+    stagger_s: float
+    max_in_flight: int | None
+    selector: dict[str, Any] = Field(description="The nodes or selector as given")
+    requested_by: str
+    created_at: UtcDatetime
+    total: int
+    finished: bool = Field(description="No node of the batch has work outstanding")
+    outcomes: BatchOutcomes
+    counts: BatchCounts
+    nodes: list[BatchNodeOut] | None
+
+
+class BatchPage(BaseModel):
+    """One page of batches, newest first (without per-node results)."""
+
+    items: list[BatchOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def _node_out(result: NodeResult) -> BatchNodeOut:
+    return BatchNodeOut(
+        node=result.node,
+        outcome=result.outcome,
+        state=result.state,
+        request=request_out(result.request) if result.request is not None else None,
+        outstanding=request_out(result.conflicting) if result.conflicting is not None else None,
+        error=result.error,
+    )
+
+
+def batch_out(view: BatchView) -> BatchOut:
+    """The outside view of a batch."""
+    batch = view.batch
+    given = {key: value for key, value in batch.selector.items() if key != "linked"}
+    return BatchOut(
+        id=batch.id,
+        name=batch.name,
+        action=batch.action,
+        stagger_s=batch.stagger_s,
+        max_in_flight=batch.max_in_flight,
+        selector=given,
+        requested_by=batch.requested_by,
+        created_at=batch.created_at,
+        total=view.total,
+        finished=view.finished,
+        outcomes=BatchOutcomes(**view.outcomes),
+        counts=BatchCounts(**view.counts),
+        nodes=None if view.results is None else [_node_out(r) for r in view.results],
+    )
+
+
+@bp.post("")
+@bp.auth_required(auth, roles=[OPERATOR])
+@bp.input(BatchIn, arg_name="body")
+@bp.output(BatchOut, status_code=201, description="The batch; refused nodes are listed in it")
+@bp.doc(responses={404: "A named node does not exist, or the selector matches none"})
+def post_batch(body: BatchIn) -> ViewResult:
+    """Run a power action on many nodes
+
+    One request per node, in one transaction, with the rules of single
+    requests: a node whose identical request is outstanding reuses it
+    (`existing`), one with another action outstanding is `refused` (the
+    conflicting request is in `outstanding`), nothing else is disturbed.
+    `max_in_flight` and `stagger_s` are enforced by the server: requests wait
+    `held` until their turn, across restarts.
+    """
+    with transaction() as session:
+        created = create_batch(session, body.spec(), actor=current_actor())
+        session.flush()
+        out = batch_out(batch_view(session, created.batch.id))
+    dispatch_releases(created.releases)
+    return out, 201, {"Location": url_for("batches.get_batch", batch_id=out.id)}
+
+
+@bp.get("/<uuid:batch_id>")
+@bp.auth_required(auth, roles=[READER])
+@bp.input(BatchQuery, location="query", arg_name="query")
+@bp.output(BatchOut)
+def get_batch(batch_id: uuid.UUID, query: BatchQuery) -> ViewResult:
+    """One batch: counts per state and each node's result"""
+    with transaction() as session:
+        return batch_out(batch_view(session, batch_id, results=query.results))
+
+
+@bp.get("")
+@bp.auth_required(auth, roles=[READER])
+@bp.input(PageQuery, location="query", arg_name="page")
+@bp.output(BatchPage)
+def get_batches(page: PageQuery) -> ViewResult:
+    """List batches, newest first (counts only)"""
+    with transaction() as session:
+        views, total = list_batches(session, limit=page.limit, offset=page.offset)
+        items = [batch_out(view) for view in views]
+    return BatchPage(items=items, total=total, limit=page.limit, offset=page.offset)
+
+
+def init_app(app: APIFlask) -> None:
+    """Register the batches blueprint."""
+    app.register_blueprint(bp)

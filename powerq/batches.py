@@ -1,0 +1,480 @@
+"""Batches: one call, one power request per node, paced by the server.
+
+No Flask, no Celery: the rules and the database, like :mod:`powerq.intents`.
+
+**Creating.** :func:`create_batch` writes the ``batches`` row and asks
+:func:`powerq.intents.request_power` for each selected node, all in the
+caller's transaction, so the same rules as for single requests hold: a node
+whose identical request is outstanding gets that request (``existing``), a
+node with a conflicting one is ``refused`` (with that request), and nothing
+else is disturbed. Requests are inserted in node-id order (two overlapping
+batches cannot deadlock on the one-outstanding index) but keep the order the
+nodes were given in: ``created_at`` is spaced by a microsecond per position.
+
+**Pacing.** Every request a batch creates starts *held*: it is the node's
+outstanding request (nothing else can be asked of the node), but no worker
+claims it and the sweeper does not ring it. :func:`pump` releases held
+requests in batch order while the batch's released-and-unfinished requests are
+fewer than ``max_in_flight``, giving each ``not_before = max(now, previous
+release + stagger_s)``; the claim refuses a request before its ``not_before``,
+so the stagger holds even if a message arrives early. Releases are written
+with ``dispatched_at = not_before`` and returned, to be published after commit
+with a countdown; one that is never delivered is re-rung by the sweeper like
+any other. A release is never scheduled more than :data:`RELEASE_HORIZON`
+ahead (countdown messages must stay far below Redis' visibility timeout): the
+rest stay held until a later pump. The pump runs in the creating transaction,
+when a batch request finishes (``powerq.batch_pump``), and in every sweep. Its
+whole state is in PostgreSQL, so pacing survives restarts of anything.
+
+**Membership.** Requests the batch created carry its ``batch_id``. Reused and
+refused nodes point at requests that are not the batch's own; they are listed
+in ``batches.selector["linked"]`` (node, outcome, request id, reason) next to
+the selector as given, so the batch's results can name them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, NamedTuple, get_args
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from powerq.db import db_now
+from powerq.errors import ConflictingRequest, InvalidInput, NotFound
+from powerq.intents import request_power, validate_deadline
+from powerq.models import Batch, Node, PowerRequest
+from powerq.states import Action, RequestStatus
+
+MAX_BATCH_NODES = 10_000
+MAX_STAGGER_S = 3600.0
+# Bounds on one pump: batches looked at, and requests released per batch.
+PUMP_BATCH_LIMIT = 200
+RELEASE_LIMIT = 500
+# No release is scheduled further ahead than this (countdowns stay short).
+RELEASE_HORIZON = timedelta(seconds=60)
+
+Outcome = Literal["created", "existing", "refused"]
+# How a node of a batch stands: its request's status, "held" or "refused".
+State = Literal["held", "pending", "running", "succeeded", "failed", "cancelled", "refused"]
+STATES: tuple[State, ...] = get_args(State)
+UNFINISHED_STATES: frozenset[State] = frozenset({"held", "pending", "running"})
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which nodes a batch is for: all criteria must match. ``all`` must be set to
+    select every node when no tag or name pattern is given."""
+
+    tags: tuple[str, ...] = ()
+    name_glob: str | None = None
+    all: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The selector as stored on the batch."""
+        return {"tags": list(self.tags), "name_glob": self.name_glob, "all": self.all}
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a batch asks for: an action on named nodes or on the nodes a selector picks."""
+
+    action: Action
+    nodes: tuple[str, ...] | None = None
+    selector: Selector | None = None
+    stagger_s: float = 0.0
+    max_in_flight: int | None = None
+    name: str | None = None
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """What the batch did for one node when it was created."""
+
+    node: str
+    outcome: Outcome
+    # The batch's own request, the identical one reused, or the conflicting one.
+    request: PowerRequest
+    detail: str | None = None
+
+
+class Release(NamedTuple):
+    """A held request the pump released: publish it after commit, ``delay_s`` from now."""
+
+    request_id: uuid.UUID
+    node_name: str
+    not_before: datetime
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class CreatedBatch:
+    """The result of :func:`create_batch`: the batch, its members, and what to dispatch."""
+
+    batch: Batch
+    members: list[Member]
+    releases: list[Release]
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """How one node of a batch stands now."""
+
+    node: str
+    outcome: Outcome
+    state: State
+    request: PowerRequest | None
+    conflicting: PowerRequest | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch with counts per state (and, when asked, per-node results)."""
+
+    batch: Batch
+    counts: dict[State, int]
+    outcomes: dict[str, int]
+    results: list[NodeResult] | None = field(default=None)
+
+    @property
+    def total(self) -> int:
+        """Nodes in the batch (created, reused and refused)."""
+        return sum(self.outcomes.values())
+
+    @property
+    def finished(self) -> bool:
+        """Whether no node of the batch has work outstanding."""
+        return not any(self.counts[state] for state in UNFINISHED_STATES)
+
+
+# --- creating -----------------------------------------------------------------
+
+
+def validate_spec(spec: BatchSpec) -> None:
+    """Check the batch's own settings (nodes are checked by :func:`select_nodes`).
+
+    :raises InvalidInput: not exactly one of nodes/selector, an empty selector,
+        stagger or max_in_flight out of range, or a bad deadline.
+    """
+    if (spec.nodes is None) == (spec.selector is None):
+        raise InvalidInput("give either nodes or a selector, not both")
+    selector = spec.selector
+    if selector is not None and not (selector.all or selector.tags or selector.name_glob):
+        raise InvalidInput("the selector needs tags, a name_glob, or all: true")
+    if spec.nodes is not None and not 1 <= len(spec.nodes) <= MAX_BATCH_NODES:
+        raise InvalidInput(f"a batch names 1 to {MAX_BATCH_NODES} nodes")
+    if not 0 <= spec.stagger_s <= MAX_STAGGER_S:
+        raise InvalidInput(f"stagger_s must be between 0 and {MAX_STAGGER_S:.0f} seconds")
+    if spec.max_in_flight is not None and spec.max_in_flight < 1:
+        raise InvalidInput("max_in_flight must be at least 1")
+    validate_deadline(spec.action, spec.deadline_s)
+
+
+def glob_to_like(glob: str) -> str:
+    """A shell-style name pattern (``*`` any run, ``?`` one character) as a LIKE
+    pattern with ``\\`` as its escape character."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
+    """The batch's nodes: the named ones in the order given (duplicates dropped),
+    or the selector's matches by name.
+
+    :raises NotFound: a named node does not exist, or the selector matches none.
+    :raises InvalidInput: the selector matches more than :data:`MAX_BATCH_NODES`.
+    """
+    if spec.nodes is not None:
+        return _named_nodes(session, spec.nodes)
+    assert spec.selector is not None
+    query = select(Node).order_by(Node.name).limit(MAX_BATCH_NODES + 1)
+    if spec.selector.tags:
+        query = query.where(Node.tags.contains(list(spec.selector.tags)))
+    if spec.selector.name_glob:
+        query = query.where(Node.name.like(glob_to_like(spec.selector.name_glob), escape="\\"))
+    nodes = list(session.scalars(query))
+    if not nodes:
+        raise NotFound(f"no node matches the selector {_describe(spec.selector)}")
+    if len(nodes) > MAX_BATCH_NODES:
+        raise InvalidInput(f"the selector matches more than {MAX_BATCH_NODES} nodes")
+    return nodes
+
+
+def _named_nodes(session: Session, names: Sequence[str]) -> list[Node]:
+    wanted = list(dict.fromkeys(names))
+    found = {node.name: node for node in session.scalars(select(Node).where(Node.name.in_(wanted)))}
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise NotFound(f"no node named {shown}{more}", missing=missing)
+    return [found[name] for name in wanted]
+
+
+def _describe(selector: Selector) -> str:
+    parts = [f"tags {','.join(selector.tags)}"] if selector.tags else []
+    if selector.name_glob:
+        parts.append(f"name {selector.name_glob!r}")
+    return " and ".join(parts) or "all"
+
+
+def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBatch:
+    """Record a batch and its requests in the caller's transaction, and release
+    what may start at once. Publish ``releases`` only after commit.
+
+    :raises InvalidInput: see :func:`validate_spec`.
+    :raises NotFound: see :func:`select_nodes`.
+    :raises Conflict: a node stayed too busy to accept a request (rare; retry).
+    """
+    validate_spec(spec)
+    nodes = select_nodes(session, spec)
+    given = {"nodes": list(dict.fromkeys(spec.nodes))} if spec.nodes else {}
+    batch = Batch(
+        name=spec.name,
+        action=spec.action,
+        stagger_s=spec.stagger_s,
+        max_in_flight=spec.max_in_flight,
+        selector=spec.selector.as_json() if spec.selector else given,
+        requested_by=actor,
+    )
+    session.add(batch)
+    session.flush()
+    base = db_now(session)
+    by_position: dict[int, Member] = {}
+    for position, node in sorted(enumerate(nodes), key=lambda pair: pair[1].id):
+        spacing = base + timedelta(microseconds=position)
+        by_position[position] = _join(session, batch, node, spec, actor, spacing)
+    members = [by_position[position] for position in range(len(nodes))]
+    batch.selector = {**batch.selector, "linked": _linked(members)}
+    return CreatedBatch(batch, members, pump(session, only=[batch.id]))
+
+
+def _join(
+    session: Session, batch: Batch, node: Node, spec: BatchSpec, actor: str, created_at: datetime
+) -> Member:
+    """Ask for the batch's action on one node; a new request starts held."""
+    try:
+        intent = request_power(
+            session, node, spec.action, actor=actor, deadline_s=spec.deadline_s, batch_id=batch.id
+        )
+    except ConflictingRequest as exc:
+        return Member(node.name, "refused", exc.extra["outstanding"], exc.detail)
+    if not intent.created:
+        return Member(node.name, "existing", intent.request)
+    intent.request.held = True
+    intent.request.created_at = created_at
+    return Member(node.name, "created", intent.request)
+
+
+def _linked(members: Iterable[Member]) -> list[dict[str, str | None]]:
+    return [
+        {
+            "node": m.node,
+            "outcome": m.outcome,
+            "request_id": str(m.request.id),
+            "detail": m.detail,
+        }
+        for m in members
+        if m.outcome != "created"
+    ]
+
+
+# --- pacing -------------------------------------------------------------------
+
+
+def pump(session: Session, only: Collection[uuid.UUID] | None = None) -> list[Release]:
+    """Release held requests of active batches (or of the ``only`` ones) as far as
+    ``max_in_flight`` and ``stagger_s`` allow, in the caller's transaction.
+
+    Each batch's row is locked (in id order) while it is pumped, so concurrent
+    pumps take turns instead of releasing the same room twice. Returns what to
+    publish after commit.
+    """
+    now = db_now(session)
+    waiting = select(PowerRequest.batch_id).where(
+        PowerRequest.held,
+        PowerRequest.status == RequestStatus.PENDING,
+        PowerRequest.batch_id.is_not(None),
+    )
+    query = select(Batch).where(Batch.id.in_(waiting))
+    if only is not None:
+        query = query.where(Batch.id.in_(list(only)))
+    batches = session.scalars(query.order_by(Batch.id).limit(PUMP_BATCH_LIMIT).with_for_update())
+    releases: list[Release] = []
+    for batch in batches.all():
+        releases += _release(session, batch, now)
+    return releases
+
+
+def _room(session: Session, batch: Batch) -> int:
+    """How many more of the batch's requests may be released now."""
+    if batch.max_in_flight is None:
+        return RELEASE_LIMIT
+    in_flight = session.scalar(
+        select(func.count()).where(
+            PowerRequest.batch_id == batch.id,
+            ~PowerRequest.held,
+            PowerRequest.status.in_([RequestStatus.PENDING, RequestStatus.RUNNING]),
+        )
+    )
+    return min(batch.max_in_flight - int(in_flight or 0), RELEASE_LIMIT)
+
+
+def _release(session: Session, batch: Batch, now: datetime) -> list[Release]:
+    room = _room(session, batch)
+    if room <= 0:
+        return []
+    held = session.scalars(
+        select(PowerRequest)
+        .where(
+            PowerRequest.batch_id == batch.id,
+            PowerRequest.held,
+            PowerRequest.status == RequestStatus.PENDING,
+        )
+        .order_by(PowerRequest.created_at, PowerRequest.id)
+        .limit(room)
+        .with_for_update(of=PowerRequest)
+    ).all()
+    last: datetime | None = session.scalar(
+        select(func.max(PowerRequest.not_before)).where(
+            PowerRequest.batch_id == batch.id, ~PowerRequest.held
+        )
+    )
+    stagger = timedelta(seconds=batch.stagger_s)
+    releases: list[Release] = []
+    for request in held:
+        at = now if last is None else max(now, last + stagger)
+        if at > now + RELEASE_HORIZON:
+            break
+        request.held = False
+        request.not_before = at
+        request.dispatched_at = at  # the sweeper re-rings it only once this is stale
+        request.dispatch_count += 1
+        releases.append(Release(request.id, request.node.name, at, (at - now).total_seconds()))
+        last = at
+    session.flush()
+    return releases
+
+
+def waiting_batch_of(session: Session, request_id: uuid.UUID) -> uuid.UUID | None:
+    """The batch of ``request_id`` if that batch still holds requests back."""
+    finished = aliased(PowerRequest)
+    held = aliased(PowerRequest)
+    batch_id: uuid.UUID | None = session.scalar(
+        select(finished.batch_id)
+        .join(held, held.batch_id == finished.batch_id)
+        .where(
+            finished.id == request_id,
+            held.held,
+            held.status == RequestStatus.PENDING,
+        )
+        .limit(1)
+    )
+    return batch_id
+
+
+# --- reading ------------------------------------------------------------------
+
+
+def state_of(request: PowerRequest) -> State:
+    """A request's state as a batch reports it (``held`` for a held pending one)."""
+    if request.held and request.status is RequestStatus.PENDING:
+        return "held"
+    return request.status.value
+
+
+def _links(batch: Batch) -> list[dict[str, Any]]:
+    linked = batch.selector.get("linked", [])
+    return list(linked) if isinstance(linked, list) else []
+
+
+def _linked_requests(session: Session, batches: Iterable[Batch]) -> dict[uuid.UUID, PowerRequest]:
+    ids = [uuid.UUID(link["request_id"]) for batch in batches for link in _links(batch)]
+    if not ids:
+        return {}
+    rows = session.scalars(select(PowerRequest).where(PowerRequest.id.in_(ids)))
+    return {row.id: row for row in rows}
+
+
+def _own_counts(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, Counter[str]]:
+    counts: dict[uuid.UUID, Counter[str]] = {batch_id: Counter() for batch_id in batch_ids}
+    rows = session.execute(
+        select(PowerRequest.batch_id, PowerRequest.status, PowerRequest.held, func.count())
+        .where(PowerRequest.batch_id.in_(batch_ids))
+        .group_by(PowerRequest.batch_id, PowerRequest.status, PowerRequest.held)
+    ).all()
+    for batch_id, status, held, count in rows:
+        assert batch_id is not None
+        state = "held" if held and status is RequestStatus.PENDING else status.value
+        counts[batch_id][state] += count
+        counts[batch_id]["created"] += count
+    return counts
+
+
+def _view(batch: Batch, own: Counter[str], linked: dict[uuid.UUID, PowerRequest]) -> BatchView:
+    counts = {state: own[state] for state in STATES}
+    outcomes = {"created": own["created"], "existing": 0, "refused": 0}
+    for link in _links(batch):
+        outcome = link["outcome"]
+        request = linked.get(uuid.UUID(link["request_id"]))
+        if outcome == "refused":
+            outcomes["refused"] += 1
+            counts["refused"] += 1
+        elif request is not None:  # gone only if its node was deleted
+            outcomes["existing"] += 1
+            counts[state_of(request)] += 1
+    return BatchView(batch, counts, outcomes)
+
+
+def batch_view(session: Session, batch_id: uuid.UUID, *, results: bool = True) -> BatchView:
+    """The batch, its counts per state, and (with ``results``) each node's result.
+
+    :raises NotFound: no such batch.
+    """
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    linked = _linked_requests(session, [batch])
+    view = _view(batch, _own_counts(session, [batch.id])[batch.id], linked)
+    if not results:
+        return view
+    return BatchView(view.batch, view.counts, view.outcomes, _results(session, batch, linked))
+
+
+def _results(
+    session: Session, batch: Batch, linked: dict[uuid.UUID, PowerRequest]
+) -> list[NodeResult]:
+    own = session.scalars(select(PowerRequest).where(PowerRequest.batch_id == batch.id))
+    results = [NodeResult(r.node.name, "created", state_of(r), r, None, r.error) for r in own]
+    for link in _links(batch):
+        request = linked.get(uuid.UUID(link["request_id"]))
+        if link["outcome"] == "refused":
+            results.append(
+                NodeResult(link["node"], "refused", "refused", None, request, link["detail"])
+            )
+        elif request is not None:
+            results.append(
+                NodeResult(
+                    link["node"], "existing", state_of(request), request, None, request.error
+                )
+            )
+    return sorted(results, key=lambda result: result.node)
+
+
+def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[list[BatchView], int]:
+    """One page of batches, newest first, with their counts, and how many exist."""
+    total = session.scalar(select(func.count()).select_from(Batch)) or 0
+    page = list(
+        session.scalars(
+            select(Batch).order_by(Batch.created_at.desc(), Batch.id).limit(limit).offset(offset)
+        )
+    )
+    own = _own_counts(session, [batch.id for batch in page])
+    linked = _linked_requests(session, page)
+    return [_view(batch, own[batch.id], linked) for batch in page], total

@@ -1,0 +1,243 @@
+"""``powerq batch ACTION …`` (one action on many nodes, paced by the server) and
+``powerq batches list|show``."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+import click
+
+from powerq.clicmds.output import client, echo_json, out, progress, styled, table
+from powerq.clicmds.power import ACTION
+from powerq.client import Client, WaitTimeout, poll
+from powerq.errors import PowerqError
+
+BAD_STATES = ("failed", "cancelled", "refused")
+
+
+def read_node_file(handle: IO[str]) -> list[str]:
+    """Node names from a file: one per line (``#`` comments), a JSON list of names,
+    or a JSON manifest (objects with ``name``, optionally under ``"nodes"``).
+
+    :raises PowerqError: the file names no node, or its JSON has no names.
+    """
+    text = handle.read()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        names = [name for name in names if name]
+    else:
+        if isinstance(document, dict):
+            document = document.get("nodes")
+        if not isinstance(document, list):
+            raise PowerqError(f"{handle.name}: expected a JSON list of node names or objects")
+        names = [item["name"] if isinstance(item, dict) else item for item in document]
+        if not all(isinstance(name, str) for name in names):
+            raise PowerqError(f"{handle.name}: every entry needs a node name")
+    if not names:
+        raise PowerqError(f"{handle.name} names no node")
+    return names
+
+
+def _target(
+    nodes: tuple[str, ...],
+    all_nodes: bool,
+    tags: tuple[str, ...],
+    name_glob: str | None,
+    node_file: IO[str] | None,
+) -> dict[str, Any]:
+    """The ``nodes`` or ``selector`` member of the batch, from exactly one way of naming them."""
+    ways = [bool(nodes), all_nodes, bool(tags or name_glob), node_file is not None]
+    if sum(ways) != 1:
+        raise click.UsageError("name the nodes one way: NODE..., --all, --tag/--glob, or --file")
+    if nodes:
+        return {"nodes": list(nodes)}
+    if node_file is not None:
+        return {"nodes": read_node_file(node_file)}
+    if all_nodes:
+        return {"selector": {"all": True}}
+    selector: dict[str, Any] = {"tags": list(tags)} if tags else {}
+    if name_glob:
+        selector["name_glob"] = name_glob
+    return {"selector": selector}
+
+
+@click.command("batch")
+@click.argument("action", type=ACTION)
+@click.argument("nodes", nargs=-1)
+@click.option("--all", "all_nodes", is_flag=True, help="Every node.")
+@click.option("--tag", "tags", multiple=True, help="Nodes with this tag (repeatable: all of them).")
+@click.option("--glob", "name_glob", help="Nodes whose name matches (* and ?).")
+@click.option("--file", "node_file", type=click.File("r"), help="Node names, one per line.")
+@click.option("--stagger", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+              help="Least seconds between two starts.")  # fmt: skip
+@click.option("--max-in-flight", type=click.IntRange(1), help="Most requests running at once.")
+@click.option("--deadline", type=click.FloatRange(1, 86400), help="Seconds each action may take.")
+@click.option("--name", help="A label for the batch.")
+@click.option("--wait", is_flag=True, help="Wait for the batch to finish (progress bar).")
+@click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
+              help="With --wait: give up waiting after this many seconds.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
+def batch(
+    action: str,
+    nodes: tuple[str, ...],
+    all_nodes: bool,
+    tags: tuple[str, ...],
+    name_glob: str | None,
+    node_file: IO[str] | None,
+    stagger: float,
+    max_in_flight: int | None,
+    deadline: float | None,
+    name: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run ACTION (on, off, soft_off, cycle, reset, query) on many nodes.
+
+    The server enforces --max-in-flight and --stagger (across restarts). A node
+    whose identical request is outstanding reuses it; one with another action
+    outstanding is refused. Exits 1 if any node was refused or failed.
+
+    \b
+    powerq batch off --all --wait
+    powerq batch on --tag rack1 --stagger 2 --max-in-flight 4 --wait
+    """
+    body: dict[str, Any] = {"action": action, "stagger_s": stagger,
+                            **_target(nodes, all_nodes, tags, name_glob, node_file)}  # fmt: skip
+    for key, value in (("max_in_flight", max_in_flight), ("deadline_s", deadline), ("name", name)):
+        if value is not None:
+            body[key] = value
+    api = client()
+    created = api.create_batch(body)
+    result = wait_for(api, created, timeout, quiet=as_json) if wait else created
+    report(result, as_json=as_json)
+
+
+def wait_for(api: Client, created: dict[str, Any], timeout: float, quiet: bool) -> dict[str, Any]:
+    """Poll the batch until it has finished (progress bar unless ``quiet``); return it
+    with its per-node results.
+
+    :raises WaitTimeout: not finished after ``timeout`` seconds.
+    """
+    batch_id = str(created["id"])
+    try:
+        return _wait(api, created, batch_id, timeout, quiet)
+    except WaitTimeout:
+        raise WaitTimeout(
+            f"batch {batch_id} has not finished after {timeout:.0f}s (it goes on in the server); "
+            f"follow it with `powerq batches show {batch_id} --wait`"
+        ) from None
+
+
+def _wait(
+    api: Client, created: dict[str, Any], batch_id: str, timeout: float, quiet: bool
+) -> dict[str, Any]:
+    def fetch() -> dict[str, Any]:
+        return api.batch(batch_id, results=False)
+
+    def finished(current: dict[str, Any]) -> bool:
+        return bool(current["finished"])
+
+    if quiet:
+        poll(fetch, finished, timeout=timeout)
+    else:
+        with progress(created["action"]) as bar:
+            task = bar.add_task(created["action"], total=_workload(created))
+
+            def show(current: dict[str, Any]) -> None:
+                counts = current["counts"]
+                done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+                busy = ", ".join(
+                    f"{counts[state]} {state}"
+                    for state in ("running", "pending", "held", "failed")
+                    if counts[state]
+                )
+                description = f"{current['action']} {busy}".strip()
+                bar.update(task, completed=done, total=_workload(current), description=description)
+
+            poll(fetch, finished, timeout=timeout, on_update=show)
+    return api.batch(batch_id)
+
+
+def _workload(batch: dict[str, Any]) -> int:
+    return int(batch["total"]) - int(batch["counts"]["refused"])
+
+
+def report(batch: dict[str, Any], *, as_json: bool) -> None:
+    """Print the batch (table or JSON).
+
+    :raises PowerqError: a node failed, was cancelled or was refused (exit 1).
+    """
+    if as_json:
+        echo_json(batch)
+    else:
+        _print_batch(batch)
+    counts = batch["counts"]
+    bad = {state: counts[state] for state in BAD_STATES if counts[state]}
+    if bad:
+        parts = ", ".join(f"{count} {state}" for state, count in bad.items())
+        raise PowerqError(f"batch {batch['id']}: {parts} of {batch['total']} node(s)")
+
+
+def _print_batch(batch: dict[str, Any]) -> None:
+    counts = {state: count for state, count in batch["counts"].items() if count}
+    summary = ", ".join(f"{count} {state}" for state, count in counts.items())
+    title = f"batch {batch['id']} ({batch['action']}, {batch['total']} nodes): {summary}"
+    rows = [
+        (
+            node["node"],
+            styled(node["state"]),
+            "reused" if node["outcome"] == "existing" else node["outcome"],
+            (node["request"] or node["outstanding"] or {}).get("id"),
+            node["error"],
+        )
+        for node in batch["nodes"] or []
+    ]
+    out().print(table(title, ("NODE", "RESULT", "OUTCOME", "REQUEST", "REASON"), rows))
+
+
+@click.group("batches")
+def batches() -> None:
+    """Batches made earlier (through the API)."""
+
+
+@batches.command("list")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
+def list_(limit: int, as_json: bool) -> None:
+    """The most recent batches with their counts."""
+    page = client().batches(limit=limit)
+    if as_json:
+        echo_json(page)
+        return
+    rows = [
+        (
+            item["id"],
+            item["created_at"],
+            item["action"],
+            item["total"],
+            "finished" if item["finished"] else "running",
+            ", ".join(f"{n} {state}" for state, n in item["counts"].items() if n),
+            item["requested_by"],
+        )
+        for item in page["items"]
+    ]
+    columns = ("BATCH", "CREATED", "ACTION", "NODES", "STATE", "COUNTS", "BY")
+    out().print(table(f"{page['total']} batches", columns, rows))
+
+
+@batches.command("show")
+@click.argument("batch_id")
+@click.option("--wait", is_flag=True, help="Wait for the batch to finish.")
+@click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
+def show(batch_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show batch BATCH_ID with each node's result (exits 1 if any failed or was refused)."""
+    api = client()
+    current = api.batch(batch_id)
+    if wait and not current["finished"]:
+        current = wait_for(api, current, timeout, quiet=as_json)
+    report(current, as_json=as_json)

@@ -1,0 +1,244 @@
+"""A small HTTP client of the powerq API, for the CLI (``requests``).
+
+Every failure becomes a :class:`~powerq.errors.PowerqError` with one clear
+line: the API's own problem+json ``detail`` (with the HTTP status), or what
+went wrong reaching it ("cannot reach the powerq API at http://…: connection
+refused — is `powerq up` running?"). The CLI prints that line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from powerq.config import Settings, load_settings
+from powerq.errors import ConfigError, PowerqError, ServiceUnavailable
+
+DEFAULT_TIMEOUT_S = 30.0
+PAGE_SIZE = 500
+# Hang guard for paging through lists (PAGE_SIZE x MAX_PAGES items).
+MAX_PAGES = 1000
+TOKEN_FILE = "admin-token"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+T = TypeVar("T")
+
+
+class ApiError(PowerqError):
+    """The API answered with an error (its problem document is kept in ``problem``)."""
+
+    def __init__(self, status: int, detail: str, problem: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.problem_body: dict[str, Any] = dict(problem or {})
+
+    def __str__(self) -> str:
+        return f"{self.detail} (HTTP {self.status})"
+
+
+class ApiUnreachable(ServiceUnavailable):
+    """The API could not be reached at all."""
+
+
+class WaitTimeout(PowerqError):
+    """What was waited for had not finished in time (it goes on in the server)."""
+
+
+def _reason(exc: requests.RequestException) -> str:
+    text = str(exc).lower()
+    for needle, reason in (
+        ("connection refused", "connection refused"),
+        ("name or service not known", "unknown host"),
+        ("nodename nor servname", "unknown host"),
+        ("timed out", "timed out"),
+        ("connection reset", "connection reset"),
+        ("remote end closed", "connection closed"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__
+
+
+class Client:
+    """Calls the powerq API at ``base_url`` with a bearer ``token``."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_S):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+        if urlsplit(self.base_url).hostname in _LOOPBACK:
+            self.session.trust_env = False  # never send loopback calls through a proxy
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached).
+
+        Without ``POWERQ_TOKEN``, the admin token ``powerq up`` wrote into
+        ``$POWERQ_DATA_DIR`` is used when it exists.
+
+        :raises ConfigError: a ``POWERQ_*`` setting is malformed.
+        """
+        settings = settings or load_settings()
+        token = settings.token
+        if not token:
+            path = Path(settings.data_dir) / TOKEN_FILE
+            token = path.read_text().strip() if path.is_file() else None
+        return cls(settings.api_url, token)
+
+    # --- transport ----------------------------------------------------------------
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        authenticated: bool = True,
+    ) -> Any:
+        """One API call; returns the decoded JSON body (None for 204).
+
+        :raises ConfigError: no token is configured for an authenticated call.
+        :raises ApiUnreachable: the API cannot be reached, or did not answer in time.
+        :raises ApiError: the API answered with an error status.
+        """
+        headers = {"Accept": "application/json"}
+        if authenticated:
+            if not self.token:
+                raise ConfigError(
+                    "POWERQ_TOKEN is not set: export a token made with "
+                    "`powerq tokens create --role operator` (or the one `powerq up` printed)"
+                )
+            headers["Authorization"] = f"Bearer {self.token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        url = self.base_url + path
+        try:
+            response = self.session.request(
+                method, url, json=json, params=params, data=data, headers=headers,
+                timeout=self.timeout,
+            )  # fmt: skip
+        except requests.Timeout:
+            raise ApiUnreachable(
+                f"the powerq API at {self.base_url} did not answer within {self.timeout:.0f}s"
+            ) from None
+        except requests.RequestException as exc:
+            raise ApiUnreachable(
+                f"cannot reach the powerq API at {self.base_url}: {_reason(exc)} "
+                "— is `powerq up` running?"
+            ) from None
+        return self._decode(response)
+
+    def _decode(self, response: requests.Response) -> Any:
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.ok:
+            if body is None:
+                raise ApiError(response.status_code, f"{response.url} did not answer with JSON")
+            return body
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            raise ApiError(response.status_code, body["detail"], body)
+        raise ApiError(
+            response.status_code,
+            f"{response.request.method} {response.url} failed: {response.reason}",
+        )
+
+    # --- resources -----------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz`` (the API answers 503 when its database is down)."""
+        try:
+            return dict(self.call("GET", "/healthz", authenticated=False))
+        except ApiError as exc:
+            if exc.status == 503 and exc.problem_body:
+                return {"status": "unavailable", **exc.problem_body}
+            raise
+
+    def pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """Every item of a paginated list (``items``/``total``), page by page."""
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = self.call("GET", path, params={**(params or {}), "limit": PAGE_SIZE,
+                                                  "offset": offset})  # fmt: skip
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def nodes(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every node matching ``filters`` (query parameters of ``GET /v1/nodes``)."""
+        params = {key: value for key, value in filters.items() if value is not None}
+        return list(self.pages("/v1/nodes", params))
+
+    def node(self, name: str) -> dict[str, Any]:
+        """One node."""
+        return dict(self.call("GET", f"/v1/nodes/{quote(name, safe='')}"))
+
+    def add_node(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Register a node."""
+        return dict(self.call("POST", "/v1/nodes", json=dict(body)))
+
+    def import_nodes(self, data: bytes, *, csv: bool, update: bool) -> dict[str, Any]:
+        """Import a JSON or CSV manifest."""
+        mode = "update" if update else "skip"
+        content_type = "text/csv" if csv else "application/json"
+        return dict(
+            self.call("POST", "/v1/nodes/import", data=data, content_type=content_type,
+                      params={"mode": mode})
+        )  # fmt: skip
+
+    def power(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Request a power action on one node."""
+        return dict(self.call("POST", f"/v1/nodes/{quote(name, safe='')}/power", json=dict(body)))
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        """One power request."""
+        return dict(self.call("GET", f"/v1/requests/{quote(request_id, safe='')}"))
+
+    def create_batch(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a batch."""
+        return dict(self.call("POST", "/v1/batches", json=dict(body)))
+
+    def batch(self, batch_id: str, *, results: bool = True) -> dict[str, Any]:
+        """One batch (with per-node results unless ``results`` is False)."""
+        params = {"results": "true" if results else "false"}
+        return dict(self.call("GET", f"/v1/batches/{quote(batch_id, safe='')}", params=params))
+
+    def batches(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
+        """One page of batches, newest first."""
+        return dict(self.call("GET", "/v1/batches", params={"limit": limit, "offset": offset}))
+
+
+def poll(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    on_update: Callable[[T], None] | None = None,
+) -> T:
+    """Call ``fetch`` until ``done`` says so; return the last value.
+
+    :raises WaitTimeout: still not done after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if on_update is not None:
+            on_update(value)
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"still not finished after {timeout:.0f}s (it goes on in the server)")
+        time.sleep(interval)

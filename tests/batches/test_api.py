@@ -1,0 +1,121 @@
+"""POST/GET /v1/batches through the Flask test client (roles, answers, problems)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from powerq.intents import find_node, request_power
+from powerq.states import Action
+from tests.api.helpers import assert_problem
+from tests.factories import make_node
+
+
+@pytest.fixture
+def fleet(session: Session) -> list[str]:
+    """Four nodes: n1, n2 tagged rack1; n3, n4 tagged rack2."""
+    for i in range(1, 5):
+        make_node(session, f"n{i}", tags=(f"rack{(i + 1) // 2}",))
+    return ["n1", "n2", "n3", "n4"]
+
+
+def test_operator_creates_a_batch_and_gets_its_results(
+    client: FlaskClient, operator: dict[str, str], fleet: list[str], session: Session
+) -> None:
+    other = request_power(session, find_node(session, "n2"), Action.ON, actor="bob").request
+    session.commit()
+
+    response = client.post(
+        "/v1/batches",
+        json={"action": "off", "nodes": ["n1", "n2", "n3"], "max_in_flight": 1, "stagger_s": 2},
+        headers=operator,
+    )
+
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert response.headers["Location"] == f"/v1/batches/{body['id']}"
+    assert body["requested_by"] == "operator-token"
+    assert body["outcomes"] == {"created": 2, "existing": 0, "refused": 1}
+    assert body["counts"]["pending"] == 1 and body["counts"]["held"] == 1
+    assert body["counts"]["refused"] == 1 and body["finished"] is False
+    assert body["selector"] == {"nodes": ["n1", "n2", "n3"]}
+    by_node = {n["node"]: n for n in body["nodes"]}
+    assert by_node["n2"]["state"] == "refused"
+    assert by_node["n2"]["outstanding"]["id"] == str(other.id)
+    assert "outstanding 'on' request" in by_node["n2"]["error"]
+    assert by_node["n1"]["request"]["not_before"] is not None
+    assert by_node["n3"]["state"] == "held"
+
+
+def test_readers_read_but_may_not_create(
+    client: FlaskClient, headers: dict[str, dict[str, str]], fleet: list[str]
+) -> None:
+    body = {"action": "on", "selector": {"tags": ["rack2"]}}
+    assert_problem(client.post("/v1/batches", json=body, headers=headers["reader"]), 403)
+    created = client.post("/v1/batches", json=body, headers=headers["operator"]).get_json()
+
+    one = client.get(f"/v1/batches/{created['id']}", headers=headers["reader"])
+    counts_only = client.get(
+        f"/v1/batches/{created['id']}?results=false", headers=headers["reader"]
+    )
+
+    assert one.status_code == 200
+    assert sorted(n["node"] for n in one.get_json()["nodes"]) == ["n3", "n4"]
+    assert counts_only.get_json()["nodes"] is None
+    assert counts_only.get_json()["counts"]["pending"] == 2
+
+
+def test_batches_are_listed_newest_first_in_pages(
+    client: FlaskClient, operator: dict[str, str], reader: dict[str, str], fleet: list[str]
+) -> None:
+    ids = [
+        client.post(
+            "/v1/batches", json={"action": "query", "nodes": [name]}, headers=operator
+        ).get_json()["id"]
+        for name in fleet[:3]
+    ]
+
+    page = client.get("/v1/batches?limit=2&offset=1", headers=reader).get_json()
+
+    assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 1
+    assert [item["id"] for item in page["items"]] == [ids[1], ids[0]]
+    assert all(item["nodes"] is None for item in page["items"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"action": "off", "nodes": ["n1", "ghost"]}, 404, "no node named 'ghost'"),
+        ({"action": "off", "selector": {"tags": ["rack9"]}}, 404, "no node matches"),
+        ({"action": "off", "selector": {"name_glob": "x*"}}, 404, "no node matches"),
+        ({"action": "off"}, 422, "either nodes or a selector"),
+        ({"action": "off", "nodes": ["n1"], "selector": {"all": True}}, 422, "not both"),
+        ({"action": "off", "selector": {}}, 422, "tags, a name_glob, or all"),
+        ({"action": "off", "selector": {"all": False}}, 422, "tags, a name_glob, or all"),
+        ({"action": "off", "nodes": []}, 422, "nodes"),
+        ({"action": "off", "nodes": ["n1"], "max_in_flight": 0}, 422, "max_in_flight"),
+        ({"action": "off", "nodes": ["n1"], "stagger_s": -1}, 422, "stagger_s"),
+        ({"action": "off", "nodes": ["n1"], "surprise": 1}, 422, "surprise"),
+        ({"action": "dance", "nodes": ["n1"]}, 422, "action"),
+    ],
+)
+def test_invalid_batches_are_problems(
+    client: FlaskClient,
+    operator: dict[str, str],
+    fleet: list[str],
+    body: dict[str, object],
+    status: int,
+    detail: str,
+) -> None:
+    problem = assert_problem(client.post("/v1/batches", json=body, headers=operator), status)
+    assert detail in problem["detail"]
+    listed = client.get("/v1/batches", headers=operator).get_json()
+    assert listed["total"] == 0
+
+
+def test_an_unknown_batch_is_404(client: FlaskClient, reader: dict[str, str], db: None) -> None:
+    assert_problem(client.get(f"/v1/batches/{uuid.uuid4()}", headers=reader), 404)
+    assert_problem(client.get("/v1/batches/not-a-uuid", headers=reader), 404)

@@ -1,0 +1,88 @@
+"""``powerq batch`` and ``powerq batches`` on a live stack: progress, tables, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from powerq.states import Action
+from tests.cli.conftest import Cli, error_line
+from tests.cli.test_power import hold_outstanding
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.ipmi, pytest.mark.slow]
+
+
+def test_batch_off_all_waits_and_shows_every_node_succeeded(live: Stack, cli: Cli) -> None:
+    names = live.register_fleet(4)
+
+    result = cli("batch", "off", "--all", "--max-in-flight", "2", "--wait", role="operator")
+
+    assert result.exit_code == 0, result.output
+    assert "4 succeeded" in result.stdout
+    assert all(name in result.stdout for name in names)
+    assert "off" in result.stderr  # the progress bar
+    assert "4/4" in result.stderr
+
+
+def test_a_failing_bmc_fails_the_batch_with_its_reason(live: Stack, cli: Cli) -> None:
+    names = live.register_fleet(3)
+    live.fleet.control.set_fault(names[1], "down")
+
+    result = cli(
+        "batch", "off", *names, "--deadline", "3", "--wait", "--json", role="operator"
+    )  # fmt: skip
+
+    batch = json.loads(result.stdout)
+    by_node = {node["node"]: node for node in batch["nodes"]}
+    assert by_node[names[1]]["state"] == "failed"
+    assert by_node[names[1]]["error"]
+    assert [by_node[n]["state"] for n in (names[0], names[2])] == ["succeeded"] * 2
+    assert error_line(result).endswith("1 failed of 3 node(s)")
+    table = cli("batches", "show", batch["id"], role="reader")
+    assert by_node[names[1]]["error"][:40] in table.stdout.replace("\n", " ")
+    assert table.exit_code == 1
+
+
+def test_conflicts_are_refused_with_the_outstanding_request(live: Stack, cli: Cli) -> None:
+    names = live.register_fleet(3)
+    outstanding = hold_outstanding(names[0], Action.ON)
+
+    result = cli("batch", "off", "--all", "--wait", role="operator")
+
+    assert "refused" in result.stdout and outstanding in result.stdout
+    assert "outstanding 'on' request" in result.stdout
+    assert result.stdout.count("succeeded") >= 2
+    assert error_line(result, alone=False).endswith("1 refused of 3 node(s)")
+
+
+def test_batch_from_a_file_by_tag_and_listing(live: Stack, cli: Cli, tmp_path: Path) -> None:
+    names = live.register_fleet(3)
+    listing = tmp_path / "nodes.txt"
+    listing.write_text(f"# rack 1\n{names[2]}\n{names[0]}\n")
+
+    from_file = cli("batch", "on", "--file", str(listing), "--json", role="operator")
+    no_match = cli("batch", "on", "--tag", "nowhere", role="operator")
+    usage = cli("batch", "on", "--all", names[0], role="operator")
+    listed = cli("batches", "list", "--json", role="reader")
+
+    assert from_file.exit_code == 0, from_file.output
+    assert json.loads(from_file.stdout)["selector"] == {"nodes": [names[2], names[0]]}
+    assert "no node matches the selector tags nowhere (HTTP 404)" in error_line(no_match)
+    assert usage.exit_code == 2 and "name the nodes one way" in usage.stderr
+    assert json.loads(listed.stdout)["total"] == 1
+
+
+def test_waiting_gives_up_with_one_line_and_the_batch_goes_on(live: Stack, cli: Cli) -> None:
+    (name,) = live.register_fleet(1)
+    live.fleet.control.set_fault(name, "stuck")  # accepts the command, never changes
+
+    result = cli(
+        "batch", "off", name, "--deadline", "2", "--wait", "--timeout", "1", role="operator"
+    )  # fmt: skip
+
+    line = error_line(result, alone=False)
+    assert "has not finished after 1s (it goes on in the server)" in line
+    assert "powerq batches show" in line
