@@ -41,8 +41,15 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 ACTIONS = ["on", "off", "cycle", "reset", "soft_off", "off", "on"]
-FAULTS = ["flushall", "redis_restart", "pg_restart", "kill_worker", "beat_pause", "bmc_down",
-          "bmc_lossy"]  # fmt: skip
+FAULTS = [
+    "flushall",
+    "redis_restart",
+    "pg_restart",
+    "kill_worker",
+    "beat_pause",
+    "bmc_down",
+    "bmc_lossy",
+]
 FAULT_EVERY_S = (3.0, 8.0)
 DRAIN_S = 240.0
 RESULTS = Path(__file__).parent / "results"
@@ -83,9 +90,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="powerq-chaos-"))
     _configure_environment(workdir, args)
     verdict = Chaos(args, workdir, rng).run()
-    print(
-        f"statuses={verdict.statuses} faults={verdict.faults} seconds={verdict.seconds:.0f}"
-    )
+    print(f"statuses={verdict.statuses} faults={verdict.faults} seconds={verdict.seconds:.0f}")
     for error, count in verdict.errors.items():
         print(f"  {count:4d} x {error}")
     for detail in verdict.overlap_details:
