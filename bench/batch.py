@@ -129,7 +129,7 @@ def single_command_times(fleet: Any) -> dict[str, float]:
     for _ in range(10):
         start = time.perf_counter()
         subprocess.run(
-            _ipmitool(target.port, "chassis", "power", "off"),
+            _ipmitool(target.address, target.port, "chassis", "power", "off"),
             capture_output=True,
             timeout=30,
             check=False,
@@ -146,7 +146,7 @@ def single_command_times(fleet: Any) -> dict[str, float]:
     }
 
 
-def _ipmitool(port: int | str, *command: str) -> list[str]:
+def _ipmitool(address: str, port: int | str, *command: str) -> list[str]:
     return [
         "ipmitool",
         "-I",
@@ -154,7 +154,7 @@ def _ipmitool(port: int | str, *command: str) -> list[str]:
         "-C",
         "3",
         "-H",
-        "127.0.0.1",
+        address,
         "-p",
         str(port),
         "-U",
@@ -188,15 +188,15 @@ def run_xargs(group: Any, name: str, lanes: int, ports: Path, command: list[str]
 def baseline_unverified(group: Any, fleet: Any, lanes: int, ports: Path) -> dict[str, Any]:
     """xargs -P L ipmitool … chassis power off: done when every command was accepted."""
     power_all(fleet, "on")
-    wall = run_xargs(group, "xargs-off", lanes, ports, _port_last_ipmitool())
+    wall = run_xargs(group, "xargs-off", lanes, ports, _port_last_ipmitool(fleet.address))
     summary = wait_fleet_settled(fleet)
     return {"wall_s": wall, "fleet_after": summary}
 
 
-def _port_last_ipmitool() -> list[str]:
+def _port_last_ipmitool(address: str) -> list[str]:
     """``sh -c 'ipmitool … -p "$1" chassis power off' sh PORT``: xargs appends the port."""
     script = (
-        'exec timeout 30 ipmitool -I lanplus -C 3 -H 127.0.0.1 -p "$1" '
+        f'exec timeout 30 ipmitool -I lanplus -C 3 -H {address} -p "$1" '
         "-U admin -P password chassis power off >/dev/null"
     )
     return ["sh", "-c", script, "sh"]
@@ -216,12 +216,13 @@ def baseline_verified(group: Any, fleet: Any, lanes: int, ports: Path) -> dict[s
     sample = all_ports[: min(len(all_ports), VERIFIED_SAMPLE_PER_LANE * lanes)]
     sample_file = ports.with_name(f"ports-sample-{lanes}.txt")
     sample_file.write_text("".join(f"{p}\n" for p in sample))
-    os.environ.update(
-        BENCH_BMC_HOST="127.0.0.1", BENCH_BMC_USER="admin", BENCH_BMC_PASSWORD="password"
-    )
-    group.env.update(
-        BENCH_BMC_HOST="127.0.0.1", BENCH_BMC_USER="admin", BENCH_BMC_PASSWORD="password"
-    )
+    credentials = {
+        "BENCH_BMC_HOST": fleet.address,
+        "BENCH_BMC_USER": "admin",
+        "BENCH_BMC_PASSWORD": "password",
+    }
+    os.environ.update(credentials)
+    group.env.update(credentials)
     wall = run_xargs(group, "xargs-verified", lanes, sample_file, ["sh", str(VERIFIED_SCRIPT)])
     summary = wait_fleet_settled(fleet)
     scale = len(all_ports) / len(sample)
@@ -455,7 +456,6 @@ def lane_memory_summary(memory: list[dict[str, Any]]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> Result:
     """Benchmark 1 at every lane count, plus the memory figures of benchmark 6."""
-    from powerq.bmc.simfleet.launcher import SimFleetProcess
 
     lane_counts = [int(x) for x in args.lanes.split(",")]
     result = Result(
@@ -471,7 +471,7 @@ def run(args: argparse.Namespace) -> Result:
     with common.bench_services(max(lane_counts), redis_url=args.redis_url) as services:
         from powerq.tasks.app import app  # noqa: F401  (imported with the largest lane count)
 
-        with SimFleetProcess(args.nodes, transition=TRANSITION_S) as fleet:
+        with common.sim_fleet(args.nodes, transition=TRANSITION_S) as fleet:
             names = common.register_nodes(fleet.manifest)
             ports = services.data_dir / "ports.txt"
             ports.write_text("".join(f"{row['port']}\n" for row in fleet.manifest))

@@ -445,6 +445,36 @@ def wait_until(ready: Callable[[], bool], timeout: float, what: str, poll: float
 
 # --- powerq fixtures ----------------------------------------------------------------------
 
+# Loopback addresses a fleet may bind, in order: a 10,000-port UDP range on 127.0.0.1
+# may not be free when other fleets (other engineers' tests) hold ports in it.
+FLEET_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
+@contextlib.contextmanager
+def sim_fleet(count: int, **options: Any) -> Iterator[Any]:
+    """A running ``SimFleetProcess`` on the first loopback address with room for it.
+
+    :raises FleetStartError: it could not start on any of FLEET_ADDRESSES.
+    """
+    from powerq.bmc.simfleet.launcher import FleetStartError, SimFleetProcess
+
+    error: Exception | None = None
+    for address in FLEET_ADDRESSES:
+        fleet = SimFleetProcess(count, address=address, **options)
+        try:
+            fleet.start()
+        except (OSError, FleetStartError) as exc:
+            fleet.stop()
+            error = exc
+            say(f"fleet of {count} could not start on {address}: {exc}")
+            continue
+        try:
+            yield fleet
+        finally:
+            fleet.stop()
+        return
+    raise FleetStartError(f"no loopback address had room for {count} BMCs: {error}")
+
 
 def register_nodes(manifest: Sequence[dict[str, Any]]) -> list[str]:
     """Register the fleet's BMCs as IPMI nodes in one bulk INSERT; return their names.

@@ -69,7 +69,6 @@ def refreshed(since: float) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Result:
     """Baseline pass, then the monitor through the lanes."""
-    from powerq.bmc.simfleet.launcher import SimFleetProcess
 
     result = Result("monitor", {"nodes": args.nodes, "lanes": args.lanes})
     with common.bench_services(args.lanes, redis_url=args.redis_url) as services:
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> Result:
         from powerq.bmc import close_all
         from powerq.tasks.monitor import BATCH_SIZE, monitor
 
-        with SimFleetProcess(args.nodes, transition=2.0) as fleet:
+        with common.sim_fleet(args.nodes, transition=2.0) as fleet:
             common.register_nodes(fleet.manifest)
             say(f"fleet of {args.nodes} up and registered")
             targets = fleet.targets()

@@ -103,14 +103,12 @@ def run(args: argparse.Namespace) -> Result:
     """Interleave powerq and raw actions on one BMC."""
     import requests
 
-    from powerq.bmc.simfleet.launcher import SimFleetProcess
-
     result = Result("overhead", {"repeats": args.repeats, "transition_s": args.transition})
     with common.bench_services(1, redis_url=args.redis_url) as services:
         from powerq.bmc import close_all, driver_for
         from powerq.states import Action, PowerState
 
-        with SimFleetProcess(1, transition=args.transition) as fleet:
+        with common.sim_fleet(1, transition=args.transition) as fleet:
             name = common.register_nodes(fleet.manifest)[0]
             token = common.create_api_token("operator", "bench-overhead")
             url = common.start_gunicorn(services.processes, "api", "powerq.api.wsgi:app")
