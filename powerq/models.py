@@ -62,7 +62,8 @@ class Node(Base):
     __tablename__ = "nodes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Unique among live nodes (uq_nodes_name_live): a deleted node's name is free again.
+    name: Mapped[str] = mapped_column(String(63))
     driver: Mapped[DriverKind] = mapped_column(_pg_enum(DriverKind, "driver_kind"))
     bmc_address: Mapped[str] = mapped_column(String(255))
     bmc_port: Mapped[int] = mapped_column(Integer, default=623)
@@ -87,12 +88,28 @@ class Node(Base):
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now(), onupdate=func.now())
+    # Soft delete: a deleted node keeps its requests and events (the audit trail).
+    deleted_at: Mapped[datetime | None] = mapped_column(TZ)
 
     requests: Mapped[list[PowerRequest]] = relationship(
         back_populates="node", passive_deletes=True, lazy="raise_on_sql"
     )
 
-    __table_args__ = (Index("ix_nodes_tags", "tags", postgresql_using="gin"),)
+    __table_args__ = (
+        Index("ix_nodes_tags", "tags", postgresql_using="gin"),
+        Index(
+            "uq_nodes_name_live", "name", unique=True, postgresql_where=text("deleted_at IS NULL")
+        ),
+        # One machine, one operation: the unit of serialisation is the BMC endpoint,
+        # so two live nodes can never point at one BMC.
+        Index(
+            "uq_nodes_bmc_endpoint",
+            func.lower(text("bmc_address")),
+            "bmc_port",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
 
     def __repr__(self) -> str:
         return (
@@ -119,6 +136,9 @@ class Batch(Base):
     selector: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
     requested_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # Requests of the batch not started by then are failed (held ones never run).
+    deadline_at: Mapped[datetime | None] = mapped_column(TZ)
+    cancelled_at: Mapped[datetime | None] = mapped_column(TZ)
 
     def __repr__(self) -> str:
         return f"<Batch {self.id} {self.action} by={self.requested_by}>"
@@ -163,7 +183,13 @@ class PowerRequest(Base):
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     command_sent: Mapped[Action | None] = mapped_column(_pg_enum(Action, "power_action"))
     command_sent_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Written when the BMC answered the command; NULL after a send means "maybe sent".
+    command_acked_at: Mapped[datetime | None] = mapped_column(TZ)
     fallback_sent_at: Mapped[datetime | None] = mapped_column(TZ)
+    # What showed the outcome (see powerq.states.Evidence): never more than was seen.
+    evidence: Mapped[str | None] = mapped_column(String(32))
+    # A pending request not claimed by then fails (its batch's deadline).
+    start_by: Mapped[datetime | None] = mapped_column(TZ)
     # A cycle is verified by seeing the machine go off and back on (see tasks.verify).
     transition_seen_at: Mapped[datetime | None] = mapped_column(TZ)
     started_at: Mapped[datetime | None] = mapped_column(TZ)
@@ -201,6 +227,11 @@ class PowerRequest(Base):
             "ix_power_requests_outstanding_lease",
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
+        ),
+        Index(
+            "ix_power_requests_start_by",
+            "start_by",
+            postgresql_where=text("status = 'pending' AND start_by IS NOT NULL"),
         ),
         Index(
             "uq_power_requests_idempotency",
@@ -272,4 +303,7 @@ class IdempotentResponse(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
     headers: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    # SHA-256 of the method, path and canonical body: a different call under the
+    # same key is refused instead of being answered with the first one's response.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

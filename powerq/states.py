@@ -46,6 +46,23 @@ class RequestStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class Evidence(enum.StrEnum):
+    """What showed a finished request's outcome; a request reports no more than this."""
+
+    # The BMC reported the target state after the command (on, off, soft_off).
+    POWER_STATE = "power_state"
+    # The BMC already reported the target state: nothing was sent.
+    ALREADY = "already"
+    # A cycle: the BMC reported off, then on (performed as off -> verified off ->
+    # on -> verified on).
+    OFF_THEN_ON = "off_then_on"
+    # The BMC answered the command, but its effect cannot be read back (a reset:
+    # the power state does not change). "Acknowledged, not observable."
+    ACKNOWLEDGED = "acknowledged"
+    # A query: the state read is the outcome.
+    READ = "read"
+
+
 OUTSTANDING_STATUSES: frozenset[RequestStatus] = frozenset(
     {RequestStatus.PENDING, RequestStatus.RUNNING}
 )
