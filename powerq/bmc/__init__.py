@@ -8,9 +8,11 @@ is only loaded and patched when the first IPMI driver is asked for).
 from __future__ import annotations
 
 from powerq.bmc.base import (
+    BmcAckUnknown,
     BmcAuthError,
     BmcCommandRejected,
     BmcError,
+    BmcProtocolError,
     BmcTarget,
     BmcUnreachable,
     PowerDriver,
@@ -18,9 +20,11 @@ from powerq.bmc.base import (
 from powerq.states import DriverKind
 
 __all__ = [
+    "BmcAckUnknown",
     "BmcAuthError",
     "BmcCommandRejected",
     "BmcError",
+    "BmcProtocolError",
     "BmcTarget",
     "BmcUnreachable",
     "PowerDriver",

@@ -30,8 +30,19 @@ class BmcUnreachable(BmcError):
     transient = True
 
 
+class BmcAckUnknown(BmcUnreachable):
+    """A power command was transmitted once and no answer came: it may or may not
+    have run. Never resend it blindly; read the power state to settle it."""
+
+
 class BmcAuthError(BmcError):
     """The BMC refused the credentials. Permanent until the credentials change."""
+
+
+class BmcProtocolError(BmcError):
+    """The BMC answered, but not in a way the driver can use (unsupported cipher
+    suite, malformed or unexpected messages). Permanent: retrying the same
+    exchange gives the same answer; the node's options or firmware must change."""
 
 
 class BmcCommandRejected(BmcError):
@@ -64,6 +75,7 @@ class PowerDriver(abc.ABC):
         :raises BmcUnreachable: no answer in time (transient).
         :raises BmcAuthError: credentials refused (permanent).
         :raises BmcCommandRejected: the BMC refused the request (permanent).
+        :raises BmcProtocolError: the BMC's answers cannot be used (permanent).
         """
 
     @abc.abstractmethod
@@ -71,9 +83,11 @@ class PowerDriver(abc.ABC):
         """Send ``action`` (on, off, soft_off, cycle, reset) and return at once.
 
         Returns when the BMC has accepted the command, not when the hardware has
-        reached the new state: callers verify with :meth:`get_power_state`.
+        reached the new state: callers verify with :meth:`get_power_state`. The
+        command is transmitted at most once (a BMC may run a retransmission again).
 
-        :raises BmcUnreachable: no answer in time (transient).
+        :raises BmcAckUnknown: the command went out but no answer came: maybe sent.
+        :raises BmcUnreachable: no session could be set up, nothing was sent (transient).
         :raises BmcAuthError: credentials refused (permanent).
         :raises BmcCommandRejected: the BMC refused the command (permanent).
         :raises ValueError: ``action`` is ``query`` or otherwise not sendable.

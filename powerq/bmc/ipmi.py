@@ -14,8 +14,8 @@ from typing import Any
 
 from pyghmi.ipmi.command import Command
 
-from powerq.bmc import ipmi_errors, pyghmi_patches
-from powerq.bmc.base import BmcTarget, BmcUnreachable, PowerDriver
+from powerq.bmc import ipmi_errors, ipmi_probe, pyghmi_patches
+from powerq.bmc.base import BmcAckUnknown, BmcError, BmcTarget, BmcUnreachable, PowerDriver
 from powerq.bmc.ipmi_sessions import SessionCache
 from powerq.states import Action, PowerState
 
@@ -41,10 +41,11 @@ def connect(target: BmcTarget) -> Any:
     Credentials go to pyghmi as bytes: its session cache compares bytes, and
     ``str`` credentials make a second ``Command`` to the same BMC hang.
 
-    :raises BmcUnreachable: no answer during login (bounded by pyghmi, ~4-6 s).
+    :raises BmcUnreachable: no answer to the probe (< 1 s) or during login.
     :raises BmcAuthError: the BMC refused the credentials.
     """
     pyghmi_patches.apply()
+    ipmi_probe.ensure_answering(target)  # a dead BMC costs < 1 s, not a login's retries
     try:
         command = Command(
             bmc=target.address,
@@ -107,26 +108,55 @@ class IpmiDriver(PowerDriver):
         if action not in CHASSIS_CONTROL:
             raise ValueError(f"{action!r} is not a power action a BMC can be sent")
         code, name = CHASSIS_CONTROL[action]
-        self._call(f"chassis control {name!r}", CMD_CHASSIS_CONTROL, [code])
+        self._call(f"chassis control {name!r}", CMD_CHASSIS_CONTROL, [code], once=True)
 
     def close(self) -> None:
         """Log out of this BMC's shared session (other drivers for it log in again)."""
         self._sessions.close(self.target)
 
-    def _call(self, what: str, cmd: int, data: list[int]) -> dict[str, Any]:
+    def _call(self, what: str, cmd: int, data: list[int], *, once: bool = False) -> dict[str, Any]:
         """One raw chassis command on the BMC's session; a failed session is dropped.
 
+        Every request is transmitted exactly once (pyghmi never retransmits
+        here). ``once``: a power-changing command; if no answer comes, it may
+        or may not have run (:class:`BmcAckUnknown`). An unanswered read is
+        plain :class:`BmcUnreachable` (the executor retries it later).
+
+        :raises BmcAckUnknown: ``once`` and the command went out unanswered.
         :raises BmcError: mapped from pyghmi's exception or the completion code.
         """
         with self._sessions.lease(self.target) as lease:
+            ipmi = lease.session.ipmi_session
             try:
-                response = lease.session.raw_command(netfn=NETFN_CHASSIS, command=cmd, data=data)
+                wait_s = (
+                    pyghmi_patches.COMMAND_ANSWER_WAIT_S
+                    if once
+                    else pyghmi_patches.READ_ANSWER_WAIT_S
+                )
+                response = pyghmi_patches.send_once(ipmi, NETFN_CHASSIS, cmd, data, wait_s=wait_s)
             except Exception as exc:
                 lease.invalidate()
-                raise ipmi_errors.from_exception(exc, self.target, what) from exc
-            if ipmi_errors.session_lost(response):
+                raise self._unanswered(exc, what, sent=once) from exc
+            lost = ipmi_errors.session_lost(response)
+            if lost:
                 lease.invalidate()
             error = ipmi_errors.from_response(response, self.target, what)
             if error is not None:
-                raise error
+                # An answer (busy, refused) means it did not run; silence means maybe.
+                raise self._unanswered(error, what, sent=once and lost)
+            assert response is not None  # from_response reports None as an error
             return dict(response)
+
+    def _unanswered(self, exc: Exception, what: str, *, sent: bool) -> BmcError:
+        """Map a failed call; for a command that went out unanswered, say "maybe sent"."""
+        error = (
+            exc if isinstance(exc, BmcError) else ipmi_errors.from_exception(exc, self.target, what)
+        )
+        if sent and isinstance(error, BmcUnreachable):
+            return BmcAckUnknown(
+                f"IPMI {what} at {self.target.label} was sent once and not answered "
+                f"({error}): it may or may not have run",
+                address=self.target.address,
+                port=self.target.port,
+            )
+        return error

@@ -14,6 +14,7 @@ from powerq.bmc.base import (
     BmcAuthError,
     BmcCommandRejected,
     BmcError,
+    BmcProtocolError,
     BmcTarget,
     BmcUnreachable,
 )
@@ -42,6 +43,18 @@ _AUTH_MARKERS = (
 )
 
 
+# pyghmi messages that mean "no (usable) answer in time": worth a later retry.
+# Anything else it raises is a protocol mismatch that a retry repeats.
+_SILENCE_MARKERS = (
+    "timed out",
+    "timeout",
+    "no longer connected",
+    "unable to transmit",
+    "unable to establish",
+    "logout",
+)
+
+
 def _error(kind: type[BmcError], target: BmcTarget, what: str, detail: str) -> BmcError:
     message = f"IPMI {what} at {target.label} as user {target.username!r}: {detail}"
     return kind(message, address=target.address, port=target.port)
@@ -54,7 +67,10 @@ def from_exception(exc: BaseException, target: BmcTarget, what: str) -> BmcError
         reason = "timed out after retries"
     if any(marker in reason.lower() for marker in _AUTH_MARKERS):
         return _error(BmcAuthError, target, what, f"credentials refused ({reason})")
-    return _error(BmcUnreachable, target, what, f"no usable answer ({reason})")
+    if any(marker in reason.lower() for marker in _SILENCE_MARKERS):
+        return _error(BmcUnreachable, target, what, f"no usable answer ({reason})")
+    detail = f"protocol error ({type(exc).__name__}: {reason}); not retried"
+    return _error(BmcProtocolError, target, what, detail)
 
 
 def from_response(response: dict[str, Any] | None, target: BmcTarget, what: str) -> BmcError | None:

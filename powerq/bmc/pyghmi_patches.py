@@ -26,6 +26,15 @@ Each was reproduced against the simulated fleet (see tests/bmc/test_pyghmi_pitfa
    :func:`bound_session` caps it (see :data:`COMMAND_MAX_TIMEOUT`): a dead BMC
    now fails a command in 4.5-6 s; the driver re-logs in on the next call.
 
+4. **Retransmitted power commands** (``Session._timedout``). A command with
+   no answer after pyghmi's retry timer (0.5-1 s) is sent again, identical;
+   a BMC that runs every request it receives then powers the machine twice
+   (reproduced: a BMC answering in 0.8 s ran a cycle twice). pyghmi's own
+   ``retry=False`` does not wait for the answer at all. :func:`send_once`
+   transmits once and waits for the answer; no answer is "maybe sent".
+   Reads go the same way with a shorter wait: a dead BMC then holds a lane
+   for about a second, and the executor, not pyghmi, decides when to ask again.
+
 Also relied on, not patched: credentials are passed as ``bytes`` (pyghmi's
 session cache compares the encoded bytes; ``str`` credentials make a second
 ``Command`` to a BMC with an open session wait forever), and one ``Command``
@@ -43,7 +52,13 @@ from pyghmi.ipmi.private import session as _session
 
 PYGHMI_SERIES = "1.6."
 POLL_CAP = 0.05  # seconds a pyghmi waiter may sleep before re-checking its condition
-COMMAND_MAX_TIMEOUT = 3  # pyghmi retries a command until its retry timer would exceed this
+COMMAND_MAX_TIMEOUT = 1  # pyghmi retries a command until its retry timer would exceed this
+# How long an answer is awaited after the one transmission of a request. A
+# healthy BMC answers in milliseconds, slow ones in about a second. A read that
+# gets no answer fails fast (the executor retries it later, without holding
+# the lane); a power command's answer is worth waiting a little longer for.
+READ_ANSWER_WAIT_S = 1.0
+COMMAND_ANSWER_WAIT_S = 1.5
 
 ORIGINALS: dict[str, Callable[..., Any]] = {}
 _apply_lock = threading.Lock()
@@ -77,6 +92,28 @@ def bound_session(ipmi_session: Any) -> None:
     """
     ipmi_session.maxtimeout = COMMAND_MAX_TIMEOUT
     ipmi_session.logontries = 0
+
+
+def send_once(
+    ipmi_session: Any, netfn: int, command: int, data: list[int], *, wait_s: float
+) -> dict[str, Any] | None:
+    """Transmit one IPMI request exactly once and wait ``wait_s`` for its answer
+    (workaround 4).
+
+    Sets the session's retry timer to its ceiling for this one call, so the
+    first expiry ends the call (pyghmi then reports ``{'error': 'timeout'}``
+    and marks the session broken) instead of retransmitting. pyghmi restores
+    its timer itself when any answer arrives. Returns pyghmi's response dict:
+    None or an ``error`` entry when no answer came.
+
+    :raises pyghmi.exceptions.IpmiException: the session was not usable, or no
+        answer came within the call's overall limit (nothing more was sent).
+    """
+    ipmi_session.timeout = ipmi_session.maxtimeout
+    response: dict[str, Any] | None = ipmi_session.raw_command(
+        netfn=netfn, command=command, data=data, timeout=wait_s
+    )
+    return response
 
 
 def recvfrom_never_blocks(mysocket: socket.socket, size: int) -> tuple[bytes, Any] | None:

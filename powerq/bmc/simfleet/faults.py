@@ -10,6 +10,10 @@ wrong_credentials      the BMC holds a different password: RAKP 2 does not verif
 flaky (every, code)    every ``every``-th chassis command fails with ``code``
                        (default 0xC0, "node busy")
 stuck                  Chassis Control is accepted but the state never changes
+executes_retransmissions  every request received is run, a client's retransmission
+                       of an unanswered one included (no rqSeq de-duplication),
+                       as some real BMCs do: with ``slow`` this is the BMC that
+                       runs a retransmitted power cycle twice
 =====================  =========================================================
 """
 
@@ -32,6 +36,7 @@ class FaultKind(enum.StrEnum):
     WRONG_CREDENTIALS = "wrong_credentials"
     FLAKY = "flaky"
     STUCK = "stuck"
+    EXECUTES_RETRANSMISSIONS = "executes_retransmissions"
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Faults:
     flaky_every: int = 0
     flaky_code: int = CC_NODE_BUSY
     stuck: bool = False
+    executes_retransmissions: bool = False
     _flaky_count: int = 0
 
     def set(self, kind: str, params: dict[str, Any]) -> None:
@@ -89,6 +95,7 @@ class Faults:
                 {"every": self.flaky_every, "code": self.flaky_code},
             ),
             (FaultKind.STUCK, self.stuck, {}),
+            (FaultKind.EXECUTES_RETRANSMISSIONS, self.executes_retransmissions, {}),
         ):
             if on:
                 found[kind.value] = params
@@ -113,6 +120,7 @@ _FIELDS: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.WRONG_CREDENTIALS: ("wrong_credentials",),
     FaultKind.FLAKY: ("flaky_every", "flaky_code", "_flaky_count"),
     FaultKind.STUCK: ("stuck",),
+    FaultKind.EXECUTES_RETRANSMISSIONS: ("executes_retransmissions",),
 }
 
 

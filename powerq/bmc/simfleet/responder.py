@@ -92,10 +92,12 @@ class Responder:
         A client that timed out resends the identical message (same rqSeq):
         like a careful BMC, answer it again without executing it twice. The log
         shows it as ``retransmission`` so ``chassis_control`` entries are the
-        commands that really ran.
+        commands that really ran. Under the ``executes_retransmissions`` fault
+        it runs every copy, as a careless BMC does.
         """
         previous = session.last_exchange
-        if previous is not None and previous[0] == message:
+        careful = not self.faults.executes_retransmissions
+        if careful and previous is not None and previous[0] == message:
             name = command_name(parse_request(message))
             self.log.record(
                 "retransmission", session.bmc_id, detail=f"{name} answered again, not run again"
