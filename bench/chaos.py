@@ -15,7 +15,10 @@ non-zero unless all four are 0:
 
 * lost: requests that never finished (pending/running at the end);
 * overlaps: power operations that reached a BMC while another was in transition;
-* repeated: cycle/reset commands a BMC accepted beyond one per request;
+* repeated: power commands a BMC executed beyond what its requests allow
+  (cycle: off + on; soft_off: soft + one hard fallback; others: one), counted
+  in the BMC's own log. A quarter of the BMCs (``--careless-share``) answer
+  Chassis Control in 0.8 s and execute every retransmission they receive;
 * stuck: outstanding requests past their deadline (plus a grace period).
 
 Failed requests are allowed (a BMC that is down fails its request); losing
@@ -40,6 +43,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from powerq.bmc.simfleet.executions import beyond_budget
+
 ACTIONS = ["on", "off", "cycle", "reset", "soft_off", "off", "on"]
 FAULTS = [
     "flushall",
@@ -51,6 +56,7 @@ FAULTS = [
     "bmc_lossy",
 ]
 FAULT_EVERY_S = (3.0, 8.0)
+CARELESS_ANSWER_S = 0.8  # longer than pyghmi's 0.5-1 s retransmission timer
 DRAIN_S = 240.0
 RESULTS = Path(__file__).parent / "results"
 
@@ -109,6 +115,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--transition", type=float, default=0.5)
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds, hard stop")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--careless-share",
+        type=float,
+        default=0.25,
+        help="share of BMCs that answer slowly and execute retransmissions (0..1)",
+    )
     return parser.parse_args()
 
 
@@ -152,6 +164,7 @@ class Chaos:
         fleet = SimFleetProcess(count=self.args.nodes, transition=self.args.transition)
         with fleet:
             self.stack = _stack(fleet, self.workdir)
+            self._make_careless()
             try:
                 self._load_with_faults(started)
                 self._heal_all()
@@ -221,11 +234,23 @@ class Chaos:
     def _bmc_fault(self, fault: str, now: float) -> None:
         name = self.rng.choice(self.stack.fleet.manifest)["name"]
         control = self.stack.fleet.control
-        if fault == "bmc_down":
+        kind = "down" if fault == "bmc_down" else "lossy"
+        if kind == "down":
             control.set_fault(name, "down")
         else:
             control.set_fault(name, "lossy", fraction=0.3)
-        self.healing.append((now + self.rng.uniform(3, 15), lambda: control.clear_fault(name)))
+        heal_at = now + self.rng.uniform(3, 15)
+        self.healing.append((heal_at, lambda: control.clear_fault(name, kind)))
+
+    def _make_careless(self) -> None:
+        """A share of the BMCs answer Chassis Control slowly and run every copy they
+        receive (retransmissions included) for the whole run: the awkward BMC that
+        made other IPMI clients power machines twice."""
+        control = self.stack.fleet.control
+        rows = self.stack.fleet.manifest
+        for row in self.rng.sample(rows, round(len(rows) * self.args.careless_share)):
+            control.set_fault(row["name"], "executes_retransmissions")
+            control.set_fault(row["name"], "slow", delay=CARELESS_ANSWER_S)
 
     def _heal_due(self) -> None:
         now = time.monotonic()
@@ -354,21 +379,15 @@ def _overlap_details(fleet: Any) -> list[dict[str, Any]]:
 
 
 def _repeated(fleet: Any, rows: list[dict[str, Any]]) -> int:
-    """Accepted cycle/reset commands beyond one per cycle/reset request, per node."""
-    allowed: Counter[str] = Counter(
-        r["node"] for r in rows if r["action"] in ("cycle", "reset") and r["sent"]
+    """Commands the BMCs executed beyond what their requests allow (cycle: off + on;
+    soft_off: soft + one hard fallback; others: one), counted in each BMC's own log."""
+    actions: dict[str, list[str]] = {}
+    for r in rows:
+        actions.setdefault(r["node"], []).append(r["action"])
+    return sum(
+        beyond_budget(fleet.control.log(row["name"]), actions.get(row["name"], []))
+        for row in fleet.manifest
     )
-    repeated = 0
-    for row in fleet.manifest:
-        accepted = sum(
-            1
-            for entry in fleet.control.log(row["name"])
-            if entry["command"] == "chassis_control"
-            and entry["action"] in ("power_cycle", "hard_reset")
-            and entry["completion_code"] == 0
-        )
-        repeated += max(0, accepted - allowed[row["name"]])
-    return repeated
 
 
 if __name__ == "__main__":

@@ -14,13 +14,33 @@ from sqlalchemy.orm import Session
 from powerq.audit import record_event
 from powerq.db import db_now
 from powerq.models import Node
-from powerq.states import Action
+from powerq.states import Action, Evidence
+
+# What a success event says, by what showed it: never more than was seen.
+_SUCCESS_WORDING: dict[Evidence | None, str] = {
+    Evidence.POWER_STATE: "verified: the BMC reports the target state",
+    Evidence.ALREADY: "verified: the BMC already reported the target state, nothing sent",
+    Evidence.OFF_THEN_ON: "verified: the BMC reported off, then on",
+    Evidence.ACKNOWLEDGED: "acknowledged by the BMC, not observable through the power state",
+    Evidence.READ: "read from the BMC",
+    None: "succeeded",
+}
 
 
 def record_success(
-    session: Session, node: Node, *, request_id: uuid.UUID | None, action: Action, actor: str
+    session: Session,
+    node: Node,
+    *,
+    request_id: uuid.UUID | None,
+    action: Action,
+    actor: str,
+    evidence: Evidence | None = None,
 ) -> None:
-    """A verified success: reset the failure count and clear any power fault."""
+    """A success: reset the failure count and clear any power fault.
+
+    The event says what showed it (``evidence``), e.g. a reset is only
+    "acknowledged", never "verified".
+    """
     if node.power_fault:
         record_event(
             session,
@@ -28,7 +48,7 @@ def record_success(
             request_id=request_id,
             kind="power_fault_cleared",
             actor=actor,
-            message="a verified success cleared the power fault",
+            message="a successful request cleared the power fault",
         )
     node.consecutive_failures = 0
     node.power_fault = False
@@ -40,7 +60,8 @@ def record_success(
         request_id=request_id,
         kind="succeeded",
         actor=actor,
-        message=f"{action.value} verified",
+        message=f"{action.value} {_SUCCESS_WORDING[evidence]}",
+        detail={"evidence": evidence.value} if evidence else {},
     )
 
 

@@ -52,11 +52,11 @@ class PowerIntent:
 
 
 def find_node(session: Session, name: str, *, lock: bool = False) -> Node:
-    """The node called ``name``.
+    """The live (not deleted) node called ``name``.
 
     :raises NotFound: no such node.
     """
-    query = select(Node).where(Node.name == name)
+    query = select(Node).where(Node.name == name, Node.deleted_at.is_(None))
     if lock:
         query = query.with_for_update()
     node = session.scalars(query).one_or_none()
@@ -128,10 +128,12 @@ def request_power(
         (``extra["outstanding"]`` is that request; it is left untouched).
     :raises InvalidInput: ``deadline_s`` is out of range, or ``soft_fallback``
         was asked for an action other than soft_off.
+    :raises NotFound: the node was deleted meanwhile.
     """
     deadline = validate_deadline(action, deadline_s)
     if soft_fallback and action is not Action.SOFT_OFF:
         raise InvalidInput("soft_fallback applies to soft_off only")
+    _lock_live(session, node)
     for _ in range(_INSERT_ROUNDS):
         candidate = PowerRequest(
             node_id=node.id,
@@ -163,8 +165,28 @@ def request_power(
     raise Conflict(f"node {node.name!r} is too busy to accept a request now; try again")
 
 
+def _lock_live(session: Session, node: Node) -> None:
+    """Hold ``node`` (FOR KEY SHARE) until commit, so a delete cannot slip in between
+    reading the node and writing its request: a delete that locked it first makes
+    this wait and then find no live node; one that comes later sees the request.
+
+    :raises NotFound: the node has been deleted.
+    """
+    live = select(Node.id).where(Node.id == node.id, Node.deleted_at.is_(None))
+    if session.scalar(live.with_for_update(read=True, key_share=True)) is None:
+        raise NotFound(f"no node named {node.name!r}")
+
+
+def _lock_for_desired(session: Session, node: Node) -> None:
+    """Re-read ``node`` under a row lock (FOR NO KEY UPDATE) before deciding on its
+    desired state: a cancel or another intent that committed meanwhile is seen,
+    and none can change it until this transaction ends (no lost update)."""
+    session.refresh(node, with_for_update={"key_share": True})
+
+
 def _record_intent(session: Session, node: Node, request: PowerRequest, actor: str) -> None:
     desired = desired_after(request.action)
+    _lock_for_desired(session, node)
     before = node.desired_power_state
     if desired is not None and node.desired_power_state is not desired:
         node.desired_power_state = desired
@@ -226,6 +248,7 @@ def _withdraw_desired(session: Session, node: Node, request: PowerRequest) -> No
     """Put back the desired state the cancelled request replaced (from its audit event),
     unless something else has changed it since."""
     desired = desired_after(request.action)
+    _lock_for_desired(session, node)
     if desired is None or node.desired_power_state is not desired:
         return
     before = session.scalar(

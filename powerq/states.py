@@ -93,6 +93,7 @@ POWER_CHANGING_ACTIONS: frozenset[Action] = frozenset(
 )
 
 # Actions sent at most once per request (resending would hit the machine twice).
+# A cycle is two converging phases (off, then on), each sent at most once.
 SEND_ONCE_ACTIONS: frozenset[Action] = frozenset({Action.CYCLE, Action.RESET})
 
 _DESIRED_AFTER: dict[Action, DesiredPowerState | None] = {
@@ -147,13 +148,18 @@ def needs_command(action: Action, observed: PowerState) -> bool:
     return observed is not _TARGET_OF[action]
 
 
-def command_for(action: Action, observed: PowerState) -> Action:
-    """The command to send to carry out ``action`` on a machine observed ``observed``.
+def command_for(action: Action, observed_before: PowerState, *, off_verified: bool) -> Action:
+    """The next command that carries out ``action`` on a machine seen ``observed_before``.
 
-    IPMI refuses a power cycle or hard reset of a machine that is off; powering
-    it on is the honest equivalent (the machine ends up freshly started either
-    way). Everything else is sent as asked.
+    A ``cycle`` is done as two converging phases, each sent at most once and
+    each verified: hard off, then (once off was read back, ``off_verified``)
+    on. A machine already off gets only the "on" phase: off was seen. A hard
+    reset of a machine that is off is refused by IPMI; powering it on is the
+    honest equivalent. Everything else is sent as asked.
     """
-    if action in SEND_ONCE_ACTIONS and observed is PowerState.OFF:
+    if action is Action.CYCLE:
+        already_off = off_verified or observed_before is PowerState.OFF
+        return Action.ON if already_off else Action.OFF
+    if action is Action.RESET and observed_before is PowerState.OFF:
         return Action.ON
     return action

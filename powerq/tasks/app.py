@@ -13,3 +13,6 @@ TASK_MODULES = [
 
 app = Celery("powerq", include=TASK_MODULES)
 app.config_from_object("celeryconfig")
+
+# Worker start (resume a dead predecessor's leases) and stop (log out of BMCs).
+import powerq.tasks.lifecycle  # noqa: E402, F401

@@ -10,6 +10,9 @@ commit, with a countdown until each request's ``not_before``. It runs:
 * from every sweep (:func:`pump_in_sweep`), so a lost ring or a restart only
   delays the batch by one sweep interval;
 * right after a batch is created (the API calls :func:`dispatch_releases`).
+
+Every sweep also fails the batch requests not started by their batch's
+deadline (:func:`expire_in_sweep`), before it pumps.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterable
 
 from sqlalchemy.exc import OperationalError
 
-from powerq.batches import Release, pump, waiting_batch_of
+from powerq.batches import EXPIRE_LIMIT, Release, expire_unstarted, pump, waiting_batch_of
 from powerq.db import session_scope
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
@@ -106,3 +109,18 @@ def pump_in_sweep() -> int:
     except Exception:
         log.exception("batch pump failed during the sweep")
         return 0
+
+
+def expire_in_sweep(limit: int = EXPIRE_LIMIT) -> list[uuid.UUID]:
+    """The sweeper's deadline check: fail batch requests not started by their
+    batch's deadline (:func:`powerq.batches.expire_unstarted`) in one short
+    transaction; return their ids. A failure is logged, never raised."""
+    try:
+        with session_scope() as session:
+            expired = expire_unstarted(session, limit=limit)
+    except Exception:
+        log.exception("failing batch requests past their batch's deadline failed during the sweep")
+        return []
+    if expired:
+        log.info("failed %d batch request(s) not started before their deadline", len(expired))
+    return expired

@@ -18,21 +18,24 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from powerq.audit import record_event
 from powerq.bmc.base import BmcTarget
 from powerq.db import db_now, session_scope
+from powerq.errors import ConfigError
 from powerq.health import record_failure, record_success
 from powerq.inventory import bmc_target
 from powerq.models import Node, PowerRequest
-from powerq.states import Action, PowerState, RequestStatus, Step
+from powerq.states import Action, Evidence, PowerState, RequestStatus, Step
 
 ACTOR = "executor"
 # A continuation may be claimed this early: a worker clock slightly ahead of
 # PostgreSQL's must not drop the chain. Far below any active step's lease.
 CLAIM_TOLERANCE = timedelta(seconds=2)
+# A configuration problem is not the BMC's: it never raises power_fault.
+_NOT_A_BMC_FAULT = 2**31
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Claim:
     observed_before: PowerState | None
     command_sent: Action | None
     command_sent_at: datetime | None
+    command_acked_at: datetime | None
     fallback_sent_at: datetime | None
     transition_seen_at: datetime | None
 
@@ -66,7 +70,10 @@ def claim(request_id: uuid.UUID, lease_s: float) -> Claim | None:
     The claim sets ``running``, increments ``attempt`` and leases the request
     for ``lease_s``; the first claim also fixes ``started_at``/``deadline_at``.
 
-    :raises ConfigError: the node's BMC password cannot be decrypted.
+    A request whose BMC credentials cannot be decrypted (this host's
+    ``POWERQ_SECRET_KEY`` is not the one they were stored with) cannot run
+    anywhere with this key: it is failed at once with that reason, the node's
+    ``last_error`` says so, and None is returned.
     """
     with session_scope() as session:
         now = db_now(session)
@@ -84,7 +91,24 @@ def claim(request_id: uuid.UUID, lease_s: float) -> Claim | None:
                 actor=ACTOR,
                 message=f"{request.action.value} claimed by a worker",
             )
-        return _snapshot(request, request.node, now)
+        try:
+            return _snapshot(request, request.node, now)
+        except ConfigError as exc:
+            _fail_unrunnable(session, request, now, str(exc))
+            return None
+
+
+def _fail_unrunnable(session: Session, request: PowerRequest, now: datetime, reason: str) -> None:
+    """Fail a just-claimed request that no worker with this configuration can run."""
+    request.status = RequestStatus.FAILED
+    request.finished_at = now
+    request.lease_expires_at = None
+    request.error = reason
+    node = session.get(Node, request.node_id, with_for_update=True)
+    assert node is not None
+    record_failure(
+        session, node, request_id=request.id, error=reason, threshold=_NOT_A_BMC_FAULT, actor=ACTOR
+    )
 
 
 def _claim_statement(request_id: uuid.UUID, now: datetime, lease_s: float) -> Any:
@@ -93,6 +117,8 @@ def _claim_statement(request_id: uuid.UUID, now: datetime, lease_s: float) -> An
             PowerRequest.status == RequestStatus.PENDING,
             ~PowerRequest.held,
             or_(PowerRequest.not_before.is_(None), PowerRequest.not_before <= now),
+            # past its batch's deadline it never starts (the sweep fails it)
+            or_(PowerRequest.start_by.is_(None), PowerRequest.start_by > now),
         ),
         and_(
             PowerRequest.status == RequestStatus.RUNNING,
@@ -135,6 +161,7 @@ def _snapshot(request: PowerRequest, node: Node, now: datetime) -> Claim:
         observed_before=request.observed_before,
         command_sent=request.command_sent,
         command_sent_at=request.command_sent_at,
+        command_acked_at=request.command_acked_at,
         fallback_sent_at=request.fallback_sent_at,
         transition_seen_at=request.transition_seen_at,
     )
@@ -155,19 +182,22 @@ def _fenced(session: Session, c: Claim, **values: Any) -> bool:
     return result is not None
 
 
-def advance(c: Claim, *, delay_s: float, **values: Any) -> Claim | None:
+def advance(c: Claim, *, delay_s: float, acked: bool = False, **values: Any) -> Claim | None:
     """Record progress and keep (delay 0) or hand over (delay > 0) the lease.
 
     With ``delay_s == 0`` the same attempt goes on at once and its lease is
     renewed; otherwise the lease ends when the next step is due, so that
-    step's claim (on the same lane) can take it. Returns the updated claim, or
-    None when a newer attempt has taken over (this one must stop).
+    step's claim (on the same lane) can take it. ``acked``: the BMC answered
+    the command just sent (``command_acked_at`` is stamped). Returns the
+    updated claim, or None when a newer attempt has taken over (this one must stop).
     """
     with session_scope() as session:
         now = db_now(session)
         lease_until = now + timedelta(seconds=delay_s) if delay_s > 0 else None
         if lease_until is not None:
             values["lease_expires_at"] = lease_until
+        if acked:
+            values["command_acked_at"] = now
         if not _fenced(session, c, **values):
             return None
     fields = {k: v for k, v in values.items() if k in Claim.__dataclass_fields__}
@@ -183,7 +213,7 @@ def mark_command_sent(c: Claim, command: Action, *, fallback: bool = False) -> C
     with session_scope() as session:
         now = db_now(session)
         column = "fallback_sent_at" if fallback else "command_sent_at"
-        values: dict[str, Any] = {column: now, "command_sent": command}
+        values: dict[str, Any] = {column: now, "command_sent": command, "command_acked_at": None}
         if not _fenced(session, c, **values):
             return None
         record_event(
@@ -196,27 +226,50 @@ def mark_command_sent(c: Claim, command: Action, *, fallback: bool = False) -> C
             detail={"command": command.value, "attempt": c.attempt},
         )
     if fallback:
-        return replace(c, now=now, command_sent=command, fallback_sent_at=now)
-    return replace(c, now=now, command_sent=command, command_sent_at=now)
+        return replace(
+            c, now=now, command_sent=command, fallback_sent_at=now, command_acked_at=None
+        )
+    return replace(c, now=now, command_sent=command, command_sent_at=now, command_acked_at=None)
 
 
-def record_observation(node_id: int, state: PowerState) -> datetime:
-    """Store a verified BMC read as the node's observed state; return when it was read.
+_OBSERVE = text(
+    """
+    WITH owner AS (
+        SELECT 1 FROM power_requests
+        WHERE id = :request_id AND attempt = :attempt AND status = 'running'
+    ), observed AS (
+        UPDATE nodes
+        SET power_state = :state, power_state_at = :read_started, last_checked_at = now()
+        WHERE id = :node_id AND EXISTS (SELECT 1 FROM owner)
+          AND (power_state_at IS NULL OR power_state_at < :read_started)
+        RETURNING 1
+    )
+    SELECT now(), EXISTS (SELECT 1 FROM owner)
+    """
+)
 
-    The time is PostgreSQL's (leases and deadlines use the same clock), and an
-    older read never overwrites a newer one.
+
+def record_observation(c: Claim, state: PowerState) -> tuple[datetime, bool]:
+    """Store a BMC read made by attempt ``c`` as the node's observed state.
+
+    One statement, fenced: nothing is written unless ``c`` still owns its
+    request, and an older read never overwrites a newer one. The read is
+    stamped with ``c.now``, PostgreSQL's time just *before* the BMC was asked
+    (the state was that at least that recently). Returns PostgreSQL's time now
+    and whether ``c`` still owns the request (False: stop, write nothing more).
     """
     with session_scope() as session:
-        read_at = db_now(session)
-        session.execute(
-            update(Node)
-            .where(
-                Node.id == node_id,
-                or_(Node.power_state_at.is_(None), Node.power_state_at < read_at),
-            )
-            .values(power_state=state, power_state_at=read_at, last_checked_at=read_at)
-        )
-    return read_at
+        row = session.execute(
+            _OBSERVE,
+            {
+                "request_id": c.request_id,
+                "attempt": c.attempt,
+                "state": state.value,
+                "read_started": c.now,
+                "node_id": c.node_id,
+            },
+        ).one()
+    return row[0], bool(row[1])
 
 
 def finish(
@@ -225,14 +278,18 @@ def finish(
     *,
     error: str | None = None,
     observed: PowerState | None = None,
+    evidence: Evidence | None = None,
+    acked: bool = False,
     fault_threshold: int,
 ) -> bool:
     """Close the request as succeeded or failed and update the node's health.
 
     A success clears ``power_fault``, ``last_error`` and the failure count; a
     failure records ``last_error`` and sets ``power_fault`` once the node has
-    failed ``fault_threshold`` requests in a row. Returns False when this
-    attempt was fenced out (nothing was written).
+    failed ``fault_threshold`` requests in a row. ``evidence`` says what showed
+    the outcome; ``acked`` stamps ``command_acked_at`` (the BMC answered the
+    command just sent). Returns False when this attempt was fenced out (nothing
+    was written).
     """
     with session_scope() as session:
         now = db_now(session)
@@ -244,12 +301,23 @@ def finish(
         }
         if observed is not None:
             values["observed_after"] = observed
+        if evidence is not None:
+            values["evidence"] = evidence.value
+        if acked:
+            values["command_acked_at"] = now
         if not _fenced(session, c, **values):
             return False
         node = session.get(Node, c.node_id, with_for_update=True)
         assert node is not None
         if status is RequestStatus.SUCCEEDED:
-            record_success(session, node, request_id=c.request_id, action=c.action, actor=ACTOR)
+            record_success(
+                session,
+                node,
+                request_id=c.request_id,
+                action=c.action,
+                actor=ACTOR,
+                evidence=evidence,
+            )
         else:
             record_failure(
                 session,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
@@ -71,7 +71,7 @@ def due_for_refresh(interval_s: float, limit: int = BATCH_SIZE) -> list[tuple[in
         )
         rows = session.execute(
             select(Node.id, Node.name)
-            .where(stale, ~busy)
+            .where(stale, ~busy, Node.deleted_at.is_(None))
             .order_by(Node.last_checked_at.nulls_first())
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -95,15 +95,16 @@ def refresh_node(node_id: int) -> PowerState | None:
     """
     with session_scope() as session:
         node = session.get(Node, node_id)
-        if node is None or _has_outstanding(session, node_id):
+        if node is None or node.deleted_at is not None or _has_outstanding(session, node_id):
             return None
         target = bmc_target(node)
+        read_started = db_now(session)
     try:
         state = driver_for(target).get_power_state()
     except BmcError as exc:
         _record_unreachable(node_id, str(exc))
         return None
-    _record_refresh(node_id, state)
+    _record_refresh(node_id, state, read_started)
     return state
 
 
@@ -125,15 +126,24 @@ def _record_unreachable(node_id: int, error: str) -> None:
         )
 
 
-def _record_refresh(node_id: int, state: PowerState) -> None:
-    """Store the read; clear a power fault; report drift and maybe correct it."""
+def _record_refresh(node_id: int, state: PowerState, read_started: datetime) -> None:
+    """Store the read; clear a power fault; report drift and maybe correct it.
+
+    The read is stamped with ``read_started`` (just before the BMC was asked).
+    A read that a newer observation overtook (a request's step read the BMC
+    meanwhile) is dropped, and so is drift judged while a request is outstanding.
+    """
     correcting = None
     with session_scope() as session:
         node = session.get(Node, node_id, with_for_update=True)
         if node is None:
             return
-        now = db_now(session)
-        node.power_state, node.power_state_at, node.last_checked_at = state, now, now
+        if node.power_state_at is not None and node.power_state_at >= read_started:
+            return  # overtaken by a newer read
+        node.power_state, node.power_state_at = state, read_started
+        node.last_checked_at = db_now(session)
+        if _has_outstanding(session, node_id):
+            return
         if node.power_fault:
             _clear_fault(session, node)
         if _drifted(node):

@@ -18,14 +18,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from powerq.bmc import driver_for
-from powerq.bmc.base import BmcError, PowerDriver
+from powerq.bmc.base import BmcAckUnknown, BmcError, PowerDriver
 from powerq.config import get_settings
 from powerq.db import db_now, session_scope
-from powerq.errors import ConfigError
 from powerq.states import (
     DEFAULT_DEADLINE_S,
-    SEND_ONCE_ACTIONS,
     Action,
+    Evidence,
     PowerState,
     RequestStatus,
     Step,
@@ -52,6 +51,7 @@ class Next:
     step: Step
     delay_s: float
     values: dict[str, object]
+    acked: bool = False  # the BMC answered the command this step sent
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Done:
     status: RequestStatus
     error: str | None = None
     observed: PowerState | None = None
+    evidence: Evidence | None = None  # what showed a success; never more than was seen
+    acked: bool = False  # the BMC answered the command this step sent
 
 
 @dataclass(frozen=True)
@@ -93,31 +95,28 @@ def run_request(request_id: uuid.UUID) -> None:
         task retries; the sweeper re-dispatches if it stays down).
     """
     settings = get_settings()
-    try:
-        c = leases.claim(request_id, settings.lease_s)
-    except ConfigError as exc:
-        log.error("request %s cannot run: %s", request_id, exc)
-        return
+    c = leases.claim(request_id, settings.lease_s)
     if c is None:
-        log.debug("request %s not claimable (finished, leased or not due)", request_id)
+        log.debug("request %s not claimable (finished, leased, not due or unrunnable)", request_id)
         return
-    driver = driver_for(c.target)
+    try:
+        driver = driver_for(c.target)
+    except (NotImplementedError, ValueError, BmcError) as exc:
+        _close(c, Done(RequestStatus.FAILED, f"cannot drive BMC {c.target.label}: {exc}"))
+        return
     for _ in range(MAX_STEPS_PER_RUN):
         outcome = perform(c, driver)
         if isinstance(outcome, Fenced):
             return
         if isinstance(outcome, Done):
-            leases.finish(
-                c,
-                outcome.status,
-                error=outcome.error,
-                observed=outcome.observed,
-                fault_threshold=settings.fault_threshold,
-            )
-            batch_pump.ring(c.request_id)  # a batch waiting on this request may go on
+            _close(c, outcome)
             return
         advanced = leases.advance(
-            c, delay_s=outcome.delay_s, next_step=outcome.step, **outcome.values
+            c,
+            delay_s=outcome.delay_s,
+            next_step=outcome.step,
+            acked=outcome.acked,
+            **outcome.values,
         )
         if advanced is None:
             return  # a newer attempt owns the request now
@@ -126,6 +125,20 @@ def run_request(request_id: uuid.UUID) -> None:
             return
         c = advanced
     _schedule(c, 0.01)
+
+
+def _close(c: Claim, outcome: Done) -> None:
+    """Record the outcome (fenced) and let a batch waiting on it go on."""
+    leases.finish(
+        c,
+        outcome.status,
+        error=outcome.error,
+        observed=outcome.observed,
+        evidence=outcome.evidence,
+        acked=outcome.acked,
+        fault_threshold=get_settings().fault_threshold,
+    )
+    batch_pump.ring(c.request_id)
 
 
 def _schedule(c: Claim, delay_s: float) -> None:
@@ -140,9 +153,8 @@ def perform(c: Claim, driver: PowerDriver) -> Outcome:
     """Run the claim's next step against the BMC and say what follows."""
     step_to_run = c.next_step
     if c.command_sent_at is not None and step_to_run is not Step.CHECK:
-        # Sent already, maybe by an attempt that crashed before it could record
-        # the next step: check. A cycle/reset is never sent again; an on/off
-        # is re-sent by the check only if it shows no effect (verify.should_resend).
+        # Marked as sent (maybe by an attempt that died before it could record
+        # the next step): settle it by reading, never by sending again.
         step_to_run = Step.CHECK
     try:
         if step_to_run is Step.QUERY:
@@ -156,51 +168,86 @@ def perform(c: Claim, driver: PowerDriver) -> Outcome:
         return _bmc_error(c, step_to_run, TimeoutError(f"step timed out on {c.target.label}"))
 
 
-def _read(c: Claim, driver: PowerDriver) -> tuple[PowerState, datetime]:
-    """Read the power state and record it as observed (verified BMC reads only)."""
+def _read(c: Claim, driver: PowerDriver) -> tuple[PowerState, datetime] | None:
+    """Read the power state and record it as observed; None: the attempt was fenced out."""
     state = driver.get_power_state()
-    return state, leases.record_observation(c.node_id, state)
+    read_at, owned = leases.record_observation(c, state)
+    return (state, read_at) if owned else None
 
 
 def _query(c: Claim, driver: PowerDriver) -> Outcome:
-    state, _ = _read(c, driver)
+    read = _read(c, driver)
+    if read is None:
+        return Fenced()
+    state, _ = read
     if c.action is Action.QUERY:
-        return Done(RequestStatus.SUCCEEDED, observed=state)
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.READ)
     if not needs_command(c.action, state):
-        return Done(RequestStatus.SUCCEEDED, observed=state)  # already there: nothing sent
+        # already there: nothing sent
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.ALREADY)
     return Next(Step.SEND, 0, {"observed_before": state, "transient_errors": 0})
 
 
-def _send(c: Claim, driver: PowerDriver) -> Outcome:
-    command = command_for(c.action, c.observed_before or PowerState.UNKNOWN)
-    if leases.mark_command_sent(c, command) is None:
+def _send(c: Claim, driver: PowerDriver, *, fallback: bool = False) -> Outcome:
+    """Mark, then transmit the phase's command once; an answer is recorded as its ack.
+
+    A reset is done once the BMC answered (it cannot be read back); without
+    an answer it may or may not have happened, and that is what is reported.
+    """
+    command = Action.OFF if fallback else _phase_command(c)
+    marked = leases.mark_command_sent(c, command, fallback=fallback)
+    if marked is None:
         return Fenced()
-    driver.send_power_action(command)
-    return Next(Step.CHECK, verify.check_delay(0), {"checks": 0, "transient_errors": 0})
+    try:
+        driver.send_power_action(command)
+    except BmcAckUnknown as exc:
+        if command is Action.RESET:
+            return Done(RequestStatus.FAILED, _reset_unknown(c, str(exc)))
+        return _first_check(marked, acked=False)  # maybe sent: settle it by reading
+    except BmcError as exc:
+        if exc.transient:  # nothing went out: forget the mark and try the send again
+            return _unsent(c, exc)
+        raise
+    if command is Action.RESET:
+        return Done(RequestStatus.SUCCEEDED, evidence=Evidence.ACKNOWLEDGED, acked=True)
+    return _first_check(marked, acked=True)
 
 
-def _resend(c: Claim, driver: PowerDriver) -> Outcome:
-    """Send an on/off again that showed no effect (its packet may have been lost)."""
-    if leases.mark_command_sent(c, c.command_sent or c.action) is None:
-        return Fenced()
-    driver.send_power_action(c.command_sent or c.action)
-    return Next(Step.CHECK, verify.check_delay(0), {"checks": 0, "transient_errors": 0})
+def _phase_command(c: Claim) -> Action:
+    before = c.observed_before or PowerState.UNKNOWN
+    return command_for(c.action, before, off_verified=c.transition_seen_at is not None)
 
 
-def _send_fallback(c: Claim, driver: PowerDriver, now: datetime) -> Outcome:
-    """soft_off ran out of time and a fallback was asked for: send a hard off once."""
-    if leases.mark_command_sent(c, Action.OFF, fallback=True) is None:
-        return Fenced()
-    driver.send_power_action(Action.OFF)
-    deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
-    return Next(Step.CHECK, verify.check_delay(0), {"checks": 0, "deadline_at": deadline})
+def _first_check(c: Claim, *, acked: bool) -> Outcome:
+    values: dict[str, object] = {"checks": 0, "transient_errors": 0}
+    return Next(Step.CHECK, verify.check_delay(0), values, acked=acked)
+
+
+def _unsent(c: Claim, exc: BmcError) -> Outcome:
+    """The command could not be sent at all (no session): retry the send with backoff."""
+    errors = c.transient_errors + 1
+    if errors > MAX_TRANSIENT_ERRORS or _db_now() >= c.deadline_at:
+        return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
+    values: dict[str, object] = {
+        "transient_errors": errors,
+        "command_sent_at": None,
+        "command_sent": None,
+    }
+    return Next(Step.SEND, verify.retry_delay(errors), values)
+
+
+def _reset_unknown(c: Claim, why: str) -> str:
+    return (
+        f"reset was sent once to {c.target.label} and its answer is unknown ({why}): "
+        "it may or may not have happened; it is not resent. Check the machine"
+    )
 
 
 def _check(c: Claim, driver: PowerDriver) -> Outcome:
-    state, read_at = _read(c, driver)
-    seen = c.transition_seen_at
-    if seen is None and verify.is_transition(c.command_sent, state):
-        seen = read_at
+    read = _read(c, driver)
+    if read is None:
+        return Fenced()
+    state, read_at = read
     verdict = verify.check_verdict(
         c.action,
         c.command_sent,
@@ -208,52 +255,68 @@ def _check(c: Claim, driver: PowerDriver) -> Outcome:
         now=read_at,
         deadline_at=c.deadline_at,
         command_sent_at=c.command_sent_at,
-        transition_seen_at=seen,
+        acked=c.command_acked_at is not None,
         soft_fallback=c.soft_fallback,
         fallback_sent=c.fallback_sent_at is not None,
     )
+    return _follow(c, driver, verdict, state, read_at)
+
+
+def _follow(
+    c: Claim, driver: PowerDriver, verdict: verify.Verdict, state: PowerState, read_at: datetime
+) -> Outcome:
+    """What a check's verdict leads to."""
     if verdict is verify.Verdict.VERIFIED:
-        return Done(RequestStatus.SUCCEEDED, observed=state)
+        evidence = Evidence.OFF_THEN_ON if c.action is Action.CYCLE else Evidence.POWER_STATE
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=evidence)
+    if verdict is verify.Verdict.NEXT_PHASE:
+        # Off is verified: the on phase is a new command, marked and sent once.
+        phase_two: dict[str, object] = {
+            "transition_seen_at": read_at,
+            "command_sent_at": None,
+            "command_sent": None,
+        }
+        return Next(Step.SEND, 0, phase_two)
+    if verdict is verify.Verdict.UNOBSERVABLE:
+        return Done(RequestStatus.FAILED, _reset_unknown(c, "no answer was recorded"), state)
     if verdict is verify.Verdict.FALLBACK:
         return _send_fallback(c, driver, read_at)
-    if verdict is verify.Verdict.WAIT and verify.should_resend(
-        c.action, state, c.observed_before, c.command_sent_at, read_at
-    ):
-        return _resend(c, driver)
+    if verdict is verify.Verdict.RESEND:
+        return _send(c, driver)
     if verdict is verify.Verdict.EXPIRED:
         deadline_s = (c.deadline_at - c.started_at).total_seconds()
-        return Done(
-            RequestStatus.FAILED, verify.expired_message(c.action, state, deadline_s), state
+        message = verify.expired_message(c.command_sent or c.action, state, deadline_s)
+        return Done(RequestStatus.FAILED, message, state)
+    return Next(Step.CHECK, verify.check_delay(c.checks + 1), {"checks": c.checks + 1})
+
+
+def _send_fallback(c: Claim, driver: PowerDriver, now: datetime) -> Outcome:
+    """soft_off ran out of time and a fallback was asked for: send a hard off once."""
+    outcome = _send(c, driver, fallback=True)
+    if isinstance(outcome, Next):
+        deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
+        return Next(
+            outcome.step,
+            outcome.delay_s,
+            {**outcome.values, "deadline_at": deadline},
+            acked=outcome.acked,
         )
-    return Next(
-        Step.CHECK,
-        verify.check_delay(c.checks + 1),
-        {"checks": c.checks + 1, "transition_seen_at": seen},
-    )
+    return outcome
 
 
 def _bmc_error(c: Claim, step_run: Step, exc: Exception) -> Outcome:
-    """Retry transient errors with backoff (bounded); fail on permanent ones."""
+    """Retry transient errors of reads with backoff (bounded); fail on permanent ones."""
     transient = isinstance(exc, TimeoutError) or getattr(exc, "transient", False)
     if not transient:
         return Done(RequestStatus.FAILED, error=f"{c.action.value} failed: {exc}")
-    if step_run is Step.SEND and c.action in SEND_ONCE_ACTIONS:
-        return Done(
-            RequestStatus.FAILED,
-            error=(
-                f"{c.action.value} was sent once but the BMC did not acknowledge it ({exc}); "
-                "it is not resent, to avoid a second cycle: check the machine"
-            ),
-        )
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS or _db_now() >= c.deadline_at:
         return Done(
             RequestStatus.FAILED,
             error=f"BMC unreachable after {errors} attempts: {exc}",
         )
-    # A send that got no answer may still have reached the BMC: check (and let
-    # should_resend decide) rather than query and send straight away.
-    retry_step = Step.CHECK if step_run is Step.SEND else step_run
+    # A step cut short after its command was marked settles it by reading.
+    retry_step = Step.CHECK if c.command_sent_at is not None else step_run
     return Next(retry_step, verify.retry_delay(errors), {"transient_errors": errors})
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from powerq.config import get_settings
@@ -37,11 +37,13 @@ from powerq.states import RequestStatus
 from powerq.tasks import batch_pump
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
+from powerq.tasks.routing import lane_for, lane_queue
 
 log = logging.getLogger(__name__)
 
 ACTOR = "sweeper"
-LEASE_GRACE = timedelta(seconds=10)
+LEASE_GRACE = timedelta(seconds=5)
+MAX_BACKOFF_DOUBLINGS = 5
 # A worker fails an overdue request itself, after reading the BMC: that is the
 # honest answer (the hardware may have got there) and the node stays busy until
 # its transition is over. The sweeper only fails what no worker could look at
@@ -81,6 +83,7 @@ def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
     report = SweepReport()
     with session_scope() as session:
         report.expired = _expire_overdue(session, batch_size)
+    report.expired += batch_pump.expire_in_sweep(batch_size)  # batch requests past start_by
     batch_pump.pump_in_sweep()  # release held batch requests (survives restarts)
     with session_scope() as session:
         due = _claim_redispatch(session, batch_size)
@@ -96,12 +99,15 @@ def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
 
 
 def _needs_redispatch(now: datetime) -> Any:
-    # A message may sit in a busy lane for a while; re-ringing sooner than
-    # POWERQ_REDISPATCH_AFTER_S only adds duplicates (harmless, fenced) and load.
-    redispatch_after = timedelta(seconds=get_settings().redispatch_after_s)
+    # Each ring waits twice as long as the one before (POWERQ_REDISPATCH_AFTER_S,
+    # then x2, x4 ... up to x32): a lost message is found within one period, and
+    # a lane without a consumer does not collect a duplicate per request per period.
+    redispatch_after = get_settings().redispatch_after_s
+    rings = func.least(func.greatest(PowerRequest.dispatch_count - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    wait = func.make_interval(0, 0, 0, 0, 0, 0, redispatch_after * func.power(2, rings))
     stale_dispatch = or_(
         PowerRequest.dispatched_at.is_(None),
-        PowerRequest.dispatched_at < now - redispatch_after,
+        PowerRequest.dispatched_at < now - wait,
     )
     pending_due = and_(
         PowerRequest.status == RequestStatus.PENDING,
@@ -120,7 +126,12 @@ def _needs_redispatch(now: datetime) -> Any:
 
 
 def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str]]:
-    """Mark due requests dispatched now (locked, skipping rows others hold)."""
+    """Mark due requests dispatched now (locked, skipping rows others hold).
+
+    A request whose lane still has messages queued is left alone: its own
+    message is most likely among them (a busy lane, not a lost message), and
+    a lane that drains is looked at again by the next sweep.
+    """
     now = db_now(session)
     rows = session.execute(
         select(PowerRequest.id, Node.name)
@@ -131,14 +142,37 @@ def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str
         .limit(limit)
         .with_for_update(of=PowerRequest, skip_locked=True)
     ).all()
-    ids = [row[0] for row in rows]
-    if ids:
+    lanes = get_settings().lanes
+    busy = backlogged_lanes({lane_for(name, lanes) for _, name in rows})
+    due = [(rid, name) for rid, name in rows if lane_for(name, lanes) not in busy]
+    if due:
         session.execute(
             update(PowerRequest)
-            .where(PowerRequest.id.in_(ids))
+            .where(PowerRequest.id.in_([rid for rid, _ in due]))
             .values(dispatched_at=now, dispatch_count=PowerRequest.dispatch_count + 1)
         )
-    return [(row[0], row[1]) for row in rows]
+    return due
+
+
+def backlogged_lanes(lanes: set[int]) -> set[int]:
+    """The lanes among ``lanes`` whose Redis list still holds messages.
+
+    Empty when the broker cannot say (not Redis, or unreachable): then every
+    due request is re-rung, which is always safe (claims are fenced).
+    """
+    if not lanes:
+        return set()
+    ordered = sorted(lanes)
+    try:
+        with app.connection_for_write() as connection:
+            pipe = connection.default_channel.client.pipeline()
+            for lane in ordered:
+                pipe.llen(lane_queue(lane))
+            lengths = pipe.execute()
+    except Exception as exc:  # any transport: no backlog information
+        log.debug("lane backlog unknown: %s", exc)
+        return set()
+    return {lane for lane, length in zip(ordered, lengths, strict=True) if length}
 
 
 def _expire_overdue(session: Session, limit: int) -> list[uuid.UUID]:

@@ -13,15 +13,10 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from powerq.states import Action, PowerState, target_state
 
-# A power cycle leaves the machine on, as it was: seeing it on again proves
-# nothing unless it was seen off in between. Some BMCs cycle faster than we
-# poll, so after this long with the command accepted and the machine on, the
-# cycle counts as done.
-CYCLE_SETTLE = timedelta(seconds=5)
-# An on/off command whose effect has not begun after this long is taken as
-# lost (a dropped packet, a BMC that forgot it) and sent again. Converging
-# commands are safe to repeat; waiting this long first keeps a repeat from
-# landing on a transition that is merely slow.
+# An on/off command that went out unanswered (maybe sent) and shows no effect
+# after this long is taken as lost and sent again. An answered
+# command is never resent: the BMC took it. Waiting this long first keeps a
+# repeat from landing on a transition that is merely slow.
 RESEND_AFTER = timedelta(seconds=20)
 FIRST_CHECK_DELAY_S = 0.5
 MAX_CHECK_DELAY_S = 5.0
@@ -33,7 +28,10 @@ class Verdict(enum.Enum):
 
     VERIFIED = "verified"
     WAIT = "wait"
+    NEXT_PHASE = "next_phase"  # a cycle's off phase is verified: send the on phase
+    RESEND = "resend"  # an unanswered on/off shows no effect: it was lost
     FALLBACK = "fallback"  # soft_off ran out of time; send a hard off
+    UNOBSERVABLE = "unobservable"  # a reset: the power state cannot show it
     EXPIRED = "expired"
 
 
@@ -45,53 +43,43 @@ def check_verdict(
     now: datetime,
     deadline_at: datetime,
     command_sent_at: datetime | None,
-    transition_seen_at: datetime | None,
+    acked: bool,
     soft_fallback: bool,
     fallback_sent: bool,
 ) -> Verdict:
-    """Decide what a check that read ``observed`` means for the request."""
-    if _reached(action, command_sent, observed, now, command_sent_at, transition_seen_at):
+    """Decide what a check that read ``observed`` means for the request.
+
+    ``command_sent`` is the command of the current phase (a cycle sends off,
+    then on); its target state is what proves it. ``acked``: the BMC answered it.
+    """
+    phase = command_sent or action
+    if phase is Action.RESET:
+        return Verdict.UNOBSERVABLE
+    if observed is target_state(phase):
+        if action is Action.CYCLE and phase is Action.OFF:
+            return Verdict.NEXT_PHASE
         return Verdict.VERIFIED
-    if now < deadline_at:
-        return Verdict.WAIT
-    if action is Action.SOFT_OFF and soft_fallback and not fallback_sent:
-        return Verdict.FALLBACK
-    return Verdict.EXPIRED
-
-
-def _reached(
-    action: Action,
-    command_sent: Action | None,
-    observed: PowerState,
-    now: datetime,
-    command_sent_at: datetime | None,
-    transition_seen_at: datetime | None,
-) -> bool:
-    if observed is not target_state(action):
-        return False
-    if command_sent is not Action.CYCLE:
-        return True
-    settled = command_sent_at is not None and now - command_sent_at >= CYCLE_SETTLE
-    return transition_seen_at is not None or settled
+    if now >= deadline_at:
+        if action is Action.SOFT_OFF and soft_fallback and not fallback_sent:
+            return Verdict.FALLBACK
+        return Verdict.EXPIRED
+    if should_resend(phase, acked=acked, command_sent_at=command_sent_at, now=now):
+        return Verdict.RESEND
+    return Verdict.WAIT
 
 
 def should_resend(
-    action: Action,
-    observed: PowerState,
-    observed_before: PowerState | None,
-    command_sent_at: datetime | None,
-    now: datetime,
+    command: Action, *, acked: bool, command_sent_at: datetime | None, now: datetime
 ) -> bool:
-    """Whether an ``on``/``off`` command seems lost: no progress ``RESEND_AFTER`` after it."""
-    if action not in (Action.ON, Action.OFF) or command_sent_at is None:
+    """Whether an on/off command not yet in effect looks lost.
+
+    Only a command that went out *unanswered* may be lost; an answered one was
+    taken by the BMC and is never resent. Soft-off has its own fallback, and a
+    reset is never resent.
+    """
+    if command not in (Action.ON, Action.OFF) or acked or command_sent_at is None:
         return False
-    no_progress = observed is (observed_before or observed)
-    return no_progress and now - command_sent_at >= RESEND_AFTER
-
-
-def is_transition(command_sent: Action | None, observed: PowerState) -> bool:
-    """Whether ``observed`` is the "off" half of a power cycle in progress."""
-    return command_sent is Action.CYCLE and observed is PowerState.OFF
+    return now - command_sent_at >= RESEND_AFTER
 
 
 def check_delay(checks: int) -> float:

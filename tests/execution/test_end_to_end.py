@@ -67,7 +67,7 @@ def test_a_long_soft_off_does_not_hold_up_its_lane(live: Stack) -> None:
     assert _actions(live, slow) == ["soft_shutdown"]
 
 
-def test_a_worker_killed_after_a_cycle_was_sent_cycles_exactly_once(live: Stack) -> None:
+def test_a_worker_killed_after_a_cycle_was_sent_executes_each_phase_once(live: Stack) -> None:
     names = live.register_fleet()
     name = names[0]
     lane = lane_for(name, live.lanes)
@@ -80,7 +80,8 @@ def test_a_worker_killed_after_a_cycle_was_sent_cycles_exactly_once(live: Stack)
     finished = _finish_with_sweeper(live, [request_id])
 
     assert finished[request_id].status is RequestStatus.SUCCEEDED
-    assert _actions(live, name) == ["power_cycle"]
+    assert finished[request_id].evidence == "off_then_on"
+    assert _actions(live, name) == ["power_down", "power_up"]  # a cycle: off, then on
 
 
 def test_the_same_request_delivered_five_times_sends_one_command(live: Stack) -> None:
@@ -94,7 +95,24 @@ def test_the_same_request_delivered_five_times_sends_one_command(live: Stack) ->
     finished = live.wait_finished([request_id])
 
     assert finished[request_id].status is RequestStatus.SUCCEEDED
-    assert _actions(live, name) == ["power_cycle"]
+    assert _actions(live, name) == ["power_down", "power_up"]
+
+
+def test_a_slow_bmc_that_executes_retransmissions_runs_each_command_once(live: Stack) -> None:
+    names = live.register_fleet(3)
+    for name in names:  # answers after pyghmi would have retransmitted; runs every copy
+        live.fleet.control.set_fault(name, "executes_retransmissions")
+        live.fleet.control.set_fault(name, "slow", delay=0.8)
+    ids = {
+        live.submit(names[0], Action.CYCLE): ["power_down", "power_up"],
+        live.submit(names[1], Action.RESET): ["hard_reset"],
+        live.submit(names[2], Action.OFF): ["power_down"],
+    }
+    finished = live.wait_finished(list(ids), timeout=120)
+
+    for (request_id, expected), name in zip(ids.items(), names, strict=True):
+        assert finished[request_id].status is RequestStatus.SUCCEEDED, finished[request_id].error
+        assert _actions(live, name) == expected  # what the BMC executed, from its own log
 
 
 def test_a_stuck_bmc_fails_at_the_deadline_with_a_clear_message(live: Stack) -> None:

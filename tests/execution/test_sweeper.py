@@ -104,3 +104,61 @@ def test_held_and_future_requests_are_not_dispatched(session: Session) -> None:
     )
     session.commit()
     assert sweep_once().redispatched == []
+
+
+def _lane_key(name: str) -> str:
+    return lane_queue(lane_for(name, get_settings().lanes))
+
+
+def test_a_request_waiting_in_a_busy_lane_is_not_rung_again(session: Session) -> None:
+    """Its message is most likely still queued: a duplicate would only add load."""
+    request_id = _request(session, "busy-lane")
+    assert sweep_once().redispatched == [request_id]  # rung once: now queued, no consumer
+    _shift(session, request_id, dispatched_at=timedelta(hours=1))
+
+    assert sweep_once().redispatched == []  # the lane still holds messages
+    assert _queued("busy-lane") == 1
+
+    url = get_settings().broker_url
+    assert url
+    redis.Redis.from_url(url).delete(_lane_key("busy-lane"))  # the message is lost
+    assert sweep_once().redispatched == [request_id]
+    assert _queued("busy-lane") == 1
+
+
+def test_each_ring_waits_twice_as_long_as_the_one_before(session: Session) -> None:
+    request_id = _request(session, "no-consumer")
+    url = get_settings().broker_url
+    assert url
+    broker = redis.Redis.from_url(url)
+    period = get_settings().redispatch_after_s
+    rings = 0
+    for count in (1, 2, 3):
+        broker.delete(_lane_key("no-consumer"))
+        session.execute(
+            update(PowerRequest).where(PowerRequest.id == request_id).values(dispatch_count=count)
+        )
+        session.commit()
+        # just short of this ring's wait: nothing; just past it: one ring
+        _shift(session, request_id, dispatched_at=timedelta(seconds=period * 2 ** (count - 1) - 1))
+        assert sweep_once().redispatched == []
+        _shift(session, request_id, dispatched_at=timedelta(seconds=period * 2 ** (count - 1) + 1))
+        rings += len(sweep_once().redispatched)
+    assert rings == 3
+
+
+def test_a_new_lane_worker_resumes_what_its_dead_predecessor_held(session: Session) -> None:
+    from powerq.tasks.lifecycle import lane_of_hostname, resume_lane
+
+    request_id = _request(session, "predecessor-died")
+    assert leases.claim(request_id, lease_s=60) is not None  # then the worker was SIGKILLed
+    url = get_settings().broker_url
+    assert url
+    redis.Redis.from_url(url).delete(_lane_key("predecessor-died"))
+    lane = lane_for("predecessor-died", get_settings().lanes)
+    assert lane_of_hostname(f"lane{lane}@host") == lane
+
+    assert resume_lane(lane) == [request_id]
+
+    assert _queued("predecessor-died") == 1
+    assert leases.claim(request_id, lease_s=60) is not None  # no waiting for the lease

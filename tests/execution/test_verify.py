@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from powerq.states import Action, PowerState
-from powerq.tasks.verify import CYCLE_SETTLE, Verdict, check_delay, check_verdict
+from powerq.tasks.verify import (
+    RESEND_AFTER,
+    Verdict,
+    check_delay,
+    check_verdict,
+    should_resend,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=1)
@@ -16,26 +22,32 @@ ON, OFF = PowerState.ON, PowerState.OFF
 
 
 @pytest.mark.parametrize(
-    ("action", "sent", "observed", "now", "seen", "fallback", "fallback_sent", "verdict"),
+    ("action", "sent", "observed", "now", "acked", "fallback", "fallback_sent", "verdict"),
     [
-        (Action.ON, Action.ON, ON, LATER, None, False, False, Verdict.VERIFIED),
-        (Action.ON, Action.ON, OFF, LATER, None, False, False, Verdict.WAIT),
-        (Action.ON, Action.ON, OFF, DEADLINE, None, False, False, Verdict.EXPIRED),
-        (Action.OFF, Action.OFF, OFF, LATER, None, False, False, Verdict.VERIFIED),
-        (Action.OFF, Action.OFF, ON, LATER, None, False, False, Verdict.WAIT),
-        # a cycle is not verified by "on" alone: the machine was on before it
-        (Action.CYCLE, Action.CYCLE, ON, LATER, None, False, False, Verdict.WAIT),
-        (Action.CYCLE, Action.CYCLE, OFF, LATER, None, False, False, Verdict.WAIT),
-        (Action.CYCLE, Action.CYCLE, ON, LATER, LATER, False, False, Verdict.VERIFIED),
-        (Action.CYCLE, Action.CYCLE, ON, T0 + CYCLE_SETTLE, None, False, False, Verdict.VERIFIED),
-        # cycle of a machine that was off is sent as "on": on verifies it
-        (Action.CYCLE, Action.ON, ON, LATER, None, False, False, Verdict.VERIFIED),
-        (Action.RESET, Action.RESET, ON, LATER, None, False, False, Verdict.VERIFIED),
-        (Action.SOFT_OFF, Action.SOFT_OFF, ON, LATER, None, True, False, Verdict.WAIT),
-        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, None, True, False, Verdict.FALLBACK),
-        (Action.SOFT_OFF, Action.OFF, ON, DEADLINE, None, True, True, Verdict.EXPIRED),
-        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, None, False, False, Verdict.EXPIRED),
-        (Action.SOFT_OFF, Action.SOFT_OFF, OFF, LATER, None, False, False, Verdict.VERIFIED),
+        (Action.ON, Action.ON, ON, LATER, True, False, False, Verdict.VERIFIED),
+        (Action.ON, Action.ON, OFF, LATER, True, False, False, Verdict.WAIT),
+        (Action.ON, Action.ON, OFF, DEADLINE, True, False, False, Verdict.EXPIRED),
+        (Action.OFF, Action.OFF, OFF, LATER, True, False, False, Verdict.VERIFIED),
+        (Action.OFF, Action.OFF, ON, LATER, True, False, False, Verdict.WAIT),
+        # a cycle is off, verified, then on, verified: "on" during the off phase is waiting
+        (Action.CYCLE, Action.OFF, ON, LATER, True, False, False, Verdict.WAIT),
+        (Action.CYCLE, Action.OFF, OFF, LATER, True, False, False, Verdict.NEXT_PHASE),
+        (Action.CYCLE, Action.ON, OFF, LATER, True, False, False, Verdict.WAIT),
+        (Action.CYCLE, Action.ON, ON, LATER, True, False, False, Verdict.VERIFIED),
+        (Action.CYCLE, Action.OFF, ON, DEADLINE, True, False, False, Verdict.EXPIRED),
+        # a reset cannot be read back: never "verified" by an "on" reading
+        (Action.RESET, Action.RESET, ON, LATER, True, False, False, Verdict.UNOBSERVABLE),
+        (Action.RESET, Action.RESET, ON, LATER, False, False, False, Verdict.UNOBSERVABLE),
+        # a reset of a machine that was off is sent as "on": on verifies it
+        (Action.RESET, Action.ON, ON, LATER, True, False, False, Verdict.VERIFIED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, LATER, True, True, False, Verdict.WAIT),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, True, True, False, Verdict.FALLBACK),
+        (Action.SOFT_OFF, Action.OFF, ON, DEADLINE, True, True, True, Verdict.EXPIRED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, ON, DEADLINE, True, False, False, Verdict.EXPIRED),
+        (Action.SOFT_OFF, Action.SOFT_OFF, OFF, LATER, True, False, False, Verdict.VERIFIED),
+        # unanswered (maybe sent) and no effect for RESEND_AFTER: lost, send again
+        (Action.OFF, Action.OFF, ON, T0 + RESEND_AFTER, False, False, False, Verdict.RESEND),
+        (Action.OFF, Action.OFF, ON, T0 + RESEND_AFTER, True, False, False, Verdict.WAIT),
     ],
 )
 def test_check_verdict(
@@ -43,7 +55,7 @@ def test_check_verdict(
     sent: Action,
     observed: PowerState,
     now: datetime,
-    seen: datetime | None,
+    acked: bool,
     fallback: bool,
     fallback_sent: bool,
     verdict: Verdict,
@@ -56,7 +68,7 @@ def test_check_verdict(
             now=now,
             deadline_at=DEADLINE,
             command_sent_at=T0,
-            transition_seen_at=seen,
+            acked=acked,
             soft_fallback=fallback,
             fallback_sent=fallback_sent,
         )
@@ -72,21 +84,17 @@ def test_check_delay_backs_off_and_is_capped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("action", "observed", "before", "elapsed_s", "resend"),
+    ("command", "acked", "elapsed_s", "resend"),
     [
-        (Action.OFF, ON, ON, 25, True),  # no effect after 20 s: the command was lost
-        (Action.OFF, ON, ON, 5, False),  # maybe just a slow transition: wait
-        (Action.ON, OFF, OFF, 25, True),
-        (Action.ON, ON, OFF, 25, False),  # reached (the verdict handles it)
-        (Action.CYCLE, ON, ON, 60, False),  # never resend a cycle
-        (Action.RESET, ON, ON, 60, False),
-        (Action.SOFT_OFF, ON, ON, 60, False),  # soft_off has its own fallback
+        (Action.OFF, False, 25, True),  # unanswered, no effect after 20 s: it was lost
+        (Action.OFF, False, 5, False),  # maybe just a slow transition: wait
+        (Action.OFF, True, 60, False),  # answered: the BMC took it, never resend
+        (Action.ON, False, 25, True),
+        (Action.CYCLE, False, 60, False),  # never resend a cycle command
+        (Action.RESET, False, 60, False),
+        (Action.SOFT_OFF, False, 60, False),  # soft_off has its own fallback
     ],
 )
-def test_should_resend(
-    action: Action, observed: PowerState, before: PowerState, elapsed_s: float, resend: bool
-) -> None:
-    from powerq.tasks.verify import should_resend
-
+def test_should_resend(command: Action, acked: bool, elapsed_s: float, resend: bool) -> None:
     now = T0 + timedelta(seconds=elapsed_s)
-    assert should_resend(action, observed, before, T0, now) is resend
+    assert should_resend(command, acked=acked, command_sent_at=T0, now=now) is resend

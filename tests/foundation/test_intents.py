@@ -67,3 +67,28 @@ def test_a_claimed_request_cannot_be_cancelled(session: Session) -> None:
     session.commit()
     with pytest.raises(Conflict):
         cancel_request(session, request.id, actor="a")
+
+
+def test_an_intent_racing_a_cancel_never_loses_the_desired_state(session: Session) -> None:
+    """A POST that read the node before a cancel committed must still leave desired
+    matching its own outstanding request (else enforcement would undo it)."""
+    from powerq.db import session_scope
+
+    node = make_node(session, "race-1", port=9601)
+    node.desired_power_state = DesiredPowerState.ON
+    session.commit()
+    first = request_power(session, node, Action.OFF, actor="a").request  # desired: off
+    session.commit()
+
+    with session_scope() as poster:  # reads the node now: desired off (soon stale)
+        stale = poster.get(Node, node.id)
+        assert stale is not None and stale.desired_power_state is DesiredPowerState.OFF
+        with session_scope() as canceller:
+            cancel_request(canceller, first.id, actor="b")  # desired back to on
+        second = request_power(poster, stale, Action.OFF, actor="a").request
+
+    session.expire_all()
+    fresh = session.get(Node, node.id)
+    assert fresh is not None
+    assert second.status is RequestStatus.PENDING
+    assert fresh.desired_power_state is DesiredPowerState.OFF

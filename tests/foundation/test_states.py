@@ -58,17 +58,21 @@ def test_desired_and_target(
 
 
 @pytest.mark.parametrize(
-    ("action", "observed", "command"),
+    ("action", "observed", "off_verified", "command"),
     [
-        (Action.CYCLE, ON, Action.CYCLE),
-        (Action.CYCLE, OFF, Action.ON),
-        (Action.RESET, ON, Action.RESET),
-        (Action.RESET, OFF, Action.ON),
-        (Action.OFF, ON, Action.OFF),
+        (Action.CYCLE, ON, False, Action.OFF),  # phase 1: hard off
+        (Action.CYCLE, ON, True, Action.ON),  # phase 2, once off was read back
+        (Action.CYCLE, OFF, False, Action.ON),  # off already seen: only the on phase
+        (Action.RESET, ON, False, Action.RESET),
+        (Action.RESET, OFF, False, Action.ON),
+        (Action.OFF, ON, False, Action.OFF),
+        (Action.SOFT_OFF, ON, False, Action.SOFT_OFF),
     ],
 )
-def test_command_for(action: Action, observed: PowerState, command: Action) -> None:
-    assert command_for(action, observed) is command
+def test_command_for(
+    action: Action, observed: PowerState, off_verified: bool, command: Action
+) -> None:
+    assert command_for(action, observed, off_verified=off_verified) is command
 
 
 def test_lane_mapping_is_stable_and_spread() -> None:

@@ -1,0 +1,92 @@
+"""What a lane worker does when it starts and when it stops.
+
+* Start: a lane has exactly one worker, so a lease held on this lane's
+  requests when its worker starts belongs to a predecessor that died (SIGKILL,
+  crash, host restart). Its work resumes at once instead of waiting for the
+  lease to run out and the sweeper to notice: the leases are ended (the next
+  claim's fenced attempt makes any late write of the dead one harmless) and
+  the lane is rung for each request.
+* Stop: every IPMI session this process holds is logged out, so a BMC's
+  session slots are not held until its own inactivity timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from sqlalchemy import func, select, update
+
+from powerq.bmc import close_all
+from powerq.config import get_settings
+from powerq.db import session_scope
+from powerq.models import Node, PowerRequest
+from powerq.states import RequestStatus
+from powerq.tasks.dispatch import send_step
+from powerq.tasks.routing import lane_for
+
+log = logging.getLogger(__name__)
+_LANE_HOST_PREFIX = "lane"
+
+
+def lane_of_hostname(hostname: str) -> int | None:
+    """The lane of a worker named ``laneK@host`` (see ``worker_argv``), else None."""
+    name = hostname.split("@", 1)[0]
+    if not name.startswith(_LANE_HOST_PREFIX) or not name[len(_LANE_HOST_PREFIX) :].isdigit():
+        return None
+    return int(name[len(_LANE_HOST_PREFIX) :])
+
+
+def resume_lane(lane: int) -> list[uuid.UUID]:
+    """End the leases a dead predecessor held on ``lane`` and ring each request.
+
+    Returns the request ids resumed. A broker error leaves them to the sweeper.
+    """
+    lanes = get_settings().lanes
+    with session_scope() as session:
+        held = session.execute(
+            select(PowerRequest.id, Node.name)
+            .join(Node, Node.id == PowerRequest.node_id)
+            .where(
+                PowerRequest.status == RequestStatus.RUNNING,
+                PowerRequest.lease_expires_at > func.now(),
+            )
+            .with_for_update(of=PowerRequest, skip_locked=True)
+        ).all()
+        mine = [(rid, name) for rid, name in held if lane_for(name, lanes) == lane]
+        if mine:
+            session.execute(
+                update(PowerRequest)
+                .where(PowerRequest.id.in_([rid for rid, _ in mine]))
+                .values(lease_expires_at=func.now())
+            )
+    for request_id, name in mine:
+        try:
+            send_step(request_id, name)
+        except Exception as exc:  # broker down: the sweeper rings it later
+            log.warning("could not ring resumed request %s: %s", request_id, exc)
+    return [rid for rid, _ in mine]
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    lane = lane_of_hostname(getattr(sender, "hostname", "") or "")
+    if lane is None:
+        return
+    try:
+        resumed = resume_lane(lane)
+    except Exception:  # the database may be down: the sweeper recovers the work
+        log.exception("lane %s: could not resume a predecessor's requests", lane)
+        return
+    if resumed:
+        log.info("lane %s: resumed %d request(s) a dead worker held", lane, len(resumed))
+
+
+def _on_shutdown(**_: Any) -> None:
+    close_all()
+
+
+worker_ready.connect(_on_worker_ready, weak=False)
+worker_process_shutdown.connect(_on_shutdown, weak=False)
+worker_shutdown.connect(_on_shutdown, weak=False)

@@ -1,0 +1,283 @@
+"""Honest outcomes, step by step in-process: report only what the BMC showed.
+
+The executor's step functions run here against the in-process sim driver, a
+worker "dies" (a BaseException no step code catches) at chosen points, and the
+request is then re-claimed as a new worker would after its lease expired. What
+the BMC executed is read from the sim driver's own record (``sent``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, update
+from sqlalchemy.orm import Session
+
+from powerq.bmc.base import BmcAckUnknown, BmcTarget, PowerDriver
+from powerq.bmc.sim import REGISTRY, SimPowerDriver
+from powerq.intents import request_power
+from powerq.models import Node, PowerEvent, PowerRequest
+from powerq.states import Action, DriverKind, Evidence, PowerState, RequestStatus
+from powerq.tasks import leases, steps
+from tests.factories import make_node
+
+ON, OFF = PowerState.ON, PowerState.OFF
+
+
+class WorkerDied(BaseException):
+    """The worker process vanished here (SIGKILL): nothing after this point ran."""
+
+
+class DiesAt(PowerDriver):
+    """Wraps a driver; the worker dies just before or just after the first send."""
+
+    def __init__(self, inner: PowerDriver, when: str) -> None:
+        self.inner, self.when = inner, when
+
+    def get_power_state(self) -> PowerState:
+        return self.inner.get_power_state()
+
+    def send_power_action(self, action: Action) -> None:
+        if self.when == "before_send":
+            raise WorkerDied
+        self.inner.send_power_action(action)
+        raise WorkerDied  # after the BMC executed it, before its answer was recorded
+
+
+class AnswerLost(PowerDriver):
+    """The BMC executes every command, but its answer never arrives."""
+
+    def __init__(self, inner: PowerDriver) -> None:
+        self.inner = inner
+
+    def get_power_state(self) -> PowerState:
+        return self.inner.get_power_state()
+
+    def send_power_action(self, action: Action) -> None:
+        self.inner.send_power_action(action)
+        raise BmcAckUnknown("no answer: it may or may not have run")
+
+
+@pytest.fixture
+def machine(session: Session) -> Iterator[tuple[Node, SimPowerDriver]]:
+    node = make_node(session, "honest-1", address="127.0.0.9", port=7001)
+    target = BmcTarget(DriverKind.SIM.value, node.bmc_address, node.bmc_port, "admin", "")
+    sim = REGISTRY.put(SimPowerDriver(target, power=ON))
+    yield node, sim
+    REGISTRY.clear()
+
+
+def _request(session: Session, node: Node, action: Action) -> uuid.UUID:
+    intent = request_power(session, node, action, actor="test")
+    session.commit()
+    return intent.request.id
+
+
+def _make_due(session: Session, request_id: uuid.UUID, *, sent_ago_s: float = 0.0) -> None:
+    """Expire the lease (a new worker may claim), optionally ageing the last send."""
+    values: dict[str, object] = {"lease_expires_at": func.now() - timedelta(seconds=5)}
+    if sent_ago_s:
+        values["command_sent_at"] = PowerRequest.command_sent_at - timedelta(seconds=sent_ago_s)
+    session.execute(update(PowerRequest).where(PowerRequest.id == request_id).values(**values))
+    session.commit()
+
+
+def _drive(session: Session, request_id: uuid.UUID, *, sent_ago_s: float = 0.0) -> PowerRequest:
+    """Run steps as lane workers would, until the request is finished (bounded)."""
+    for _ in range(40):
+        steps.run_request(request_id)
+        session.expire_all()
+        request = session.get(PowerRequest, request_id)
+        assert request is not None
+        if request.status in (RequestStatus.SUCCEEDED, RequestStatus.FAILED):
+            return request
+        _make_due(session, request_id, sent_ago_s=sent_ago_s)
+    raise AssertionError(f"request {request_id} did not finish in 40 steps")
+
+
+def _die_once(monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """The next run's worker dies at ``when``; later runs are healthy workers."""
+    real = steps.driver_for
+
+    def dying(target: BmcTarget) -> PowerDriver:
+        monkeypatch.setattr(steps, "driver_for", real)
+        return DiesAt(real(target), when)
+
+    monkeypatch.setattr(steps, "driver_for", dying)
+
+
+def _executed(sim: SimPowerDriver) -> list[Action]:
+    return [action for _, action in sim.sent]
+
+
+def test_a_cycle_is_off_verified_then_on_verified(
+    session: Session, machine: tuple[Node, SimPowerDriver]
+) -> None:
+    node, sim = machine
+    done = _drive(session, _request(session, node, Action.CYCLE))
+    assert done.status is RequestStatus.SUCCEEDED
+    assert done.evidence == Evidence.OFF_THEN_ON
+    assert _executed(sim) == [Action.OFF, Action.ON]
+    assert done.transition_seen_at is not None and done.command_acked_at is not None
+
+
+def test_a_reset_is_reported_acknowledged_never_verified(
+    session: Session, machine: tuple[Node, SimPowerDriver]
+) -> None:
+    node, sim = machine
+    done = _drive(session, _request(session, node, Action.RESET))
+    assert done.status is RequestStatus.SUCCEEDED
+    assert done.evidence == Evidence.ACKNOWLEDGED
+    assert done.command_acked_at is not None
+    assert _executed(sim) == [Action.RESET]
+    [event] = session.query(PowerEvent).filter_by(request_id=done.id, kind="succeeded").all()
+    assert "not observable" in (event.message or "") and "verified" not in (event.message or "")
+
+
+@pytest.mark.parametrize(("when", "executed"), [("before_send", 0), ("after_send", 1)])
+def test_a_reset_whose_worker_died_is_reported_unknown(
+    session: Session,
+    machine: tuple[Node, SimPowerDriver],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+    executed: int,
+) -> None:
+    node, sim = machine
+    request_id = _request(session, node, Action.RESET)
+    _die_once(monkeypatch, when)
+    with pytest.raises(WorkerDied):
+        steps.run_request(request_id)
+    session.expire_all()
+    marked = session.get(PowerRequest, request_id)
+    assert marked is not None and marked.status is RequestStatus.RUNNING
+    assert marked.command_sent_at is not None and marked.command_acked_at is None
+
+    done = _drive(session, request_id)
+
+    assert _executed(sim) == [Action.RESET] * executed  # never sent again
+    assert done.status is RequestStatus.FAILED
+    assert done.evidence is None
+    assert "may or may not have happened" in (done.error or "")
+    session.refresh(node)
+    assert node.last_error == done.error
+
+
+def test_a_cycle_whose_worker_died_after_the_off_went_out_finishes_without_repeating_it(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, sim = machine
+    request_id = _request(session, node, Action.CYCLE)
+    _die_once(monkeypatch, "after_send")
+    with pytest.raises(WorkerDied):
+        steps.run_request(request_id)
+    assert _executed(sim) == [Action.OFF]
+
+    done = _drive(session, request_id)
+
+    assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.OFF_THEN_ON
+    assert _executed(sim) == [Action.OFF, Action.ON]
+
+
+def test_a_cycle_whose_worker_died_before_the_off_went_out_sends_it_once_it_shows_lost(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, sim = machine
+    request_id = _request(session, node, Action.CYCLE)
+    _die_once(monkeypatch, "before_send")
+    with pytest.raises(WorkerDied):
+        steps.run_request(request_id)
+    assert _executed(sim) == []
+
+    # The re-claim checks first; only an unanswered command with no effect for
+    # RESEND_AFTER is taken as lost and sent (the test ages the send instead of waiting).
+    done = _drive(session, request_id, sent_ago_s=25)
+
+    assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.OFF_THEN_ON
+    assert _executed(sim) == [Action.OFF, Action.ON]
+
+
+def test_an_unanswered_off_is_settled_by_reading_not_by_resending(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, sim = machine
+    real = steps.driver_for
+    monkeypatch.setattr(steps, "driver_for", lambda target: AnswerLost(real(target)))
+    done = _drive(session, _request(session, node, Action.OFF))
+    assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.POWER_STATE
+    assert done.command_acked_at is None
+    assert _executed(sim) == [Action.OFF]
+
+
+def test_an_unanswered_reset_is_failed_as_unknown_and_not_resent(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, sim = machine
+    real = steps.driver_for
+    monkeypatch.setattr(steps, "driver_for", lambda target: AnswerLost(real(target)))
+    done = _drive(session, _request(session, node, Action.RESET))
+    assert done.status is RequestStatus.FAILED
+    assert "may or may not have happened" in (done.error or "")
+    assert _executed(sim) == [Action.RESET]
+
+
+def test_an_undecryptable_password_fails_the_request_at_once_with_the_cause(
+    session: Session, machine: tuple[Node, SimPowerDriver]
+) -> None:
+    node, sim = machine
+    request_id = _request(session, node, Action.OFF)
+    session.execute(
+        update(Node).where(Node.id == node.id).values(bmc_password_encrypted=b"not-a-token")
+    )
+    session.commit()
+
+    steps.run_request(request_id)
+
+    session.expire_all()
+    request = session.get(PowerRequest, request_id)
+    assert request is not None and request.status is RequestStatus.FAILED
+    assert "POWERQ_SECRET_KEY" in (request.error or "")
+    session.refresh(node)
+    assert node.last_error == request.error
+    assert not node.power_fault  # a key problem is not the BMC's fault
+    assert _executed(sim) == []
+
+
+def test_a_driver_that_cannot_run_fails_the_request_at_once_with_its_own_message(
+    session: Session, machine: tuple[Node, SimPowerDriver]
+) -> None:
+    node, _ = machine
+    request_id = _request(session, node, Action.OFF)
+    session.execute(update(Node).where(Node.id == node.id).values(driver=DriverKind.REDFISH))
+    session.commit()
+
+    steps.run_request(request_id)
+
+    session.expire_all()
+    request = session.get(PowerRequest, request_id)
+    assert request is not None and request.status is RequestStatus.FAILED
+    assert "redfish" in (request.error or "").lower()
+    session.refresh(node)
+    assert node.last_error == request.error
+
+
+def test_a_stale_attempts_observation_changes_nothing(
+    session: Session, machine: tuple[Node, SimPowerDriver]
+) -> None:
+    node, _ = machine
+    request_id = _request(session, node, Action.QUERY)
+    stale = leases.claim(request_id, lease_s=60)
+    assert stale is not None
+    _make_due(session, request_id)
+    fresh = leases.claim(request_id, lease_s=60)
+    assert fresh is not None
+
+    _, owned = leases.record_observation(fresh, OFF)
+    assert owned
+    _, stale_owned = leases.record_observation(stale, ON)  # a zombie's late read
+
+    assert not stale_owned
+    session.refresh(node)
+    assert node.power_state is OFF
