@@ -50,7 +50,8 @@ def register_fake_nodes(count: int) -> None:
     manifest = [
         {
             "name": f"{PREFIX}{i:06d}",
-            "address": "127.0.0.1",
+            # One BMC per node (uq_nodes_bmc_endpoint); .invalid never resolves.
+            "address": f"{PREFIX}{i:06d}.invalid",
             "port": 9,
             "username": "admin",
             "password": "password",

@@ -49,7 +49,18 @@ def copy_nodes(conn: Any, first: int, last: int) -> None:
     ) as copy:
         for i in range(first, last):
             copy.write_row(
-                (f"sweep-{i:06d}", "ipmi", "127.0.0.1", 623, "admin", secret, "on", now, now)
+                # One BMC per node (uq_nodes_bmc_endpoint); .invalid never resolves.
+                (
+                    f"sweep-{i:06d}",
+                    "ipmi",
+                    f"sweep-{i:06d}.invalid",
+                    623,
+                    "admin",
+                    secret,
+                    "on",
+                    now,
+                    now,
+                )
             )
 
 

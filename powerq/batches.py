@@ -26,6 +26,18 @@ rest stay held until a later pump. The pump runs in the creating transaction,
 when a batch request finishes (``powerq.batch_pump``), and in every sweep. Its
 whole state is in PostgreSQL, so pacing survives restarts of anything.
 
+**Deadline.** Every batch gets ``deadline_at`` when it is created, and each
+request it creates gets ``start_by`` = that deadline: a request still held or
+pending then (no worker claimed it) is failed by the sweeper
+(:func:`expire_unstarted`), and its node is free again. ``batch_deadline_s``
+sets it; the default (:func:`default_window_s`) lets a well-formed batch finish.
+Pacing that cannot start the last node before the deadline (``(nodes - 1) *
+stagger_s`` seconds at the least) is refused, and no batch waits more than
+:data:`MAX_BATCH_DEADLINE_S`.
+
+**Cancelling.** :func:`cancel_batch` cancels, in one statement, every request
+of the batch no worker has claimed (held or pending); running ones finish.
+
 **Membership.** Requests the batch created carry its ``batch_id``. Reused and
 refused nodes point at requests that are not the batch's own; they are listed
 in ``batches.selector["linked"]`` (node, outcome, request id, reason) next to
@@ -34,6 +46,7 @@ the selector as given, so the batch's results can name them.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -41,13 +54,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple, get_args
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Select, func, insert, literal, select, update
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from powerq.db import db_now
 from powerq.errors import ConflictingRequest, InvalidInput, NotFound
-from powerq.intents import request_power, validate_deadline
-from powerq.models import Batch, Node, PowerRequest
+from powerq.intents import _withdraw_desired, request_power, validate_deadline
+from powerq.models import Batch, Node, PowerEvent, PowerRequest
 from powerq.states import Action, RequestStatus
 
 MAX_BATCH_NODES = 10_000
@@ -57,6 +70,12 @@ PUMP_BATCH_LIMIT = 200
 RELEASE_LIMIT = 500
 # No release is scheduled further ahead than this (countdowns stay short).
 RELEASE_HORIZON = timedelta(seconds=60)
+# No batch holds its nodes longer than this.
+MAX_BATCH_DEADLINE_S = 7 * 24 * 3600.0
+# Added to the default deadline: lane queueing, a lost message re-rung by the sweeper.
+DEADLINE_GRACE_S = 300.0
+# Bound on the requests one sweep fails for their batch's deadline.
+EXPIRE_LIMIT = 500
 
 Outcome = Literal["created", "existing", "refused"]
 # How a node of a batch stands: its request's status, "held" or "refused".
@@ -89,7 +108,10 @@ class BatchSpec:
     stagger_s: float = 0.0
     max_in_flight: int | None = None
     name: str | None = None
+    # Seconds each request may take once started (the action's default when None).
     deadline_s: float | None = None
+    # Seconds from creation until unstarted requests fail (:func:`batch_window_s`).
+    batch_deadline_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +196,54 @@ def validate_spec(spec: BatchSpec) -> None:
     if spec.max_in_flight is not None and spec.max_in_flight < 1:
         raise InvalidInput("max_in_flight must be at least 1")
     validate_deadline(spec.action, spec.deadline_s)
+    if spec.batch_deadline_s is not None and not 1 <= spec.batch_deadline_s <= MAX_BATCH_DEADLINE_S:
+        raise InvalidInput(
+            f"batch_deadline_s must be between 1 and {MAX_BATCH_DEADLINE_S:.0f} seconds (7 days)"
+        )
+
+
+def default_window_s(spec: BatchSpec, node_count: int) -> float:
+    """Seconds a batch of ``node_count`` nodes gets by default to start them all:
+    ``max(nodes * stagger_s, ceil(nodes / max_in_flight) * (stagger_s + deadline_s))``
+    plus :data:`DEADLINE_GRACE_S`, at most :data:`MAX_BATCH_DEADLINE_S`.
+
+    Each wave of ``max_in_flight`` requests may take its per-request deadline
+    before the next wave starts, and starts are ``stagger_s`` apart.
+
+    :raises InvalidInput: the spec's per-request ``deadline_s`` is out of range.
+    """
+    per_request = validate_deadline(spec.action, spec.deadline_s)
+    waves = math.ceil(node_count / (spec.max_in_flight or node_count))
+    paced = max(node_count * spec.stagger_s, waves * (spec.stagger_s + per_request))
+    return min(paced + DEADLINE_GRACE_S, MAX_BATCH_DEADLINE_S)
+
+
+def batch_window_s(spec: BatchSpec, node_count: int) -> float:
+    """Seconds from creation to the batch's deadline: ``batch_deadline_s`` when
+    given, else :func:`default_window_s`.
+
+    :raises InvalidInput: the stagger alone cannot start the last of the
+        ``node_count`` nodes before the deadline (``(nodes - 1) * stagger_s``
+        seconds are needed), or ``deadline_s`` is out of range.
+    """
+    window = (
+        spec.batch_deadline_s
+        if spec.batch_deadline_s is not None
+        else default_window_s(spec, node_count)
+    )
+    needed = (node_count - 1) * spec.stagger_s
+    if needed >= window:
+        limit = (
+            f"batch_deadline_s is {window:.0f}s"
+            if spec.batch_deadline_s is not None
+            else f"a batch may take at most {MAX_BATCH_DEADLINE_S:.0f}s (7 days)"
+        )
+        raise InvalidInput(
+            f"{node_count} nodes {spec.stagger_s:g}s apart need {needed:.0f}s to start the "
+            f"last one, but {limit}: give fewer nodes, a smaller stagger_s or a longer "
+            "batch_deadline_s"
+        )
+    return window
 
 
 def glob_to_like(glob: str) -> str:
@@ -193,7 +263,9 @@ def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
     if spec.nodes is not None:
         return _named_nodes(session, spec.nodes)
     assert spec.selector is not None
-    query = select(Node).order_by(Node.name).limit(MAX_BATCH_NODES + 1)
+    query = (
+        select(Node).where(Node.deleted_at.is_(None)).order_by(Node.name).limit(MAX_BATCH_NODES + 1)
+    )
     if spec.selector.tags:
         query = query.where(Node.tags.contains(list(spec.selector.tags)))
     if spec.selector.name_glob:
@@ -208,7 +280,8 @@ def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
 
 def _named_nodes(session: Session, names: Sequence[str]) -> list[Node]:
     wanted = list(dict.fromkeys(names))
-    found = {node.name: node for node in session.scalars(select(Node).where(Node.name.in_(wanted)))}
+    live = select(Node).where(Node.name.in_(wanted), Node.deleted_at.is_(None))
+    found = {node.name: node for node in session.scalars(live)}
     missing = [name for name in wanted if name not in found]
     if missing:
         shown = ", ".join(repr(name) for name in missing[:10])
@@ -228,12 +301,14 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
     """Record a batch and its requests in the caller's transaction, and release
     what may start at once. Publish ``releases`` only after commit.
 
-    :raises InvalidInput: see :func:`validate_spec`.
+    :raises InvalidInput: see :func:`validate_spec` and :func:`batch_window_s`.
     :raises NotFound: see :func:`select_nodes`.
     :raises Conflict: a node stayed too busy to accept a request (rare; retry).
     """
     validate_spec(spec)
     nodes = select_nodes(session, spec)
+    window = batch_window_s(spec, len(nodes))
+    base = db_now(session)
     given = {"nodes": list(dict.fromkeys(spec.nodes))} if spec.nodes else {}
     batch = Batch(
         name=spec.name,
@@ -242,10 +317,10 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
         max_in_flight=spec.max_in_flight,
         selector=spec.selector.as_json() if spec.selector else given,
         requested_by=actor,
+        deadline_at=base + timedelta(seconds=window),
     )
     session.add(batch)
     session.flush()
-    base = db_now(session)
     by_position: dict[int, Member] = {}
     for position, node in sorted(enumerate(nodes), key=lambda pair: pair[1].id):
         spacing = base + timedelta(microseconds=position)
@@ -269,6 +344,7 @@ def _join(
         return Member(node.name, "existing", intent.request)
     intent.request.held = True
     intent.request.created_at = created_at
+    intent.request.start_by = batch.deadline_at
     return Member(node.name, "created", intent.request)
 
 
@@ -293,8 +369,9 @@ def pump(session: Session, only: Collection[uuid.UUID] | None = None) -> list[Re
     ``max_in_flight`` and ``stagger_s`` allow, in the caller's transaction.
 
     Each batch's row is locked (in id order) while it is pumped, so concurrent
-    pumps take turns instead of releasing the same room twice. Returns what to
-    publish after commit.
+    pumps (and :func:`cancel_batch`) take turns instead of releasing the same
+    room twice. A cancelled batch is never pumped, and no request is released
+    to start at or after its ``start_by``. Returns what to publish after commit.
     """
     now = db_now(session)
     waiting = select(PowerRequest.batch_id).where(
@@ -302,7 +379,7 @@ def pump(session: Session, only: Collection[uuid.UUID] | None = None) -> list[Re
         PowerRequest.status == RequestStatus.PENDING,
         PowerRequest.batch_id.is_not(None),
     )
-    query = select(Batch).where(Batch.id.in_(waiting))
+    query = select(Batch).where(Batch.id.in_(waiting), Batch.cancelled_at.is_(None))
     if only is not None:
         query = query.where(Batch.id.in_(list(only)))
     batches = session.scalars(query.order_by(Batch.id).limit(PUMP_BATCH_LIMIT).with_for_update())
@@ -350,8 +427,8 @@ def _release(session: Session, batch: Batch, now: datetime) -> list[Release]:
     releases: list[Release] = []
     for request in held:
         at = now if last is None else max(now, last + stagger)
-        if at > now + RELEASE_HORIZON:
-            break
+        if at > now + RELEASE_HORIZON or (request.start_by is not None and at >= request.start_by):
+            break  # later, or never: the sweeper fails it at its start_by
         request.held = False
         request.not_before = at
         request.dispatched_at = at  # the sweeper re-rings it only once this is stale
@@ -377,6 +454,158 @@ def waiting_batch_of(session: Session, request_id: uuid.UUID) -> uuid.UUID | Non
         .limit(1)
     )
     return batch_id
+
+
+# --- ending what has not started ------------------------------------------------
+
+
+class Ended(NamedTuple):
+    """A request ended before any worker claimed it."""
+
+    request_id: uuid.UUID
+    node_name: str
+
+
+@dataclass(frozen=True)
+class CancelledBatch:
+    """The result of :func:`cancel_batch`."""
+
+    batch: Batch
+    # Held or pending requests now cancelled, and running ones left to finish.
+    cancelled: list[Ended]
+    running: list[Ended]
+
+
+def cancel_batch(session: Session, batch_id: uuid.UUID, *, actor: str) -> CancelledBatch:
+    """Cancel every request of the batch that no worker has claimed (held or
+    pending), in the caller's transaction; running ones finish.
+
+    Each node's desired state goes back to what it was before the request (as
+    :func:`powerq.intents.cancel_request` does) and a ``cancelled`` event is
+    recorded. ``cancelled_at`` is set the first time something is cancelled;
+    cancelling again cancels nothing. The batch's row is locked first, so a
+    concurrent pump either ran before (its releases are cancelled too) or
+    finds the batch cancelled.
+
+    :raises NotFound: no such batch.
+    """
+    batch = session.scalars(
+        select(Batch).where(Batch.id == batch_id).with_for_update()
+    ).one_or_none()
+    if batch is None:
+        raise NotFound(f"no batch {batch_id}")
+    now = db_now(session)
+    targets = select(PowerRequest.id).where(
+        PowerRequest.batch_id == batch_id, PowerRequest.status == RequestStatus.PENDING
+    )
+    cancelled = _end_unstarted(
+        session,
+        targets,
+        now=now,
+        status=RequestStatus.CANCELLED,
+        kind="cancelled",
+        actor=actor,
+        error=literal(f"cancelled by {actor} with batch {batch_id} before any worker claimed it"),
+    )
+    if cancelled and batch.cancelled_at is None:
+        batch.cancelled_at = now
+    running = session.execute(
+        select(PowerRequest.id, Node.name)
+        .join(Node, Node.id == PowerRequest.node_id)
+        .where(PowerRequest.batch_id == batch_id, PowerRequest.status == RequestStatus.RUNNING)
+        .order_by(Node.name)
+    ).all()
+    return CancelledBatch(batch, cancelled, [Ended(row[0], row[1]) for row in running])
+
+
+def expire_unstarted(
+    session: Session, now: datetime | None = None, *, limit: int = EXPIRE_LIMIT
+) -> list[uuid.UUID]:
+    """Fail (at most ``limit``) held or pending requests whose ``start_by`` has
+    passed, in the caller's transaction; return their ids.
+
+    One UPDATE … RETURNING, conditional on ``status = 'pending'`` and skipping
+    rows others hold: a request a worker claims concurrently stays claimed. Each
+    node's desired state goes back to what it was before the request, and a
+    ``failed`` event is recorded. Nothing is counted against the node's health:
+    no BMC was asked anything.
+    """
+    now = db_now(session) if now is None else now
+    due = (
+        select(PowerRequest.id)
+        .where(
+            PowerRequest.status == RequestStatus.PENDING,
+            PowerRequest.start_by.is_not(None),
+            PowerRequest.start_by <= now,
+        )
+        .order_by(PowerRequest.start_by)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    deadline = func.to_char(
+        func.timezone("UTC", PowerRequest.start_by), 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+    )
+    error = func.concat("not started before its batch's deadline (", deadline, ")")
+    ended = _end_unstarted(
+        session, due, now=now, status=RequestStatus.FAILED, kind="failed", actor="sweeper",
+        error=error,
+    )  # fmt: skip
+    return [row.request_id for row in ended]
+
+
+def _end_unstarted(
+    session: Session,
+    targets: Select[Any],
+    *,
+    now: datetime,
+    status: RequestStatus,
+    kind: str,
+    actor: str,
+    error: ColumnElement[str],
+) -> list[Ended]:
+    """End the pending ``targets`` with ``status`` and ``error`` and record one
+    ``kind`` event each (the error is its message), in one statement; then put
+    back each node's desired state. Returns what was ended, by node name."""
+    ended = (
+        update(PowerRequest)
+        .where(PowerRequest.id.in_(targets), PowerRequest.status == RequestStatus.PENDING)
+        .values(status=status, finished_at=now, error=error)
+        .returning(PowerRequest.id, PowerRequest.node_id, PowerRequest.error, PowerRequest.batch_id)
+        .cte("ended")
+    )
+    events = (
+        insert(PowerEvent)
+        .from_select(
+            ["node_id", "request_id", "kind", "actor", "message", "detail"],
+            select(
+                ended.c.node_id,
+                ended.c.id,
+                literal(kind),
+                literal(actor),
+                ended.c.error,
+                func.jsonb_build_object("batch_id", ended.c.batch_id),
+            ),
+        )
+        .returning(PowerEvent.request_id)
+    )
+    ids = list(session.scalars(events))
+    return _withdraw_all(session, [request_id for request_id in ids if request_id is not None])
+
+
+def _withdraw_all(session: Session, request_ids: list[uuid.UUID]) -> list[Ended]:
+    """Put back the desired state each ended request had replaced (the rule of
+    :func:`powerq.intents.cancel_request`); return them by node name."""
+    if not request_ids:
+        return []
+    requests = session.scalars(
+        select(PowerRequest)
+        .where(PowerRequest.id.in_(request_ids))
+        .options(joinedload(PowerRequest.node))
+        .execution_options(populate_existing=True)
+    ).all()
+    for request in requests:
+        _withdraw_desired(session, request.node, request)
+    return sorted((Ended(r.id, r.node.name) for r in requests), key=lambda e: e.node_name)
 
 
 # --- reading ------------------------------------------------------------------

@@ -215,6 +215,10 @@ class Client:
         params = {"results": "true" if results else "false"}
         return dict(self.call("GET", f"/v1/batches/{quote(batch_id, safe='')}", params=params))
 
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel what a batch has not started (running requests finish)."""
+        return dict(self.call("DELETE", f"/v1/batches/{quote(batch_id, safe='')}"))
+
     def batches(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
         """One page of batches, newest first."""
         return dict(self.call("GET", "/v1/batches", params={"limit": limit, "offset": offset}))

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from powerq.errors import ConfigError
+from powerq.states import DriverKind
+
+# Drivers that can be named in POWERQ_DRIVERS but do not exist yet.
+UNAVAILABLE_DRIVERS: frozenset[DriverKind] = frozenset({DriverKind.REDFISH})
 
 
 class Settings(BaseSettings):
@@ -40,19 +45,26 @@ class Settings(BaseSettings):
     enforce_desired: bool = Field(
         default=False, description="Monitor files correcting requests on drift"
     )
-    sweep_interval_s: float = Field(default=10.0, gt=0, description="Sweeper period")
+    sweep_interval_s: float = Field(default=5.0, gt=0, description="Sweeper period")
     monitor_interval_s: float = Field(default=60.0, gt=0, description="Monitor period")
     fault_threshold: int = Field(
         default=3, ge=1, description="Consecutive failed requests that set power_fault"
     )
     lease_s: float = Field(default=60.0, gt=0, description="Lease a worker holds on a step")
     redispatch_after_s: float = Field(
-        default=30.0, gt=0, description="Sweeper re-rings a dispatched, unclaimed request after"
+        default=10.0,
+        gt=0,
+        description="Sweeper re-rings a dispatched, unclaimed request after (doubling per ring)",
     )
     fault_recheck_s: float = Field(
         default=300.0, gt=0, description="Monitor re-checks a node in power_fault this often"
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest API body")
+    drivers: Annotated[tuple[DriverKind, ...], NoDecode] = Field(
+        default=(DriverKind.IPMI,),
+        description="BMC drivers nodes may be registered with (comma-separated; "
+        "'sim' is an in-process fake for tests)",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -60,6 +72,27 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("postgresql", "postgres://")):
             raise ValueError("must be a PostgreSQL URL (postgresql+psycopg://user@host/db)")
         return value
+
+    @field_validator("drivers", mode="before")
+    @classmethod
+    def _driver_list(cls, value: Any) -> Any:
+        """``"ipmi, sim"`` as ``("ipmi", "sim")``: comma-separated, blanks and repeats dropped.
+
+        :raises ValueError: empty, an unknown name, or a driver not available yet.
+        """
+        if not isinstance(value, str):
+            return value
+        names = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",")))
+        names = tuple(name for name in names if name)
+        known = {kind.value for kind in DriverKind}
+        if not names:
+            raise ValueError("name at least one driver, e.g. 'ipmi'")
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown driver {name!r} (known: {', '.join(sorted(known))})")
+            if DriverKind(name) in UNAVAILABLE_DRIVERS:
+                raise ValueError(f"the {name.capitalize()} driver is not available yet")
+        return names
 
     @field_validator("broker_url")
     @classmethod

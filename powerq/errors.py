@@ -47,6 +47,14 @@ class InvalidInput(PowerqError):
     slug = "invalid-input"
 
 
+class DriverNotEnabled(InvalidInput):
+    """A node names a BMC driver this installation does not enable (``POWERQ_DRIVERS``)
+    or that does not exist yet; ``extra["enabled_drivers"]`` lists the enabled ones."""
+
+    title = "Driver not enabled"
+    slug = "driver-not-enabled"
+
+
 class NotFound(PowerqError):
     """The named node, request, batch or token does not exist."""
 
@@ -61,6 +69,15 @@ class Conflict(PowerqError):
     status = 409
     title = "Conflict"
     slug = "conflict"
+
+
+class BmcEndpointTaken(Conflict):
+    """Another live node is registered on the same BMC endpoint (address and port):
+    two nodes on one BMC could receive two commands at once. ``extra["existing_node"]``
+    names the node that holds it."""
+
+    title = "BMC already registered"
+    slug = "bmc-endpoint-taken"
 
 
 class AlreadyOutstanding(Conflict):
@@ -107,3 +124,20 @@ class ServiceUnavailable(PowerqError):
     status = 503
     title = "Service unavailable"
     slug = "unavailable"
+
+
+class MalformedBody(PowerqError):
+    """The request body is not strict UTF-8 JSON (duplicate keys, NaN, an absurd
+    number, too deep, a byte-order mark, ...): refused before anything is done."""
+
+    status = 400
+    title = "Malformed request"
+    slug = "malformed-request"
+
+
+class UnsupportedMediaType(PowerqError):
+    """The body's Content-Type is not JSON (or names a charset other than UTF-8)."""
+
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"

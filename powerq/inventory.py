@@ -2,14 +2,27 @@
 
 The BMC password enters here as plaintext once, is encrypted before it touches
 the session, and is decrypted only by :func:`bmc_target`, inside the executor.
+
+Rules every registration, change and import follows:
+
+* **One machine, one node.** Two live nodes never share a BMC endpoint (address,
+  compared case-insensitively, and port): they could receive two commands at
+  once. The partial unique index ``uq_nodes_bmc_endpoint`` decides; a friendly
+  check before the write names the node that holds the endpoint, and the
+  index's own refusal (a concurrent registration) is answered the same way.
+* **Enabled drivers only.** A node's driver must be one of ``POWERQ_DRIVERS``.
+* **Deleting keeps the audit trail.** A deleted node is only marked
+  (``deleted_at``): its requests and events stay, and its name and endpoint
+  are free for a new node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,8 +32,9 @@ from sqlalchemy.orm import Session
 
 from powerq.audit import record_event
 from powerq.bmc.base import BmcTarget
+from powerq.config import UNAVAILABLE_DRIVERS, get_settings
 from powerq.db import utcnow
-from powerq.errors import Conflict, InvalidInput
+from powerq.errors import BmcEndpointTaken, Conflict, DriverNotEnabled, InvalidInput
 from powerq.intents import find_node
 from powerq.models import Node, PowerRequest
 from powerq.secrets import decrypt_password, encrypt_password
@@ -32,6 +46,10 @@ log = logging.getLogger(__name__)
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # Names the API uses as path segments next to node names (/v1/nodes/import).
 RESERVED_NAMES: frozenset[str] = frozenset({"import"})
+# The partial unique indexes on live nodes (migration 0002).
+NAME_INDEX = "uq_nodes_name_live"
+ENDPOINT_INDEX = "uq_nodes_bmc_endpoint"
+LIVE = Node.deleted_at.is_(None)
 
 
 @dataclass(frozen=True)
@@ -64,15 +82,122 @@ def validate_name(name: str) -> str:
     return name
 
 
+def enabled_drivers() -> tuple[DriverKind, ...]:
+    """The drivers nodes may be registered with (``POWERQ_DRIVERS``)."""
+    return get_settings().drivers
+
+
+def require_driver(driver: DriverKind) -> None:
+    """Accept ``driver`` only if it is enabled.
+
+    :raises DriverNotEnabled: it does not exist yet (redfish), or is not in
+        ``POWERQ_DRIVERS`` (the message says how to enable it).
+    """
+    enabled = enabled_drivers()
+    if driver in enabled and driver not in UNAVAILABLE_DRIVERS:
+        return
+    listed = ", ".join(kind.value for kind in enabled)
+    values = [kind.value for kind in enabled]
+    if driver in UNAVAILABLE_DRIVERS:
+        raise DriverNotEnabled(
+            f"the {driver.value.capitalize()} driver is not available yet; "
+            f"register the node with an enabled driver ({listed})",
+            enabled_drivers=values,
+        )
+    fake = " ('sim' is an in-process fake, meant for tests)" if driver is DriverKind.SIM else ""
+    raise DriverNotEnabled(
+        f"driver {driver.value!r} is not enabled (enabled: {listed}); to enable it, add it "
+        f"to the POWERQ_DRIVERS setting (comma-separated, e.g. "
+        f"POWERQ_DRIVERS={','.join([*values, driver.value])}) and restart powerq{fake}",
+        enabled_drivers=values,
+    )
+
+
+def endpoint_holder(
+    session: Session, address: str, port: int, *, other_than: int | None = None
+) -> Node | None:
+    """The live node registered on BMC ``address:port`` (address in any case), if any."""
+    query = select(Node).where(
+        LIVE, func.lower(Node.bmc_address) == func.lower(address), Node.bmc_port == port
+    )
+    if other_than is not None:
+        query = query.where(Node.id != other_than)
+    return session.scalars(query).first()
+
+
+def _endpoint_taken(address: str, port: int, holder: str | None) -> BmcEndpointTaken:
+    if holder is None:  # the holder went away again after refusing us
+        return BmcEndpointTaken(f"BMC {address}:{port} is already registered as another node")
+    return BmcEndpointTaken(
+        f"BMC {address}:{port} is already registered as node {holder!r}", existing_node=holder
+    )
+
+
+def _require_free_endpoint(
+    session: Session, address: str, port: int, *, other_than: int | None = None
+) -> None:
+    """:raises BmcEndpointTaken: another live node is registered on ``address:port``."""
+    holder = endpoint_holder(session, address, port, other_than=other_than)
+    if holder is not None:
+        raise _endpoint_taken(address, port, holder.name)
+
+
+def _constraint_name(error: IntegrityError) -> str | None:
+    diag = getattr(error.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
+@contextlib.contextmanager
+def _node_write(
+    session: Session, name: str, address: str, port: int, *, node_id: int | None = None
+) -> Iterator[None]:
+    """Run the body (which adds or changes node ``name``, to be on ``address:port``)
+    in a savepoint of the caller's transaction, and flush it there.
+
+    The checks before the write see only committed rows; a concurrent
+    registration that commits first makes the unique index refuse this one,
+    and that refusal is reported exactly like the checks report it. On any
+    error the savepoint is rolled back, so the body's changes are undone.
+
+    :raises Conflict: another live node has the name.
+    :raises BmcEndpointTaken: another live node has the BMC endpoint.
+    :raises IntegrityError: any other constraint.
+    """
+    try:
+        with session.begin_nested():
+            yield
+            session.flush()
+    except IntegrityError as exc:
+        constraint = _constraint_name(exc)
+        if constraint == NAME_INDEX:
+            raise Conflict(f"a node named {name!r} already exists") from None
+        if constraint == ENDPOINT_INDEX:
+            with session.no_autoflush:
+                holder = endpoint_holder(session, address, port, other_than=node_id)
+            raise _endpoint_taken(address, port, holder.name if holder else None) from None
+        raise
+
+
+def _name_taken(session: Session, name: str) -> bool:
+    return session.scalar(select(Node.id).where(LIVE, Node.name == name)) is not None
+
+
 def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
     """Register a node in the caller's transaction.
 
     :raises InvalidInput: a field is out of range.
-    :raises Conflict: a node with that name exists.
+    :raises DriverNotEnabled: the driver is not enabled (or not available yet).
+    :raises Conflict: a live node with that name exists.
+    :raises BmcEndpointTaken: a live node is registered on the same BMC endpoint.
     """
     validate_name(spec.name)
     if not 1 <= spec.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {spec.port}")
+    require_driver(spec.driver)
+    if _name_taken(session, spec.name):
+        raise Conflict(f"a node named {spec.name!r} already exists")
+    _require_free_endpoint(session, spec.address, spec.port)
     node = Node(
         name=spec.name,
         driver=spec.driver,
@@ -82,12 +207,8 @@ def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
         bmc_password_encrypted=encrypt_password(spec.password),
         tags=sorted(set(spec.tags)),
     )
-    try:
-        with session.begin_nested():
-            session.add(node)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"a node named {spec.name!r} already exists") from None
+    with _node_write(session, spec.name, spec.address, spec.port):
+        session.add(node)
     record_event(session, node_id=node.id, kind="registered", actor=actor, message="node added")
     return node
 
@@ -144,6 +265,7 @@ class NodeFilter:
 
 
 def _filtered(query: Select[Any], filters: NodeFilter) -> Select[Any]:
+    query = query.where(LIVE)
     if filters.power_state is not None:
         query = query.where(Node.power_state == filters.power_state)
     if filters.desired_power_state == "none":
@@ -164,7 +286,7 @@ def _filtered(query: Select[Any], filters: NodeFilter) -> Select[Any]:
 def list_nodes(
     session: Session, filters: NodeFilter, *, limit: int, offset: int = 0
 ) -> tuple[list[Node], int]:
-    """One page of nodes matching ``filters`` (by name) and how many match in all."""
+    """One page of live nodes matching ``filters`` (by name) and how many match in all."""
     total = session.scalar(_filtered(select(func.count()).select_from(Node), filters)) or 0
     page = session.scalars(
         _filtered(select(Node), filters).order_by(Node.name).limit(limit).offset(offset)
@@ -221,18 +343,46 @@ def _apply_fields(node: Node, changes: NodeChanges) -> list[str]:
     return changed
 
 
-def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: str) -> list[str]:
-    """Apply ``changes`` to ``node`` in the caller's transaction; return what changed.
+def _endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int]:
+    """The BMC address and port ``node`` will have once ``changes`` are applied."""
+    address = changes.address if changes.address is not None else node.bmc_address
+    return address, changes.port if changes.port is not None else node.bmc_port
 
-    Writes one ``updated`` event naming the changed fields (never a password).
 
-    :raises InvalidInput: a port, tag or other field is out of range.
+def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeChanges:
+    """``changes`` with tags normalised, if they may be applied to ``node``.
+
+    :raises InvalidInput: a port or tag is out of range.
+    :raises DriverNotEnabled: the new driver is not enabled.
+    :raises BmcEndpointTaken: the new address/port is another live node's BMC.
     """
     if changes.port is not None and not 1 <= changes.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {changes.port}")
     if changes.tags is not None:
         changes = dataclasses.replace(changes, tags=tuple(validate_tags(changes.tags)))
-    changed = _apply_fields(node, changes)
+    if changes.driver is not None:
+        require_driver(changes.driver)
+    if changes.address is not None or changes.port is not None:
+        address, port = _endpoint_after(node, changes)
+        _require_free_endpoint(session, address, port, other_than=node.id)
+    return changes
+
+
+def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: str) -> list[str]:
+    """Apply ``changes`` to ``node`` in the caller's transaction; return what changed.
+
+    Writes one ``updated`` event naming the changed fields (never a password).
+    On any error nothing is changed.
+
+    :raises InvalidInput: a port, tag or other field is out of range.
+    :raises DriverNotEnabled: the new driver is not enabled (or not available yet).
+    :raises BmcEndpointTaken: the new address/port is another live node's BMC
+        (also when a concurrent change took it first).
+    """
+    changes = _check_changes(session, node, changes)
+    address, port = _endpoint_after(node, changes)
+    with _node_write(session, node.name, address, port, node_id=node.id):
+        changed = _apply_fields(node, changes)
     if changes.password is not None:
         set_password(node, changes.password)
         changed.append("password")
@@ -252,13 +402,17 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
     return changed
 
 
-def delete_node(session: Session, name: str, *, actor: str) -> None:
-    """Delete a node and its history, unless it has a request outstanding.
+def delete_node(session: Session, name: str, *, actor: str) -> Node:
+    """Delete a node, unless it has a request outstanding; return it.
 
-    The node row is locked first, so a power request racing the delete either
-    commits before it (and the delete is refused) or fails after it.
+    A soft delete: the node gets ``deleted_at`` and a ``deleted`` event, and
+    keeps its requests and events (the audit trail, readable by request id).
+    It no longer shows anywhere by name, and its name and BMC endpoint may be
+    registered again. The node row is locked first, so a power request racing
+    the delete either commits before it (and the delete is refused) or finds
+    no node after it (see :func:`powerq.intents.request_power`).
 
-    :raises NotFound: no such node.
+    :raises NotFound: no such (live) node.
     :raises Conflict: a request is outstanding (``extra["outstanding"]``).
     """
     node = find_node(session, name, lock=True)
@@ -269,10 +423,18 @@ def delete_node(session: Session, name: str, *, actor: str) -> None:
             f"({outstanding.status.value}); delete it once that request has finished",
             outstanding=outstanding,
         )
-    session.delete(node)
+    node.deleted_at = utcnow()
+    record_event(
+        session,
+        node_id=node.id,
+        kind="deleted",
+        actor=actor,
+        message="node deleted; its requests and events are kept",
+        detail={"address": node.bmc_address, "port": node.bmc_port},
+    )
     session.flush()
-    # The node's events go with it (ON DELETE CASCADE): the log keeps the trace.
     log.info("node %s deleted by %s", name, actor)
+    return node
 
 
 ImportOutcomeKind = Literal["created", "updated", "skipped", "invalid"]
@@ -293,14 +455,17 @@ def import_node(
 ) -> ImportOutcome:
     """Register one manifest row in a savepoint of the caller's transaction.
 
-    An existing node is left alone (``skipped``) or, with ``update``, gets the
-    row's driver, address, port, credentials and tags. A row that cannot be
-    applied is reported ``invalid`` and changes nothing.
+    An existing (live) node is left alone (``skipped``) or, with ``update``,
+    gets the row's driver, address, port, credentials and tags. A row that
+    cannot be applied (a driver that is not enabled, a BMC endpoint another
+    node holds, ...) is reported ``invalid`` with the reason and changes nothing.
     """
     try:
         with session.begin_nested():
             validate_tags(spec.tags)
-            existing = session.scalars(select(Node).where(Node.name == spec.name)).one_or_none()
+            existing = session.scalars(
+                select(Node).where(LIVE, Node.name == spec.name)
+            ).one_or_none()
             if existing is None:
                 create_node(session, spec, actor=actor)
                 return ImportOutcome(row, spec.name, "created", "node added")

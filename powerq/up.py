@@ -25,11 +25,12 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from sqlalchemy.orm import Session
 
 from powerq.config import get_settings
 from powerq.db import session_scope
 from powerq.errors import ServiceUnavailable
-from powerq.inventory import NodeSpec, import_node
+from powerq.inventory import ImportOutcome, NodeSpec, import_node
 from powerq.migrate import upgrade
 from powerq.services import ensure_services, free_tcp_port
 from powerq.states import DriverKind
@@ -147,19 +148,45 @@ def _start_fleet(group: ProcessGroup, options: UpOptions, data_dir: Path) -> int
     )  # fmt: skip
     _wait_for(lambda: manifest.exists(), group, "simfleet", "the simulated fleet")
     rows = json.loads(manifest.read_text())
+    specs = [
+        NodeSpec(
+            row["name"],
+            DriverKind(row["driver"]),  # ipmi: the fleet speaks IPMI on loopback
+            row["address"],
+            row["port"],
+            row["username"],
+            row["password"],
+            ("sim",),
+        )
+        for row in rows
+    ]
     with session_scope() as session:
-        for number, row in enumerate(rows, start=1):
-            spec = NodeSpec(
-                row["name"],
-                DriverKind(row["driver"]),
-                row["address"],
-                row["port"],
-                row["username"],
-                row["password"],
-                ("sim",),
-            )
-            import_node(session, number, spec, update=True, actor="powerq-up")
-    return len(rows)
+        refused = _register_fleet(session, specs)
+    for outcome in refused:
+        click.echo(f"powerq up: fleet node {outcome.name} not registered: {outcome.detail}")
+    return len(rows) - len(refused)
+
+
+def _register_fleet(session: Session, specs: list[NodeSpec]) -> list[ImportOutcome]:
+    """Register (or re-address) the fleet's nodes; return the rows that were refused.
+
+    A fleet restarted on new ports moves each node onto a port another fleet
+    node may still hold until it moves too (one BMC per node is enforced), so
+    refused rows are retried while each round registers at least one more.
+    """
+    pending = list(enumerate(specs, start=1))
+    refused: list[ImportOutcome] = []
+    while pending:
+        outcomes = [
+            (number, spec, import_node(session, number, spec, update=True, actor="powerq-up"))
+            for number, spec in pending
+        ]
+        retry = [(n, spec) for n, spec, outcome in outcomes if outcome.outcome == "invalid"]
+        refused = [outcome for _, _, outcome in outcomes if outcome.outcome == "invalid"]
+        if len(retry) == len(pending):
+            break
+        pending = retry
+    return refused
 
 
 def _admin_token(data_dir: Path) -> str:

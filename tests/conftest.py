@@ -31,6 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
         POWERQ_SECRET_KEY=Fernet.generate_key().decode(),
         # Two lanes: enough to show lane isolation and sharing on a 2-core machine.
         POWERQ_LANES="2",
+        # The in-process fake BMC driver is accepted only where enabled explicitly.
+        POWERQ_DRIVERS="ipmi,sim",
     )
     from powerq.migrate import upgrade
 

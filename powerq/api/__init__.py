@@ -10,7 +10,8 @@ mypy strict, so one set of classes is the validator, the serialiser and the
 documentation. (flask-smorest would mean marshmallow schemas next to pydantic
 ones; spectree is a smaller project with less of Flask's error handling.)
 
-Layout: :mod:`.problems` (RFC 9457 errors), :mod:`.auth` (tokens and roles),
+Layout: :mod:`.problems` (RFC 9457 errors), :mod:`.jsonbody` (the one strict
+parser of every JSON request body), :mod:`.auth` (tokens and roles),
 :mod:`.openapi` (document finishing), and one blueprint module per resource:
 :mod:`.health`, :mod:`.nodes`, :mod:`.power`, :mod:`.power_requests`,
 :mod:`.tokens`. Batches (issue 8) plug in the same way: add a
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     """
     from apiflask import APIFlask
 
-    from powerq.api import converters, openapi, problems
+    from powerq.api import converters, jsonbody, openapi, problems
 
     settings = settings or get_settings()
     app = APIFlask(
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["POWERQ_SETTINGS"] = settings
     problems.init_app(app)
+    jsonbody.init_app(app)
     openapi.init_app(app)
     converters.init_app(app)
     for name in BLUEPRINT_MODULES:

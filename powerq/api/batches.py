@@ -3,8 +3,10 @@
 ``POST /v1/batches`` creates the batch and one request per node in one
 transaction (:func:`powerq.batches.create_batch`: identical outstanding
 requests are reused, conflicting ones refuse that node, nothing else is
-disturbed), commits, and only then publishes what may start at once. Operators
-create batches; readers read them.
+disturbed), commits, and only then publishes what may start at once. Every batch has a
+deadline: its requests not started by then fail. ``DELETE /v1/batches/{id}``
+cancels what has not started. Operators create and cancel batches; readers
+read them.
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ from powerq.api.schemas import (
 from powerq.api.serializers import OutModel, PowerRequestOut, UtcDatetime, request_out
 from powerq.api.session import transaction
 from powerq.batches import (
+    MAX_BATCH_DEADLINE_S,
     MAX_BATCH_NODES,
     MAX_STAGGER_S,
     BatchSpec,
     BatchView,
+    CancelledBatch,
+    Ended,
     NodeResult,
     Selector,
     State,
     batch_view,
+    cancel_batch,
     create_batch,
     list_batches,
 )
@@ -136,6 +142,13 @@ class BatchIn(JsonBody):
     deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
         default=None, description="Seconds each request may take (default depends on the action)"
     )
+    batch_deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_BATCH_DEADLINE_S)]] = Field(
+        default=None,
+        description="Seconds from now until requests of the batch no worker has started fail "
+        "(default: from the pacing, max(nodes * stagger_s, ceil(nodes / max_in_flight) * "
+        "(stagger_s + deadline_s)) + 300, at most 7 days). Refused when (nodes - 1) * stagger_s "
+        "does not fit",
+    )
 
     @model_validator(mode="after")
     def _nodes_or_selector(self) -> BatchIn:
@@ -153,6 +166,7 @@ class BatchIn(JsonBody):
             max_in_flight=self.max_in_flight,
             name=self.name,
             deadline_s=self.deadline_s,
+            batch_deadline_s=self.batch_deadline_s,
         )
 
 
@@ -209,11 +223,39 @@ class BatchOut(OutModel):
     selector: dict[str, Any] = Field(description="The nodes or selector as given")
     requested_by: str
     created_at: UtcDatetime
+    deadline_at: UtcDatetime | None = Field(
+        description="Requests of the batch not started by then fail (and free their nodes)"
+    )
+    cancelled_at: UtcDatetime | None = Field(description="When the batch was cancelled")
     total: int
     finished: bool = Field(description="No node of the batch has work outstanding")
     outcomes: BatchOutcomes
     counts: BatchCounts
     nodes: list[BatchNodeOut] | None
+
+
+class EndedOut(OutModel):
+    """One node's request and what became of it."""
+
+    node: str
+    request_id: uuid.UUID
+
+
+class CancelCounts(OutModel):
+    """How many requests were cancelled, and how many are running and will finish."""
+
+    cancelled: int
+    running: int
+
+
+class BatchCancelOut(OutModel):
+    """What cancelling a batch did."""
+
+    id: uuid.UUID
+    cancelled_at: UtcDatetime | None = Field(description="When the batch was first cancelled")
+    counts: CancelCounts
+    cancelled: list[EndedOut] = Field(description="Held or pending requests now cancelled")
+    running: list[EndedOut] = Field(description="Requests already running: they finish")
 
 
 class BatchPage(BaseModel):
@@ -249,6 +291,8 @@ def batch_out(view: BatchView) -> BatchOut:
         selector=given,
         requested_by=batch.requested_by,
         created_at=batch.created_at,
+        deadline_at=batch.deadline_at,
+        cancelled_at=batch.cancelled_at,
         total=view.total,
         finished=view.finished,
         outcomes=BatchOutcomes(**view.outcomes),
@@ -278,6 +322,37 @@ def post_batch(body: BatchIn) -> ViewResult:
         out = batch_out(batch_view(session, created.batch.id))
     dispatch_releases(created.releases)
     return out, 201, {"Location": url_for("batches.get_batch", batch_id=out.id)}
+
+
+def _ended_out(ended: list[Ended]) -> list[EndedOut]:
+    return [EndedOut(node=e.node_name, request_id=e.request_id) for e in ended]
+
+
+def cancel_out(result: CancelledBatch) -> BatchCancelOut:
+    """The outside view of a cancellation."""
+    return BatchCancelOut(
+        id=result.batch.id,
+        cancelled_at=result.batch.cancelled_at,
+        counts=CancelCounts(cancelled=len(result.cancelled), running=len(result.running)),
+        cancelled=_ended_out(result.cancelled),
+        running=_ended_out(result.running),
+    )
+
+
+@bp.delete("/<uuid:batch_id>")
+@bp.auth_required(auth, roles=[OPERATOR])
+@bp.output(BatchCancelOut, description="What was cancelled, and what is running and will finish")
+@bp.doc(responses={404: "No such batch"})
+def delete_batch(batch_id: uuid.UUID) -> ViewResult:
+    """Cancel a batch
+
+    Cancels, in one transaction, every request of the batch that no worker has
+    claimed (held or pending); running ones finish. Each node's desired power
+    state goes back to what it was before the request. Cancelling again is
+    harmless: nothing is left to cancel.
+    """
+    with transaction() as session:
+        return cancel_out(cancel_batch(session, batch_id, actor=current_actor()))
 
 
 @bp.get("/<uuid:batch_id>")

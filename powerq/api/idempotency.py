@@ -9,21 +9,28 @@ primary key (and the index on ``power_requests(requested_by, idempotency_key)``)
 lets one commit, and the other then replays what it committed.
 
 Refusals (4xx) are not stored: they changed nothing, so a retry is evaluated
-afresh. A key reused for a different call (another path, or another action) is
-refused with 422.
+afresh. A key reused for a different call is refused with 422 naming the first
+call: each answer is stored with a SHA-256 :func:`fingerprint` of the method,
+path and canonical JSON body (:func:`powerq.api.jsonbody.canonical`: key
+order, whitespace and ``60`` versus ``60.0`` do not matter), and a retry must
+match it. Answers stored before fingerprints existed (``fingerprint`` NULL) are
+matched on method, path and action, as they were then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from flask import Response, json, request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from powerq.api.jsonbody import canonical
 from powerq.db import session_scope
 from powerq.errors import InvalidInput
 from powerq.models import IdempotentResponse
@@ -39,13 +46,14 @@ _KEPT_HEADERS = ("Location",)
 
 @dataclass(frozen=True)
 class CallKey:
-    """Who made the call, with which key, to what."""
+    """Who made the call, with which key, to what (``fingerprint``: see :func:`fingerprint`)."""
 
     actor: str
     key: str
     method: str
     path: str
     action: str
+    fingerprint: str
 
 
 def key_from_request() -> str | None:
@@ -61,6 +69,21 @@ def key_from_request() -> str | None:
     return key
 
 
+def fingerprint(method: str, path: str, document: Any) -> str:
+    """SHA-256 (hex) of a call: its method, path and canonical JSON body (None: no body)."""
+    return hashlib.sha256(canonical([method, path, document]).encode("ascii")).hexdigest()
+
+
+def request_fingerprint() -> str:
+    """The :func:`fingerprint` of the current request (its body already parsed strictly).
+
+    :raises MalformedBody: the body is not strict JSON (never, once a view has it).
+    :raises UnsupportedMediaType: the body is not JSON (likewise).
+    """
+    document = request.get_json() if request.get_data(cache=True) else None
+    return fingerprint(request.method, request.path, document)
+
+
 def find(session: Session, call: CallKey) -> IdempotentResponse | None:
     """The stored answer to an earlier call with ``call``'s key, if any.
 
@@ -69,13 +92,35 @@ def find(session: Session, call: CallKey) -> IdempotentResponse | None:
     stored = session.get(IdempotentResponse, (call.actor, call.key))
     if stored is None:
         return None
+    if stored.fingerprint is None:
+        _check_legacy(stored, call)
+    elif stored.fingerprint != call.fingerprint:
+        raise _reused(stored, call)
+    return stored
+
+
+def _reused(stored: IdempotentResponse, call: CallKey) -> InvalidInput:
+    """The refusal of ``call``, whose key ``stored`` answered a different call."""
+    same_target = (stored.method, stored.path) == (call.method, call.path)
+    what = " with a different body" if same_target else ""
+    at = stored.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return InvalidInput(
+        f"{HEADER} {call.key!r} was first used for {stored.method} {stored.path}{what} "
+        f"at {at}; use a new key for a different request"
+    )
+
+
+def _check_legacy(stored: IdempotentResponse, call: CallKey) -> None:
+    """Match a call against an answer stored without a fingerprint (method, path, action).
+
+    :raises InvalidInput: the key was used for a different call.
+    """
     stored_action = (stored.body.get("request") or {}).get("action")
     if (stored.method, stored.path) != (call.method, call.path) or stored_action != call.action:
         raise InvalidInput(
             f"{HEADER} {call.key!r} was already used for another call "
             f"({stored.method} {stored.path}, action {stored_action!r}); use a new key"
         )
-    return stored
 
 
 def remember(
@@ -98,6 +143,7 @@ def remember(
             status_code=status,
             body=body,
             headers=kept,
+            fingerprint=call.fingerprint,
         )
     )
     session.flush()

@@ -56,9 +56,19 @@ _CSV_BODY = re.compile(CSV_BODY_PATTERN)
 @bp.auth_required(auth, roles=[ADMIN])
 @bp.input(NodeIn, arg_name="body")
 @bp.output(NodeOut, status_code=201, description="The node, registered")
-@bp.doc(responses={409: "A node with this name exists"})
+@bp.doc(
+    responses={
+        409: "A node with this name exists, or the BMC endpoint (address in any case, "
+        "port) is already registered as another node (`existing_node` names it)",
+        422: "Invalid input, or a driver that is not enabled (`enabled_drivers` lists them)",
+    }
+)
 def post_node(body: NodeIn) -> ViewResult:
-    """Register a node"""
+    """Register a node
+
+    One machine, one node: a BMC endpoint can be registered only once. The
+    driver must be one of the enabled ones (`POWERQ_DRIVERS`).
+    """
     with transaction() as session:
         node = create_node(session, body.spec(), actor=current_actor())
         out = node_out(node)
@@ -96,11 +106,19 @@ def get_node(name: str) -> ViewResult:
 @bp.auth_required(auth, roles=[ADMIN])
 @bp.input(NodePatch, arg_name="body")
 @bp.output(NodeOut)
+@bp.doc(
+    responses={
+        409: "The new BMC address/port is already registered as another node "
+        "(`existing_node` names it)",
+        422: "Invalid input, or a driver that is not enabled (`enabled_drivers` lists them)",
+    }
+)
 def patch_node(name: str, body: NodePatch) -> ViewResult:
     """Change a node
 
     Maintenance, BMC address and credentials, tags; `desired_power_state: null`
-    withdraws the desired state (only power requests set it).
+    withdraws the desired state (only power requests set it). Nothing changes
+    when any part is refused.
     """
     with transaction() as session:
         node = find_node(session, name, lock=True)
@@ -114,14 +132,18 @@ def patch_node(name: str, body: NodePatch) -> ViewResult:
 @bp.auth_required(auth, roles=[ADMIN])
 @bp.doc(
     responses={
-        204: "Deleted, with its history",
+        204: "Deleted; its requests and events are kept",
         409: "A request is outstanding (problem+json with `outstanding`)",
     }
 )
 def remove_node(name: str) -> ViewResult:
     """Delete a node
 
-    Refused while a request is outstanding on it.
+    Refused while a request is outstanding on it. The node disappears from
+    every listing and lookup by name, and its name and BMC endpoint can be
+    registered again; its power requests stay readable at
+    `/v1/requests/{request_id}` and its events are kept, with a `deleted`
+    event naming who deleted it.
     """
     with transaction() as session:
         delete_node(session, name, actor=current_actor())
@@ -139,7 +161,9 @@ def import_nodes(query: ImportQuery) -> ViewResult:
     (also accepted as `{"nodes": [...]}`, the sim-fleet manifest), or CSV
     (`Content-Type: text/csv`) with those columns (`tags` separated by `;`).
     Unknown members/columns are ignored. Each row is reported: created,
-    updated, skipped (exists, mode=skip) or invalid (and why).
+    updated, skipped (exists, mode=skip) or invalid (and why: e.g. a driver
+    that is not enabled, or a BMC endpoint already registered as another node,
+    named in the detail). An invalid row changes nothing; the others are applied.
     """
     rows = _manifest_rows()
     actor, update = current_actor(), query.mode == "update"
@@ -164,7 +188,8 @@ def _manifest_rows() -> list[dict[str, Any]]:
     """The rows of the request's manifest (JSON or CSV).
 
     :raises InvalidInput: the body is neither a JSON list nor CSV with the columns.
-    :raises BadRequest: the body is not valid JSON / UTF-8.
+    :raises MalformedBody: the body is not strict UTF-8 JSON (powerq.api.jsonbody).
+    :raises UnsupportedMediaType: the body is neither CSV nor JSON.
     """
     if request.mimetype == CSV_MIME:
         return _csv_rows(request.get_data())

@@ -5,12 +5,14 @@ decorators; this processor makes the document say what the API really does:
 
 * every error response is ``application/problem+json`` (:class:`Problem`), and
   each operation lists the errors it can return: 401 (authenticated), 403
-  (needs more than reader), 404 (path parameters), 400/413/422 (JSON body),
+  (needs more than reader), 404 (path parameters), 400/413/415/422 (JSON body),
   422 (query string), 503 (database down), plus what the view documents;
 * pydantic's nested schemas (``NodePage.NodeOut``) get their plain names;
 * request bodies are required; bodies a view parses itself (the import
   manifest) are described via :func:`document_request_body`;
-* headers: ``Location`` on 201/202, ``Idempotency-Key`` on power requests.
+* headers: ``Location`` on 201/202, ``Idempotency-Key`` on power requests;
+* a node's ``driver`` in request bodies lists only the enabled drivers
+  (``POWERQ_DRIVERS``), read when the document is generated.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from apiflask import APIFlask
 
 from powerq.api.problems import PROBLEM_MIME
 from powerq.api.schemas import NODE_NAME_DOC_PATTERN, Problem
+from powerq.inventory import enabled_drivers
 
 _BODIES: dict[tuple[str, str], dict[str, Any]] = {}
 _HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -32,10 +35,13 @@ _ERROR_TEXT = {
     404: "Not found",
     409: "Conflict",
     413: "Request body too large",
+    415: "The body's Content-Type is not JSON (application/json, UTF-8)",
     422: "Invalid input",
     503: "A backing service is unavailable; retry later",
 }
 _METHODS = ("get", "post", "put", "patch", "delete")
+# Request bodies whose ``driver`` must be an enabled driver.
+_DRIVER_INPUTS = ("NodeIn", "NodePatch")
 _PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": NODE_NAME_DOC_PATTERN, "example": "node-1"},
     "request_id": {"type": "string", "format": "uuid"},
@@ -66,7 +72,21 @@ def process_spec(spec: dict[Any, Any] | str) -> dict[Any, Any] | str:
     for name in ("HTTPError", "ValidationError"):
         schemas.pop(name, None)
     _plain_schema_names(spec)
+    _enabled_drivers_only(spec["components"]["schemas"])
     return spec
+
+
+def _enabled_drivers_only(schemas: dict[str, Any]) -> None:
+    """Node bodies accept the enabled drivers, not every driver powerq knows."""
+    enabled = [kind.value for kind in enabled_drivers()]
+    for name in _DRIVER_INPUTS:
+        properties = schemas.get(name, {}).get("properties", {})
+        if "driver" in properties:
+            properties["driver"] = {
+                "type": "string",
+                "enum": enabled,
+                "description": "A BMC driver enabled on this installation (POWERQ_DRIVERS)",
+            }
 
 
 def _add_problem_schema(schemas: dict[str, Any]) -> None:
@@ -112,7 +132,7 @@ def _error_statuses(operation: dict[str, Any]) -> list[int]:
     if "path" in where:
         statuses.append(404)
     if "requestBody" in operation:
-        statuses += [400, 413, 422]
+        statuses += [400, 413, 415, 422]
     if where & {"query", "header"}:
         statuses.append(422)
     return sorted(set(statuses))

@@ -75,7 +75,8 @@ def post_power(name: str, body: PowerIn) -> ViewResult:
 
     `on`/`off`/`soft_off` set the desired power state (soft_off → off),
     `cycle`/`reset` set it to on, `query` leaves it. Send `Idempotency-Key` to
-    make retries safe: a retry with the same key gets the first answer back.
+    make retries safe: a retry with the same key and body gets the first answer
+    back; the same key with a different body is refused (422).
     """
     call = _call_key(body)
     if call is not None and (stored := idempotency.stored_answer(call)) is not None:
@@ -99,7 +100,10 @@ def _call_key(body: PowerIn) -> CallKey | None:
     key = idempotency.key_from_request()
     if key is None:
         return None
-    return CallKey(current_actor(), key, request.method, request.path, body.action.value)
+    fingerprint = idempotency.request_fingerprint()
+    return CallKey(
+        current_actor(), key, request.method, request.path, body.action.value, fingerprint
+    )
 
 
 def _record(name: str, body: PowerIn, call: CallKey | None) -> Recorded:

@@ -5,7 +5,9 @@ Sources of errors and where they are turned into problems:
 * :class:`~powerq.errors.PowerqError` raised by views and the core modules
   (``problem()`` gives the document; rows it carries are serialised);
 * werkzeug's HTTP errors: unknown route (404), wrong method (405), body over
-  ``POWERQ_MAX_BODY_BYTES`` (413), malformed JSON (400);
+  ``POWERQ_MAX_BODY_BYTES`` (413);
+* request bodies that are not strict UTF-8 JSON (400) or not JSON at all (415),
+  refused by :mod:`powerq.api.jsonbody` as PowerqErrors;
 * APIFlask's validation errors (422) and Flask-HTTPAuth's 401/403;
 * database trouble: unreachable (503), a constraint a concurrent change hit
   (409); anything else is a logged 500 that reveals nothing.
@@ -18,10 +20,9 @@ import logging
 from typing import Any
 
 from apiflask import APIFlask, HTTPError
-from flask import Request, Response, current_app, request
-from flask.json.provider import DefaultJSONProvider
+from flask import Response, current_app, request
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import HTTPException
 
 from powerq.api.serializers import to_json
 from powerq.errors import PowerqError
@@ -164,48 +165,8 @@ def auth_error(error: HTTPError) -> Response:
     return _apiflask_error(error)
 
 
-class BoundedJsonProvider(DefaultJSONProvider):
-    """Flask's JSON, with nesting too deep for the parser reported as malformed
-    input (a ValueError, hence 400) instead of a crash (500)."""
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        """Parse JSON.
-
-        :raises ValueError: malformed, or nested too deeply.
-        """
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError("nested too deeply") from None
-
-
-class ApiRequest(Request):
-    """Flask's request, saying what is wrong with a malformed JSON body, and
-    refusing a body of ``null`` (every JSON body of the API is an object or a list)."""
-
-    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        """The parsed JSON body.
-
-        :raises BadRequest: malformed JSON, or ``null``.
-        """
-        document = super().get_json(force=force, silent=silent, cache=cache)
-        if document is None and not silent:
-            raise BadRequest("the JSON body is null; send an object")
-        return document
-
-    def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        """Raise 400 naming the JSON error (never echoing the body).
-
-        :raises BadRequest: always.
-        """
-        reason = type(e).__name__ if isinstance(e, UnicodeDecodeError) else str(e)
-        raise BadRequest(f"malformed JSON body: {reason}")
-
-
 def init_app(app: APIFlask) -> None:
     """Route every error of ``app`` to a problem+json response."""
-    app.request_class = ApiRequest
-    app.json = BoundedJsonProvider(app)
     app.error_processor(_apiflask_error)
     handlers: list[tuple[type[Exception], Any]] = [
         (PowerqError, powerq_error_response),

@@ -106,6 +106,8 @@ Password = Annotated[
     SecretStr, Field(max_length=128, description="Write-only"), AfterValidator(_check_password)
 ]
 # Enum members arrive as JSON strings: accept their values even in strict models.
+# Which drivers are *enabled* (POWERQ_DRIVERS) is checked by the inventory, and
+# the document lists only those (see powerq.api.openapi).
 Driver = Annotated[DriverKind, Strict(False)]
 PowerAction = Annotated[Action, Strict(False)]
 Tags = Annotated[list[Tag], Field(max_length=64)]
@@ -387,4 +389,10 @@ class Problem(BaseModel):
     errors: list[ProblemError] | SkipJsonSchema[None] = None
     outstanding: PowerRequestOut | SkipJsonSchema[None] = Field(
         default=None, description="409 on a power request: the request outstanding on the node"
+    )
+    existing_node: str | SkipJsonSchema[None] = Field(
+        default=None, description="409 on a node: the node already registered on that BMC"
+    )
+    enabled_drivers: list[str] | SkipJsonSchema[None] = Field(
+        default=None, description="422 on a node's driver: the drivers enabled (POWERQ_DRIVERS)"
     )

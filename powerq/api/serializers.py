@@ -14,7 +14,15 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from powerq.models import ApiToken, Node, PowerEvent, PowerRequest
-from powerq.states import Action, DesiredPowerState, DriverKind, PowerState, RequestStatus, Step
+from powerq.states import (
+    Action,
+    DesiredPowerState,
+    DriverKind,
+    Evidence,
+    PowerState,
+    RequestStatus,
+    Step,
+)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -47,9 +55,28 @@ class PowerRequestOut(OutModel):
     dispatched_at: UtcDatetime | None = Field(description="Last time a lane was woken for it")
     dispatch_count: int
     lease_expires_at: UtcDatetime | None
-    command_sent: Action | None
-    command_sent_at: UtcDatetime | None
-    transition_seen_at: UtcDatetime | None
+    command_sent: Action | None = Field(
+        description="The last command transmitted (a cycle sends off, then on)"
+    )
+    command_sent_at: UtcDatetime | None = Field(
+        description="Written just before the command went out (at most once per phase)"
+    )
+    command_acked_at: UtcDatetime | None = Field(
+        description="When the BMC answered it; null after a send means it may or may not have run"
+    )
+    transition_seen_at: UtcDatetime | None = Field(
+        description="A cycle: when off was read back (the on phase follows)"
+    )
+    evidence: Evidence | None = Field(
+        description=(
+            "What showed a success: power_state (target read back), already (nothing sent), "
+            "off_then_on (a cycle seen off, then on), acknowledged (the BMC answered; a reset "
+            "cannot be read back: not verified), read (a query)"
+        )
+    )
+    start_by: UtcDatetime | None = Field(
+        description="Not started by then (its batch's deadline), it fails unstarted"
+    )
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     observed_before: PowerState | None
@@ -152,7 +179,10 @@ def request_out(request: PowerRequest) -> PowerRequestOut:
         lease_expires_at=request.lease_expires_at,
         command_sent=request.command_sent,
         command_sent_at=request.command_sent_at,
+        command_acked_at=request.command_acked_at,
         transition_seen_at=request.transition_seen_at,
+        evidence=Evidence(request.evidence) if request.evidence else None,
+        start_by=request.start_by,
         started_at=request.started_at,
         finished_at=request.finished_at,
         observed_before=request.observed_before,

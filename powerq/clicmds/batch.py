@@ -1,5 +1,5 @@
 """``powerq batch ACTION …`` (one action on many nodes, paced by the server) and
-``powerq batches list|show``."""
+``powerq batches list|show|cancel``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def _target(
               help="Least seconds between two starts.")  # fmt: skip
 @click.option("--max-in-flight", type=click.IntRange(1), help="Most requests running at once.")
 @click.option("--deadline", type=click.FloatRange(1, 86400), help="Seconds each action may take.")
+@click.option("--batch-deadline", type=click.FloatRange(1, 7 * 86400),
+              help="Seconds until requests not started yet fail.")  # fmt: skip
 @click.option("--name", help="A label for the batch.")
 @click.option("--wait", is_flag=True, help="Wait for the batch to finish (progress bar).")
 @click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
@@ -90,6 +92,7 @@ def batch(
     stagger: float,
     max_in_flight: int | None,
     deadline: float | None,
+    batch_deadline: float | None,
     name: str | None,
     wait: bool,
     timeout: float,
@@ -99,7 +102,9 @@ def batch(
 
     The server enforces --max-in-flight and --stagger (across restarts). A node
     whose identical request is outstanding reuses it; one with another action
-    outstanding is refused. Exits 1 if any node was refused or failed.
+    outstanding is refused. Requests not started by the batch's deadline fail
+    (--batch-deadline; `powerq batches cancel ID` cancels them at once). Exits 1
+    if any node was refused or failed.
 
     \b
     powerq batch off --all --wait
@@ -107,9 +112,9 @@ def batch(
     """
     body: dict[str, Any] = {"action": action, "stagger_s": stagger,
                             **_target(nodes, all_nodes, tags, name_glob, node_file)}  # fmt: skip
-    for key, value in (("max_in_flight", max_in_flight), ("deadline_s", deadline), ("name", name)):
-        if value is not None:
-            body[key] = value
+    options = {"max_in_flight": max_in_flight, "deadline_s": deadline,
+               "batch_deadline_s": batch_deadline, "name": name}  # fmt: skip
+    body.update({key: value for key, value in options.items() if value is not None})
     api = client()
     created = api.create_batch(body)
     result = wait_for(api, created, timeout, quiet=as_json) if wait else created
@@ -186,6 +191,10 @@ def _print_batch(batch: dict[str, Any]) -> None:
     counts = {state: count for state, count in batch["counts"].items() if count}
     summary = ", ".join(f"{count} {state}" for state, count in counts.items())
     title = f"batch {batch['id']} ({batch['action']}, {batch['total']} nodes): {summary}"
+    if batch.get("cancelled_at"):
+        title += f"; cancelled {batch['cancelled_at']}"
+    elif batch.get("deadline_at") and not batch["finished"]:
+        title += f"; unstarted requests fail at {batch['deadline_at']}"
     rows = [
         (
             node["node"],
@@ -219,14 +228,21 @@ def list_(limit: int, as_json: bool) -> None:
             item["created_at"],
             item["action"],
             item["total"],
-            "finished" if item["finished"] else "running",
+            _batch_state(item),
             ", ".join(f"{n} {state}" for state, n in item["counts"].items() if n),
+            item.get("deadline_at"),
             item["requested_by"],
         )
         for item in page["items"]
     ]
-    columns = ("BATCH", "CREATED", "ACTION", "NODES", "STATE", "COUNTS", "BY")
+    columns = ("BATCH", "CREATED", "ACTION", "NODES", "STATE", "COUNTS", "DEADLINE", "BY")
     out().print(table(f"{page['total']} batches", columns, rows))
+
+
+def _batch_state(batch: dict[str, Any]) -> str:
+    if batch.get("cancelled_at"):
+        return "cancelled" if batch["finished"] else "cancelled, finishing"
+    return "finished" if batch["finished"] else "running"
 
 
 @batches.command("show")
@@ -241,3 +257,31 @@ def show(batch_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     if wait and not current["finished"]:
         current = wait_for(api, current, timeout, quiet=as_json)
     report(current, as_json=as_json)
+
+
+@batches.command("cancel")
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print what was cancelled as JSON.")
+def cancel(batch_id: str, as_json: bool) -> None:
+    """Cancel every request of batch BATCH_ID not started yet (running ones finish).
+
+    Each node's desired power state goes back to what it was before. Cancelling
+    twice is harmless.
+    """
+    result = client().cancel_batch(batch_id)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(cancel_line(result))
+
+
+def cancel_line(result: dict[str, Any]) -> str:
+    """One line saying what cancelling a batch did."""
+    counts = result["counts"]
+    done = (
+        f"cancelled {counts['cancelled']} request(s) not started yet"
+        if counts["cancelled"]
+        else "nothing left to cancel"
+    )
+    running = f"; {counts['running']} running will finish" if counts["running"] else ""
+    return f"batch {result['id']}: {done}{running}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -115,7 +118,7 @@ def test_a_key_reused_for_another_call_is_refused(
     path: str,
     action: str,
 ) -> None:
-    make_node(session, "node-2")
+    make_node(session, "node-2", address="127.0.0.2")  # one node per BMC endpoint
     client.post(POWER, json={"action": "on"}, headers=_with_key(operator, "k-5"))
     before = counts(session)
 
@@ -138,3 +141,112 @@ def test_a_malformed_key_is_refused(
         pytest.skip("the client cannot send this header")
     assert_problem(response, 422)
     assert counts(session) == (0, 1)
+
+
+def _post_raw(client: FlaskClient, headers: dict[str, str], data: str, key: str) -> Any:
+    return client.post(
+        POWER, data=data.encode(), content_type="application/json", headers=_with_key(headers, key)
+    )
+
+
+def _stored(session: Session, key: str) -> IdempotentResponse:
+    session.expire_all()
+    rows = session.scalars(select(IdempotentResponse).where(IdempotentResponse.key == key)).all()
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_the_same_key_and_body_replay_with_the_same_request(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    body = {"action": "on", "deadline_s": 60}
+    first = client.post(POWER, json=body, headers=_with_key(operator, "fp-1"))
+    retry = client.post(POWER, json=body, headers=_with_key(operator, "fp-1"))
+
+    assert first.status_code == retry.status_code == 202
+    assert retry.get_json()["request"]["id"] == first.get_json()["request"]["id"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert re.fullmatch(r"[0-9a-f]{64}", _stored(session, "fp-1").fingerprint or "")
+
+
+@pytest.mark.parametrize(
+    "retry_body",
+    [
+        '{"deadline_s":60,"action":"on"}',
+        '  {\n  "deadline_s" : 60.0 ,\t"action":\n"on"}  ',
+        '{"action":"\\u006fn","deadline_s":6e1}',
+    ],
+)
+def test_key_order_whitespace_and_spelling_do_not_change_the_body(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session, retry_body: str
+) -> None:
+    first = _post_raw(client, operator, '{"action": "on", "deadline_s": 60}', "fp-2")
+    retry = _post_raw(client, operator, retry_body, "fp-2")
+
+    assert retry.status_code == 202, retry.get_data(as_text=True)
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.get_json() == first.get_json()
+    assert counts(session)[0] == 1
+
+
+@pytest.mark.parametrize(
+    "retry_body",
+    [{"action": "on", "deadline_s": 120}, {"action": "on"}, {"action": "off", "deadline_s": 60}],
+)
+def test_the_same_key_with_another_body_is_refused_and_writes_nothing(
+    client: FlaskClient,
+    operator: dict[str, str],
+    node: Node,
+    session: Session,
+    retry_body: dict[str, Any],
+) -> None:
+    client.post(POWER, json={"action": "on", "deadline_s": 60}, headers=_with_key(operator, "abc"))
+    before = counts(session), session.scalar(select(func.count()).select_from(IdempotentResponse))
+
+    response = client.post(POWER, json=retry_body, headers=_with_key(operator, "abc"))
+
+    detail = assert_problem(response, 422)["detail"]
+    assert re.fullmatch(
+        r"Idempotency-Key 'abc' was first used for POST /v1/nodes/node-1/power with a different "
+        r"body at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; use a new key for a different request",
+        detail,
+    ), detail
+    assert "Idempotent-Replayed" not in response.headers
+    after = counts(session), session.scalar(select(func.count()).select_from(IdempotentResponse))
+    assert after == before
+
+
+def test_the_same_key_on_another_path_names_the_first_call(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    make_node(session, "node-2", address="127.0.0.2")
+    client.post(POWER, json={"action": "on"}, headers=_with_key(operator, "fp-3"))
+
+    response = client.post(
+        "/v1/nodes/node-2/power", json={"action": "on"}, headers=_with_key(operator, "fp-3")
+    )
+
+    detail = assert_problem(response, 422)["detail"]
+    assert detail.startswith(
+        "Idempotency-Key 'fp-3' was first used for POST /v1/nodes/node-1/power at "
+    )
+    assert counts(session)[0] == 1
+
+
+def test_an_answer_stored_without_a_fingerprint_replays_as_before(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    first = client.post(POWER, json={"action": "on"}, headers=_with_key(operator, "old"))
+    _stored(session, "old").fingerprint = None  # as stored before migration 0002
+    session.commit()
+
+    retry = client.post(
+        POWER, json={"action": "on", "deadline_s": 90}, headers=_with_key(operator, "old")
+    )
+    other = client.post(POWER, json={"action": "off"}, headers=_with_key(operator, "old"))
+
+    assert retry.status_code == 202
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.get_json() == first.get_json()
+    assert "already used for another call" in assert_problem(other, 422)["detail"]
+    assert counts(session)[0] == 1

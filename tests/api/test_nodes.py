@@ -234,12 +234,13 @@ def test_patch_rejects_bad_changes_and_changes_nothing(
     session: Session,
     change: dict[str, Any],
 ) -> None:
+    port = fleet[0].bmc_port
     assert_problem(client.patch("/v1/nodes/a-1", json=change, headers=admin), 422)
 
     node = _node(session, "a-1")
     assert (node.desired_power_state, node.bmc_port, node.maintenance, node.tags) == (
         DesiredPowerState.ON,
-        623,
+        port,
         False,
         ["gpu", "rack1"],
     )
@@ -298,7 +299,8 @@ def test_delete_after_the_request_finished(
     client.delete(f"/v1/requests/{request_id}", headers=operator)
 
     assert client.delete("/v1/nodes/a-2", headers=admin).status_code == 204
-    assert session.scalar(select(func.count()).select_from(PowerRequest)) == 0
+    assert session.scalar(select(func.count()).select_from(PowerRequest)) == 1
+    assert client.get(f"/v1/requests/{request_id}", headers=operator).status_code == 200
 
 
 MANIFEST = [
@@ -376,8 +378,9 @@ def test_import_csv(client: FlaskClient, admin: dict[str, str], session: Session
     csv_text = (
         "name,driver,address,port,username,password,tags\r\n"
         "csv-1,ipmi,10.1.0.1,623,admin,pw1,rack9;gpu\r\n"
-        'csv-2,redfish,10.1.0.2,,root,"p,w2",\r\n'
+        'csv-2,sim,10.1.0.2,,root,"p,w2",\r\n'
         "csv-3,ipmi,10.1.0.3,notaport,admin,pw3,\r\n"
+        "csv-4,redfish,10.1.0.4,443,admin,pw4,\r\n"
     )
 
     response = client.post(
@@ -385,7 +388,8 @@ def test_import_csv(client: FlaskClient, admin: dict[str, str], session: Session
     )
 
     report = response.get_json()
-    assert [r["outcome"] for r in report["rows"]] == ["created", "created", "invalid"]
+    assert [r["outcome"] for r in report["rows"]] == ["created", "created", "invalid", "invalid"]
+    assert "Redfish driver is not available yet" in report["rows"][3]["detail"]
     node = _node(session, "csv-2")
     assert (node.bmc_port, node.tags, decrypt_password(node.bmc_password_encrypted)) == (
         623,

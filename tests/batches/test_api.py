@@ -119,3 +119,62 @@ def test_invalid_batches_are_problems(
 def test_an_unknown_batch_is_404(client: FlaskClient, reader: dict[str, str], db: None) -> None:
     assert_problem(client.get(f"/v1/batches/{uuid.uuid4()}", headers=reader), 404)
     assert_problem(client.get("/v1/batches/not-a-uuid", headers=reader), 404)
+
+
+def test_a_batch_shows_its_deadline_and_refuses_pacing_that_cannot_fit(
+    client: FlaskClient, operator: dict[str, str], reader: dict[str, str], fleet: list[str]
+) -> None:
+    body = {"action": "on", "nodes": fleet[:3], "stagger_s": 3600, "max_in_flight": 1}
+
+    too_short = client.post(
+        "/v1/batches", json={**body, "batch_deadline_s": 3600}, headers=operator
+    )
+    too_long = client.post(
+        "/v1/batches", json={**body, "batch_deadline_s": 8 * 86400}, headers=operator
+    )
+    created = client.post("/v1/batches", json=body, headers=operator).get_json()
+    listed = client.get("/v1/batches", headers=reader).get_json()
+
+    assert "need 7200s to start the last one" in assert_problem(too_short, 422)["detail"]
+    assert "batch_deadline_s" in assert_problem(too_long, 422)["detail"]
+    assert created["deadline_at"] > created["created_at"] and created["cancelled_at"] is None
+    assert listed["items"][0]["deadline_at"] == created["deadline_at"]
+    assert all(node["state"] in ("pending", "held") for node in created["nodes"])
+
+
+def test_operator_cancels_a_batch_and_its_nodes_are_free_again(
+    client: FlaskClient, headers: dict[str, dict[str, str]], fleet: list[str]
+) -> None:
+    operator, reader = headers["operator"], headers["reader"]
+    body = {"action": "off", "nodes": fleet, "stagger_s": 3600, "max_in_flight": 1}
+    created = client.post("/v1/batches", json=body, headers=operator).get_json()
+    blocked = client.post("/v1/nodes/n2/power", json={"action": "on"}, headers=operator)
+    url = f"/v1/batches/{created['id']}"
+
+    forbidden = client.delete(url, headers=reader)
+    cancelled = client.delete(url, headers=operator)
+    again = client.delete(url, headers=headers["admin"])
+    shown = client.get(url, headers=reader).get_json()
+    freed = client.post("/v1/nodes/n2/power", json={"action": "on"}, headers=operator)
+
+    assert_problem(blocked, 409)
+    assert_problem(forbidden, 403)
+    assert cancelled.status_code == 200, cancelled.get_json()
+    answer = cancelled.get_json()
+    requests = {node["node"]: node["request"]["id"] for node in created["nodes"]}
+    assert answer["counts"] == {"cancelled": 4, "running": 0}
+    assert {e["node"]: e["request_id"] for e in answer["cancelled"]} == requests
+    assert answer["running"] == [] and answer["cancelled_at"] is not None
+    assert again.status_code == 200
+    assert again.get_json()["counts"] == {"cancelled": 0, "running": 0}
+    assert again.get_json()["cancelled_at"] == answer["cancelled_at"]
+    assert shown["cancelled_at"] == answer["cancelled_at"] and shown["finished"] is True
+    assert shown["counts"]["cancelled"] == 4
+    assert freed.status_code == 202, freed.get_json()
+
+
+def test_cancelling_an_unknown_batch_is_404(
+    client: FlaskClient, operator: dict[str, str], db: None
+) -> None:
+    problem = assert_problem(client.delete(f"/v1/batches/{uuid.uuid4()}", headers=operator), 404)
+    assert "no batch" in problem["detail"]

@@ -10,10 +10,11 @@ from tests.cli.conftest import Cli, error_line
 
 
 def _add(cli: Cli, name: str, *tags: str) -> None:
+    """Register ``name`` ("nK") on BMC 10.0.0.K (one BMC per node)."""
     tag_args = [arg for tag in tags for arg in ("--tag", tag)]
     result = cli(
-        "nodes", "add", name, "--address", "10.0.0.1", "--username", "root",
-        "--password", "s3cret", *tag_args,
+        "nodes", "add", name, "--address", f"10.0.0.{name.removeprefix('n')}",
+        "--username", "root", "--password", "s3cret", *tag_args,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"node {name} added" in result.stdout
