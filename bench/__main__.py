@@ -1,4 +1,4 @@
-"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory [options]``.
+"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc [options]``.
 
 ``all`` runs each benchmark in its own process, one after the other (each sets
 its ``POWERQ_*`` environment before powerq's Celery app is imported), then
@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import common
 
-BENCHMARKS = ("batch", "overhead", "api", "sweeper", "monitor", "memory")
+BENCHMARKS = ("batch", "overhead", "api", "sweeper", "monitor", "memory", "dead_bmc")
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
     "batch": ["--nodes", "1000", "--lanes", "8"],
@@ -28,6 +28,7 @@ ALL_DEFAULTS: dict[str, list[str]] = {
     "sweeper": [],
     "monitor": [],
     "memory": ["--from-batch"],
+    "dead_bmc": [],
 }
 FULL_DEFAULTS: dict[str, list[str]] = {
     **ALL_DEFAULTS,
@@ -126,13 +127,21 @@ def collect(names: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, runs
 
 
+def _run_and_write(module: Any, args: argparse.Namespace) -> common.Result:
+    """A benchmark without a ``main`` of its own: run, print its rows, write its JSON."""
+    result: common.Result = module.run(args)
+    print(common.rows_table(result.rows))
+    result.write()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
     if args.name == "all":
         return run_all(args)
     module = importlib.import_module(f"bench.{args.name}")
-    result = module.main(args)
+    result = module.main(args) if hasattr(module, "main") else _run_and_write(module, args)
     bad = [r for r in result.rows if r.note.startswith("NOT")]
     return 1 if bad else 0
 

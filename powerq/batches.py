@@ -59,7 +59,7 @@ from sqlalchemy.orm import Session, aliased, joinedload
 
 from powerq.db import db_now
 from powerq.errors import ConflictingRequest, InvalidInput, NotFound
-from powerq.intents import _withdraw_desired, request_power, validate_deadline
+from powerq.intents import request_power, validate_deadline, withdraw_desired
 from powerq.models import Batch, Node, PowerEvent, PowerRequest
 from powerq.states import Action, RequestStatus
 
@@ -604,7 +604,7 @@ def _withdraw_all(session: Session, request_ids: list[uuid.UUID]) -> list[Ended]
         .execution_options(populate_existing=True)
     ).all()
     for request in requests:
-        _withdraw_desired(session, request.node, request)
+        withdraw_desired(session, request.node, request)
     return sorted((Ended(r.id, r.node.name) for r in requests), key=lambda e: e.node_name)
 
 

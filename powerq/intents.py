@@ -232,7 +232,7 @@ def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> Po
             "can be cancelled",
             request=request,
         )
-    _withdraw_desired(session, request.node, request)
+    withdraw_desired(session, request.node, request)
     record_event(
         session,
         node_id=request.node_id,
@@ -244,7 +244,7 @@ def cancel_request(session: Session, request_id: uuid.UUID, *, actor: str) -> Po
     return request
 
 
-def _withdraw_desired(session: Session, node: Node, request: PowerRequest) -> None:
+def withdraw_desired(session: Session, node: Node, request: PowerRequest) -> None:
     """Put back the desired state the cancelled request replaced (from its audit event),
     unless something else has changed it since."""
     desired = desired_after(request.action)

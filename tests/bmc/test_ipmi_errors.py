@@ -12,6 +12,7 @@ from powerq.bmc.base import (
     BmcAuthError,
     BmcCommandRejected,
     BmcError,
+    BmcProtocolError,
     BmcTarget,
     BmcUnreachable,
 )
@@ -30,6 +31,9 @@ TARGET = BmcTarget("ipmi", "127.0.0.9", 6230, "operator", "s3cret-value")
         ("None", BmcUnreachable),  # pyghmi's login timeout
         ("Session no longer connected", BmcUnreachable),
         ("Unable to transmit to specified address", BmcUnreachable),
+        # answered, but not usably: a retry gives the same answer
+        ("Unrecognized RMCP code 17", BmcProtocolError),
+        ("Invalid cipher suite proposed", BmcProtocolError),
     ],
 )
 def test_exceptions(message: str, error: type[BmcError]) -> None:
@@ -57,3 +61,14 @@ def test_responses(response: dict[str, Any] | None, error: type[BmcError] | None
     if mapped is not None:
         assert (mapped.address, mapped.port) == ("127.0.0.9", 6230)
         assert mapped.transient is (error is BmcUnreachable)
+
+
+def test_a_protocol_mismatch_is_permanent_and_named() -> None:
+    """pyghmi's client against a BMC that answered suite 17 with suite 3 fails parsing
+    the next login message: that is not 'unreachable' and retrying will not help."""
+    import struct
+
+    exc = struct.error("pack expected 32 items for packing (got 20)")
+    mapped = ipmi_errors.from_exception(exc, TARGET, "login")
+    assert type(mapped) is BmcProtocolError and not mapped.transient
+    assert "protocol error" in str(mapped) and "pack expected 32 items" in str(mapped)

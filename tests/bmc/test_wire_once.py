@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from powerq.bmc import driver_for
-from powerq.bmc.base import BmcAckUnknown
+from powerq.bmc.base import BmcAckUnknown, BmcUnreachable
+from powerq.bmc.ipmi_probe import PROBE_TIMEOUT_S, PROBE_TRIES
 from powerq.states import Action, PowerState
 from tests.bmc.helpers import SimBmc, wait_until, within
 
@@ -64,3 +65,30 @@ def test_no_answer_means_maybe_sent_and_nothing_is_sent_again(bmc: SimBmc) -> No
     bmc.control.clear_fault(bmc.name)
     wait_until(lambda: within(driver.get_power_state) is PowerState.ON, what="the cycle to end")
     assert len(_executed(bmc)) == 1
+
+
+def test_a_dead_bmc_is_found_dead_by_two_probes_without_a_login(bmc: SimBmc) -> None:
+    """A lane spends at most PROBE_TRIES x PROBE_TIMEOUT_S on a dead BMC, not a login's
+    retries: counted in datagrams the BMC received, not in seconds."""
+    bmc.control.set_fault(bmc.name, "down")
+    before = bmc.control.bmc(bmc.name)["packets_received"]
+
+    with pytest.raises(BmcUnreachable, match="no answer to an IPMI probe"):
+        within(driver_for(bmc.target).get_power_state)
+
+    assert bmc.control.bmc(bmc.name)["packets_received"] - before == PROBE_TRIES
+    assert PROBE_TRIES * PROBE_TIMEOUT_S <= 1.0
+
+
+def test_a_read_of_a_bmc_that_died_mid_session_is_sent_once(bmc: SimBmc) -> None:
+    driver = driver_for(bmc.target)
+    within(driver.get_power_state)  # a session is open
+    bmc.control.set_fault(bmc.name, "down")
+    before = bmc.control.bmc(bmc.name)["packets_received"]
+
+    with pytest.raises(BmcUnreachable):
+        within(driver.get_power_state)
+
+    # the read, sent once, then one Close Session as the broken session is dropped
+    # (pyghmi on its own would have resent the read for seconds)
+    assert bmc.control.bmc(bmc.name)["packets_received"] - before == 2

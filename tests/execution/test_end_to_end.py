@@ -18,6 +18,7 @@ from powerq.models import PowerEvent
 from powerq.states import Action, DesiredPowerState, PowerState, RequestStatus
 from powerq.tasks.routing import lane_for, lane_queue
 from powerq.tasks.sweeper import sweep_once
+from tests.bmc.helpers import wait_until
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.ipmi, pytest.mark.slow]
@@ -113,6 +114,24 @@ def test_a_slow_bmc_that_executes_retransmissions_runs_each_command_once(live: S
     for (request_id, expected), name in zip(ids.items(), names, strict=True):
         assert finished[request_id].status is RequestStatus.SUCCEEDED, finished[request_id].error
         assert _actions(live, name) == expected  # what the BMC executed, from its own log
+
+
+def test_a_stopping_lane_worker_logs_out_of_its_bmcs(live: Stack) -> None:
+    name = live.register_fleet()[-1]  # a BMC no other test (or killed worker) talked to
+    lane = lane_for(name, live.lanes)
+    request_id = live.submit(name, Action.QUERY)
+    live.wait_finished([request_id])
+    assert live.fleet.control.bmc(name)["sessions_active"] == 1  # kept warm for reuse
+
+    live.processes.stop(f"lane{lane}")  # SIGTERM: a normal stop
+    try:
+        wait_until(
+            lambda: live.fleet.control.bmc(name)["sessions_active"] == 0,
+            timeout=15,
+            what="the worker to log out (the BMC itself expires idle sessions after 60 s)",
+        )
+    finally:
+        live.start_worker(lane)
 
 
 def test_a_stuck_bmc_fails_at_the_deadline_with_a_clear_message(live: Stack) -> None:

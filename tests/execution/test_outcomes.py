@@ -165,35 +165,33 @@ def test_a_reset_whose_worker_died_is_reported_unknown(
     assert node.last_error == done.error
 
 
-def test_a_cycle_whose_worker_died_after_the_off_went_out_finishes_without_repeating_it(
-    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("when", "executed_at_death", "sent_ago_s"),
+    [
+        # the off reached the BMC: the re-claim reads off and goes on with the on phase
+        ("after_send", [Action.OFF], 0.0),
+        # it never went out: the re-claim checks first; only an unanswered command with
+        # no effect for RESEND_AFTER is taken as lost and sent (the send is aged instead
+        # of waiting)
+        ("before_send", [], 25.0),
+    ],
+)
+def test_a_cycle_whose_worker_died_around_the_off_executes_each_phase_once(
+    session: Session,
+    machine: tuple[Node, SimPowerDriver],
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+    executed_at_death: list[Action],
+    sent_ago_s: float,
 ) -> None:
     node, sim = machine
     request_id = _request(session, node, Action.CYCLE)
-    _die_once(monkeypatch, "after_send")
+    _die_once(monkeypatch, when)
     with pytest.raises(WorkerDied):
         steps.run_request(request_id)
-    assert _executed(sim) == [Action.OFF]
+    assert _executed(sim) == executed_at_death
 
-    done = _drive(session, request_id)
-
-    assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.OFF_THEN_ON
-    assert _executed(sim) == [Action.OFF, Action.ON]
-
-
-def test_a_cycle_whose_worker_died_before_the_off_went_out_sends_it_once_it_shows_lost(
-    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    node, sim = machine
-    request_id = _request(session, node, Action.CYCLE)
-    _die_once(monkeypatch, "before_send")
-    with pytest.raises(WorkerDied):
-        steps.run_request(request_id)
-    assert _executed(sim) == []
-
-    # The re-claim checks first; only an unanswered command with no effect for
-    # RESEND_AFTER is taken as lost and sent (the test ages the send instead of waiting).
-    done = _drive(session, request_id, sent_ago_s=25)
+    done = _drive(session, request_id, sent_ago_s=sent_ago_s)
 
     assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.OFF_THEN_ON
     assert _executed(sim) == [Action.OFF, Action.ON]

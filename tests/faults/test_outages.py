@@ -34,6 +34,17 @@ def _mixed(stack: FaultStack) -> list[uuid.UUID]:
     ]
 
 
+def _assert_in_flight(stack: FaultStack, ids: list[uuid.UUID]) -> int:
+    """The fault is about to hit work in flight: some requests are outstanding now.
+    Returns how many (the test then proves none of them is lost)."""
+    outstanding = [
+        r for r in stack.requests(ids).values()
+        if r.status in (RequestStatus.PENDING, RequestStatus.RUNNING)
+    ]  # fmt: skip
+    assert outstanding, "the fault would hit nothing: every request already finished"
+    return len(outstanding)
+
+
 def _all_succeeded(stack: FaultStack, ids: list[uuid.UUID], timeout: float = 240) -> None:
     finished = stack.wait_finished(ids, timeout=timeout)
     failed = [
@@ -46,7 +57,9 @@ def _all_succeeded(stack: FaultStack, ids: list[uuid.UUID], timeout: float = 240
 def test_flushall_with_200_requests_outstanding(fault_stack: StackFactory) -> None:
     stack = fault_stack(nodes=200)
     ids = _mixed(stack)
-    stack.redis.flushall()  # every queued, unacked and scheduled message is gone
+    _assert_in_flight(stack, ids)
+    assert stack.redis.client().dbsize() > 0  # their messages are in Redis now ...
+    stack.redis.flushall()  # ... and every queued, unacked and scheduled one is gone
     _all_succeeded(stack, ids)
 
 
@@ -54,6 +67,7 @@ def test_redis_killed_and_restarted_mid_run(fault_stack: StackFactory) -> None:
     stack = fault_stack(nodes=60)
     ids = _mixed(stack)
     time.sleep(1.5)
+    _assert_in_flight(stack, ids)
     stack.redis.kill()
     time.sleep(3)
     stack.redis.start()  # same port, empty
@@ -65,6 +79,7 @@ def test_postgres_restarted_mid_run(fault_stack: StackFactory) -> None:
     ids = _mixed(stack)
     time.sleep(1.5)
     assert stack.postgres is not None
+    _assert_in_flight(stack, ids)
     stack.postgres.stop()
     time.sleep(3)
     stack.postgres.start()
@@ -74,11 +89,15 @@ def test_postgres_restarted_mid_run(fault_stack: StackFactory) -> None:
 def test_lane_worker_sigkilled_repeatedly(fault_stack: StackFactory) -> None:
     stack = fault_stack(nodes=40, transition=2.0)
     ids = _mixed(stack)
+    kills_mid_request = 0
     for _ in range(3):
         time.sleep(random.uniform(0.5, 2.0))
+        running = [r for r in stack.requests(ids).values() if r.status is RequestStatus.RUNNING]
+        kills_mid_request += bool(running)
         for lane in range(stack.lanes):
             stack.processes.kill(f"lane{lane}", signal.SIGKILL)
             stack.start_worker(lane, wait=False)
+    assert kills_mid_request, "no kill hit a running request: the test proved nothing"
     _all_succeeded(stack, ids)
 
 
@@ -86,6 +105,7 @@ def test_beat_stopped_for_a_minute_then_restarted(fault_stack: StackFactory) -> 
     stack = fault_stack(nodes=30)
     stack.processes.stop("beat")
     ids = _mixed(stack)
+    _assert_in_flight(stack, ids)
     stack.redis.flushall()  # only the sweeper can bring these back
     time.sleep(60)
     stuck = [
