@@ -223,12 +223,19 @@ def bmc_target(node: Node) -> BmcTarget:
 
     :raises ConfigError: the password cannot be decrypted with the current key.
     """
+    kg = node.ipmi_kg_encrypted
     return BmcTarget(
         driver=node.driver.value,
         address=node.bmc_address,
         port=node.bmc_port,
         username=node.bmc_username,
         password=decrypt_password(node.bmc_password_encrypted),
+        system=node.bmc_system,
+        verify_tls=node.verify_tls,
+        ca_bundle=node.ca_bundle,
+        cipher_suite=node.ipmi_cipher_suite,
+        privilege=node.ipmi_privilege,
+        kg=decrypt_password(kg) if kg is not None else None,
     )
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -90,6 +91,20 @@ class Node(Base):
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now(), onupdate=func.now())
     # Soft delete: a deleted node keeps its requests and events (the audit trail).
     deleted_at: Mapped[datetime | None] = mapped_column(TZ)
+    # Redfish: the system's path (None: the single member of /redfish/v1/Systems),
+    # TLS verification and an optional CA bundle (PEM) for the BMC's certificate.
+    bmc_system: Mapped[str | None] = mapped_column(String(255))
+    verify_tls: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    ca_bundle: Mapped[str | None] = mapped_column(Text)
+    # IPMI: cipher suite ("auto", "3", "17"), privilege, and the BMC key Kg
+    # (encrypted like the password; None: no Kg).
+    ipmi_cipher_suite: Mapped[str] = mapped_column(
+        String(8), default="auto", server_default="auto"
+    )
+    ipmi_privilege: Mapped[str] = mapped_column(
+        String(16), default="administrator", server_default="administrator"
+    )
+    ipmi_kg_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     requests: Mapped[list[PowerRequest]] = relationship(
         back_populates="node", passive_deletes=True, lazy="raise_on_sql"
@@ -106,6 +121,7 @@ class Node(Base):
             "uq_nodes_bmc_endpoint",
             func.lower(text("bmc_address")),
             "bmc_port",
+            func.coalesce(text("bmc_system"), text("''")),
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),
         ),
@@ -190,6 +206,10 @@ class PowerRequest(Base):
     evidence: Mapped[str | None] = mapped_column(String(32))
     # A pending request not claimed by then fails (its batch's deadline).
     start_by: Mapped[datetime | None] = mapped_column(TZ)
+    # Boot device to set before the power action (or alone, action "boot").
+    boot_device: Mapped[str | None] = mapped_column(String(16))
+    boot_persistent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    boot_set_at: Mapped[datetime | None] = mapped_column(TZ)
     # A cycle is verified by seeing the machine go off and back on (see tasks.verify).
     transition_seen_at: Mapped[datetime | None] = mapped_column(TZ)
     started_at: Mapped[datetime | None] = mapped_column(TZ)

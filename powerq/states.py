@@ -33,6 +33,30 @@ class Action(enum.StrEnum):
     CYCLE = "cycle"
     RESET = "reset"
     QUERY = "query"
+    # Not power actions, but requests on the node's lane all the same (serialised
+    # with its power actions): log in and read the state; set the boot device.
+    VALIDATE = "validate"
+    BOOT = "boot"
+
+
+# What POST /v1/nodes/{name}/power (and a batch) may ask for.
+POWER_ENDPOINT_ACTIONS: tuple[Action, ...] = (
+    Action.ON,
+    Action.OFF,
+    Action.SOFT_OFF,
+    Action.CYCLE,
+    Action.RESET,
+    Action.QUERY,
+)
+
+
+class BootDevice(enum.StrEnum):
+    """Where a machine boots from next (IPMI boot flags / Redfish BootSourceOverrideTarget)."""
+
+    PXE = "pxe"
+    DISK = "disk"
+    CDROM = "cdrom"
+    BIOS = "bios"
 
 
 class RequestStatus(enum.StrEnum):
@@ -59,8 +83,10 @@ class Evidence(enum.StrEnum):
     # The BMC answered the command, but its effect cannot be read back (a reset:
     # the power state does not change). "Acknowledged, not observable."
     ACKNOWLEDGED = "acknowledged"
-    # A query: the state read is the outcome.
+    # A query or validate: the state read is the outcome.
     READ = "read"
+    # A boot device: the BMC reported the device that was set.
+    BOOT_DEVICE = "boot_device"
 
 
 OUTSTANDING_STATUSES: frozenset[RequestStatus] = frozenset(
@@ -103,6 +129,8 @@ _DESIRED_AFTER: dict[Action, DesiredPowerState | None] = {
     Action.CYCLE: DesiredPowerState.ON,
     Action.RESET: DesiredPowerState.ON,
     Action.QUERY: None,
+    Action.VALIDATE: None,
+    Action.BOOT: None,
 }
 
 _TARGET_OF: dict[Action, PowerState | None] = {
@@ -112,6 +140,8 @@ _TARGET_OF: dict[Action, PowerState | None] = {
     Action.CYCLE: PowerState.ON,
     Action.RESET: PowerState.ON,
     Action.QUERY: None,
+    Action.VALIDATE: None,
+    Action.BOOT: None,
 }
 
 DEFAULT_DEADLINE_S: dict[Action, float] = {
@@ -121,6 +151,8 @@ DEFAULT_DEADLINE_S: dict[Action, float] = {
     Action.CYCLE: 120.0,
     Action.RESET: 120.0,
     Action.QUERY: 60.0,
+    Action.VALIDATE: 60.0,
+    Action.BOOT: 60.0,
 }
 
 
@@ -141,7 +173,7 @@ def needs_command(action: Action, observed: PowerState) -> bool:
     already there (so "on" never hard-cycles a running machine). ``cycle`` and
     ``reset`` always act; ``query`` never does.
     """
-    if action is Action.QUERY:
+    if action in (Action.QUERY, Action.VALIDATE, Action.BOOT):
         return False
     if action in SEND_ONCE_ACTIONS:
         return True

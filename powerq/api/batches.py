@@ -29,11 +29,11 @@ from pydantic import (
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
 from powerq.api.results import ViewResult
 from powerq.api.schemas import (
+    BatchAction,
     JsonBody,
     NodeName,
     Omittable,
     PageQuery,
-    PowerAction,
     QueryString,
     Tag,
     _number_not_text,
@@ -127,7 +127,7 @@ class BatchIn(JsonBody):
         )
     )
 
-    action: PowerAction
+    action: BatchAction
     nodes: Omittable[Annotated[list[NodeName], Field(min_length=1, max_length=MAX_BATCH_NODES)]] = (
         Field(default=None, description="Node names, in the order they are to be started")
     )

@@ -10,6 +10,7 @@ constrained to characters it can store (no NUL, valid UTF-8). Passwords are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 
 from pydantic import (
@@ -30,7 +31,13 @@ from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from powerq.api.serializers import NodeOut, PowerEventOut, PowerRequestOut, TokenOut
 from powerq.intents import MAX_DEADLINE_S
 from powerq.inventory import RESERVED_NAMES, NodeChanges, NodeFilter, NodeSpec
-from powerq.states import Action, DesiredPowerState, DriverKind, PowerState
+from powerq.states import (
+    POWER_ENDPOINT_ACTIONS,
+    Action,
+    DesiredPowerState,
+    DriverKind,
+    PowerState,
+)
 
 _T = TypeVar("_T")
 
@@ -109,7 +116,33 @@ Password = Annotated[
 # Which drivers are *enabled* (POWERQ_DRIVERS) is checked by the inventory, and
 # the document lists only those (see powerq.api.openapi).
 Driver = Annotated[DriverKind, Strict(False)]
-PowerAction = Annotated[Action, Strict(False)]
+
+
+def _one_of(allowed: tuple[Action, ...]) -> Callable[[Action], Action]:
+    def check(action: Action) -> Action:
+        if action not in allowed:
+            names = ", ".join(a.value for a in allowed)
+            raise ValueError(f"action {action.value!r} is not one of {names} here")
+        return action
+
+    return check
+
+
+def _enum_schema(allowed: tuple[Action, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": [a.value for a in allowed]})
+
+
+# validate and boot have endpoints of their own; a batch may validate many nodes.
+_BATCH_ACTIONS = (*POWER_ENDPOINT_ACTIONS, Action.VALIDATE)
+PowerAction = Annotated[
+    Action,
+    Strict(False),
+    AfterValidator(_one_of(POWER_ENDPOINT_ACTIONS)),
+    _enum_schema(POWER_ENDPOINT_ACTIONS),
+]
+BatchAction = Annotated[
+    Action, Strict(False), AfterValidator(_one_of(_BATCH_ACTIONS)), _enum_schema(_BATCH_ACTIONS)
+]
 Tags = Annotated[list[Tag], Field(max_length=64)]
 TagList = Annotated[str, StringConstraints(pattern=TAG_LIST_PATTERN)]
 NamePrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,63}$")]

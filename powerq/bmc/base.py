@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-from powerq.states import Action, PowerState
+from powerq.states import Action, BootDevice, PowerState
 
 
 class BmcError(Exception):
@@ -51,13 +51,25 @@ class BmcCommandRejected(BmcError):
 
 @dataclass(frozen=True)
 class BmcTarget:
-    """Where and how to reach one BMC. ``password`` is never shown in a repr."""
+    """Where and how to reach one BMC. Secrets are never shown in a repr.
+
+    The options after ``password`` matter to one protocol each: ``system``,
+    ``verify_tls`` and ``ca_bundle`` (PEM text) to Redfish; ``cipher_suite``
+    ("auto", "3", "17"), ``privilege`` ("operator", "administrator") and
+    ``kg`` (the BMC key, None for none) to IPMI.
+    """
 
     driver: str
     address: str
     port: int
     username: str
     password: str = field(repr=False)
+    system: str | None = None
+    verify_tls: bool = True
+    ca_bundle: str | None = field(default=None, repr=False)
+    cipher_suite: str = "auto"
+    privilege: str = "administrator"
+    kg: str | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -92,6 +104,25 @@ class PowerDriver(abc.ABC):
         :raises BmcCommandRejected: the BMC refused the command (permanent).
         :raises ValueError: ``action`` is ``query`` or otherwise not sendable.
         """
+
+    def set_boot_device(self, device: BootDevice, *, persistent: bool) -> None:
+        """Make the machine boot from ``device`` next (or always, ``persistent``).
+
+        Safe to repeat: setting the same device twice changes nothing.
+
+        :raises BmcUnreachable: no answer in time (transient).
+        :raises BmcAuthError: credentials refused (permanent).
+        :raises BmcCommandRejected: the BMC refused it or does not support it.
+        """
+        raise BmcCommandRejected(f"{type(self).__name__} cannot set a boot device")
+
+    def get_boot_device(self) -> BootDevice | None:
+        """The boot device the BMC reports now, or None when it cannot be read back.
+
+        :raises BmcUnreachable: no answer in time (transient).
+        :raises BmcAuthError: credentials refused (permanent).
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release any session held with the BMC."""
