@@ -2,8 +2,9 @@
 
 pyghmi reports most failures as ``IpmiException`` with an English message, or
 as a response dict with an IPMI completion code; both are translated here
-into :class:`BmcUnreachable`, :class:`BmcAuthError` or :class:`BmcCommandRejected`
-with a message naming the BMC, the user and what was being attempted.
+into :class:`BmcUnreachable`, :class:`BmcAuthError`, :class:`BmcProtocolError`
+or :class:`BmcCommandRejected` with a message naming the BMC, the user and
+what was being attempted.
 """
 
 from __future__ import annotations
@@ -60,11 +61,23 @@ def _error(kind: type[BmcError], target: BmcTarget, what: str, detail: str) -> B
     return kind(message, address=target.address, port=target.port)
 
 
+# A login that failed on the cipher suite (see pyghmi_patches.suite_refused_message).
+_SUITE_MARKER = "did not accept cipher suite"
+
+
 def from_exception(exc: BaseException, target: BmcTarget, what: str) -> BmcError:
-    """Translate an exception raised inside pyghmi while doing ``what``."""
+    """Translate an exception raised inside pyghmi while doing ``what``.
+
+    Refused credentials (password, user name, privilege, Kg) are
+    :class:`BmcAuthError`; a cipher suite the BMC did not accept and any
+    other answer that cannot be used are :class:`BmcProtocolError` (both
+    permanent); silence is :class:`BmcUnreachable`.
+    """
     reason = str(exc)
     if reason in ("", "None"):  # pyghmi's login timeout carries no message
         reason = "timed out after retries"
+    if _SUITE_MARKER in reason:
+        return _error(BmcProtocolError, target, what, f"{reason}; not retried")
     if any(marker in reason.lower() for marker in _AUTH_MARKERS):
         return _error(BmcAuthError, target, what, f"credentials refused ({reason})")
     if any(marker in reason.lower() for marker in _SILENCE_MARKERS):

@@ -14,7 +14,7 @@ import time
 
 from powerq.bmc.base import BmcTarget, BmcUnreachable
 
-PROBE_TIMEOUT_S = 0.5  # per try; a healthy BMC answers in milliseconds, a slow one late:
+PROBE_TIMEOUT_S = 0.45  # per try; a healthy BMC answers in milliseconds, a slow one late:
 # an answer to the first try still counts while waiting on the second
 PROBE_TRIES = 2  # a single lost datagram is not a dead BMC
 

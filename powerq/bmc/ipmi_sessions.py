@@ -1,8 +1,15 @@
 """The process-wide IPMI session cache: one pyghmi session per BMC, reused, one user at a time.
 
-Keyed by (address, port, username). Each key has a lock held for the whole
-of a login or command, so one process never runs two commands, or two
-sessions, against one BMC at once. Sessions idle longer than
+A session is keyed by the BMC's address and port, the user name and the login
+options (cipher suite, privilege, a fingerprint of Kg): two targets that differ
+in any of them never share a session. Each BMC (address, port) has one lock,
+held for the whole of a login or command, so one process never runs two
+commands, or two sessions, against one BMC at once: logging in with other
+options first logs out the BMC's other session (pyghmi itself would hand a
+live session to a second login with the same credentials, whatever its
+options). With ``cipher_suite`` "auto", the suite that worked is remembered per
+BMC and proposed alone at the next login (if it stops working, the next login
+negotiates again), so a suite-3 BMC costs the fallback once. Sessions idle longer than
 ``idle_timeout`` are logged out (checked on every use, and swept across the
 cache at most every ``idle_timeout / 2``), staying below the BMC's own
 inactivity timeout (typically 60 s) and returning its session slots; a
@@ -12,26 +19,55 @@ session that failed is dropped and the next use logs in again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from powerq.bmc.base import BmcTarget, BmcUnreachable
+from powerq.bmc.base import BmcProtocolError, BmcTarget, BmcUnreachable
 
 DEFAULT_IDLE_TIMEOUT = 20.0
 DEFAULT_LOCK_TIMEOUT = 120.0  # a queue of bounded calls ahead of us; beyond this, give up
 SWEEP_BATCH = 16  # idle sessions one caller logs out at most
 
-Key = tuple[str, int, str]
+AUTO = "auto"
+
+Key = tuple[str, int, str, str, str, str]
+Endpoint = tuple[str, int]
 Connect = Callable[[BmcTarget], Any]
 Disconnect = Callable[[Any], None]
+SuiteOf = Callable[[Any], str | None]
 
 
 def key_of(target: BmcTarget) -> Key:
-    """The cache key of ``target``: one session per (address, port, username)."""
-    return (target.address, target.port, target.username)
+    """The cache key of ``target``: address, port, username and the login options."""
+    return (
+        target.address,
+        target.port,
+        target.username,
+        target.cipher_suite,
+        target.privilege,
+        _fingerprint(target.kg),
+    )
+
+
+def endpoint_of(target: BmcTarget) -> Endpoint:
+    """The BMC itself: (address, port)."""
+    return (target.address, target.port)
+
+
+def _fingerprint(secret: str | None) -> str:
+    """A short one-way digest, so keys never hold a secret ("" for none)."""
+    if secret is None:
+        return ""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _no_suite(_session: Any) -> str | None:
+    return None
 
 
 @dataclass
@@ -48,7 +84,8 @@ class Lease:
 
 @dataclass
 class _Slot:
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock
+    endpoint: Endpoint
     session: Any = None
     last_used: float = 0.0
     logins: int = 0
@@ -65,13 +102,18 @@ class SessionCache:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        suite_of: SuiteOf = _no_suite,
     ) -> None:
+        """``suite_of(session)`` names the cipher suite a fresh session uses (None: unknown)."""
         self._connect = connect
         self._disconnect = disconnect
+        self._suite_of = suite_of
         self.idle_timeout = idle_timeout
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._slots: dict[Key, _Slot] = {}
+        self._locks: dict[Endpoint, threading.Lock] = {}
+        self._suites: dict[Endpoint, str] = {}
         self._guard = threading.Lock()
         self._last_sweep = clock()
 
@@ -111,8 +153,13 @@ class SessionCache:
                 self._drop(slot)
 
     def logins(self, target: BmcTarget) -> int:
-        """How many times this process logged in to the BMC (for tests and stats)."""
+        """How many times this process logged in to the BMC with ``target``'s options."""
         return self._slot(key_of(target)).logins
+
+    def known_suite(self, target: BmcTarget) -> str | None:
+        """The cipher suite that last worked with this BMC, if a login told us."""
+        with self._guard:
+            return self._suites.get(endpoint_of(target))
 
     def _acquire(self, slot: _Slot, target: BmcTarget) -> None:
         if not slot.lock.acquire(timeout=self.lock_timeout):
@@ -125,7 +172,18 @@ class SessionCache:
 
     def _slot(self, key: Key) -> _Slot:
         with self._guard:
-            return self._slots.setdefault(key, _Slot())
+            slot = self._slots.get(key)
+            if slot is None:
+                endpoint = (key[0], key[1])
+                lock = self._locks.setdefault(endpoint, threading.Lock())
+                slot = self._slots[key] = _Slot(lock, endpoint)
+            return slot
+
+    def _siblings(self, slot: _Slot) -> list[_Slot]:
+        """The BMC's other slots (other users or options); they share ``slot``'s lock."""
+        with self._guard:
+            others = self._slots.values()
+            return [s for s in others if s.endpoint == slot.endpoint and s is not slot]
 
     def _all_slots(self) -> list[_Slot]:
         with self._guard:
@@ -135,9 +193,33 @@ class SessionCache:
         if self._idle(slot):
             self._drop(slot)
         if slot.session is None:
-            slot.session = self._connect(target)
+            for sibling in self._siblings(slot):  # one session per BMC at a time
+                self._drop(sibling)
+            slot.session = self._login(target)
             slot.logins += 1
         return slot.session
+
+    def _login(self, target: BmcTarget) -> Any:
+        """Log in; with "auto", propose the suite that worked last time first.
+
+        :raises Exception: whatever ``connect`` raises.
+        """
+        endpoint = endpoint_of(target)
+        known = self.known_suite(target) if target.cipher_suite == AUTO else None
+        if known is None:
+            session = self._connect(target)
+        else:
+            try:
+                session = self._connect(dataclasses.replace(target, cipher_suite=known))
+            except BmcProtocolError:  # the BMC changed (firmware, settings): negotiate again
+                with self._guard:
+                    self._suites.pop(endpoint, None)
+                session = self._connect(target)
+        suite = self._suite_of(session)
+        if suite is not None:
+            with self._guard:
+                self._suites[endpoint] = suite
+        return session
 
     def _idle(self, slot: _Slot) -> bool:
         return slot.session is not None and self._clock() - slot.last_used > self.idle_timeout

@@ -35,6 +35,21 @@ Each was reproduced against the simulated fleet (see tests/bmc/test_pyghmi_pitfa
    Reads go the same way with a shorter wait: a dead BMC then holds a lane
    for about a second, and the executor, not pyghmi, decides when to ask again.
 
+5. **Cipher suite taken for granted** (``Session._got_rmcp_response``). pyghmi
+   proposes suite 17, falls back to suite 3 only when the BMC *refuses* 17, and
+   never reads the algorithms the BMC put in its Open Session Response ("we
+   take it for granted that the responder accepted our proposal"). A BMC that
+   answers any proposal with suite 3 (pyghmi's own BMC server, hence
+   VirtualBMC) then makes RAKP 2 fail to parse ("pack expected 32 items for
+   packing (got 20)"), on every login. :func:`got_rmcp_response_checked` reads
+   the answered algorithms: a refusal or other algorithms than proposed falls
+   back from 17 to 3, unless the login asked for suite 17 only, and a failure
+   says which suite the BMC did not accept. :func:`wanted_suite` makes a login
+   propose one suite only (``_open_rmcpplus_request``: suite 3 is pyghmi's
+   ``attemptedhash = 1``), since pyghmi has no parameter for it. Reproduced
+   against the sim fleet's ``suite3_only_accepts_any`` BMC and pyghmi's BMC
+   server (tests/bmc/test_pyghmi_pitfalls.py, tests/bmc/test_pyghmi_bmc_interop.py).
+
 Also relied on, not patched: credentials are passed as ``bytes`` (pyghmi's
 session cache compares the encoded bytes; ``str`` credentials make a second
 ``Command`` to a BMC with an open session wait forever), and one ``Command``
@@ -43,11 +58,14 @@ per BMC is reused under a per-BMC lock (:mod:`powerq.bmc.ipmi_sessions`).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from pyghmi.ipmi.private import constants as _constants
 from pyghmi.ipmi.private import session as _session
 
 PYGHMI_SERIES = "1.6."
@@ -60,8 +78,20 @@ COMMAND_MAX_TIMEOUT = 1  # pyghmi retries a command until its retry timer would 
 READ_ANSWER_WAIT_S = 1.0
 COMMAND_ANSWER_WAIT_S = 1.5
 
+# Cipher suites as pyghmi proposes them: (authentication, integrity, confidentiality)
+# algorithm numbers (IPMI v2.0 tables 13-17..13-19), and pyghmi's ``attemptedhash``.
+SUITE_ALGORITHMS: dict[str, tuple[int, int, int]] = {
+    "17": (0x03, 0x04, 0x01),  # RAKP-HMAC-SHA256, HMAC-SHA256-128, AES-CBC-128
+    "3": (0x01, 0x01, 0x01),  # RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128
+}
+_ATTEMPTED_HASH = {"17": 256, "3": 1}
+# RMCP+ statuses that mean "not these algorithms" (anything else is not about suites)
+_SUITE_STATUSES = frozenset({0x04, 0x05, 0x06, 0x07, 0x10, 0x11, 0x12})
+_OPEN_RESPONSE_LEN = 36
+
 ORIGINALS: dict[str, Callable[..., Any]] = {}
 _apply_lock = threading.Lock()
+_WANTED: dict[tuple[str, int], str] = {}  # (address, port) -> the only suite to propose
 
 
 def apply() -> None:
@@ -75,8 +105,12 @@ def apply() -> None:
         _check_version()
         ORIGINALS["_io_recvfrom"] = _session._io_recvfrom
         ORIGINALS["_io_wait"] = _session._io_wait
+        ORIGINALS["_open_rmcpplus_request"] = _session.Session._open_rmcpplus_request
+        ORIGINALS["_got_rmcp_response"] = _session.Session._got_rmcp_response
         _session._io_recvfrom = recvfrom_never_blocks
         _session._io_wait = io_wait_bounded
+        _session.Session._open_rmcpplus_request = open_rmcpplus_request_wanted
+        _session.Session._got_rmcp_response = got_rmcp_response_checked
 
 
 def applied() -> bool:
@@ -114,6 +148,104 @@ def send_once(
         netfn=netfn, command=command, data=data, timeout=wait_s
     )
     return response
+
+
+@contextlib.contextmanager
+def wanted_suite(address: str, port: int, suite: str) -> Iterator[None]:
+    """Within the block, logins to ``address:port`` propose ``suite`` only (workaround 5).
+
+    ``suite`` is "3" or "17"; "auto" leaves pyghmi's order (17, then 3). The
+    caller logs in to one BMC at a time (the session cache's per-BMC lock).
+
+    :raises ValueError: ``suite`` is not "auto", "3" or "17".
+    """
+    if suite != "auto" and suite not in SUITE_ALGORITHMS:
+        raise ValueError(f"cipher suite {suite!r} is not auto, 3 or 17")
+    key = (address, port)
+    if suite != "auto":
+        _WANTED[key] = suite
+    try:
+        yield
+    finally:
+        _WANTED.pop(key, None)
+
+
+def negotiated_suite(ipmi_session: Any) -> str:
+    """The cipher suite ("3" or "17") a logged-in pyghmi session uses."""
+    return "3" if ipmi_session.attemptedhash == _ATTEMPTED_HASH["3"] else "17"
+
+
+def open_rmcpplus_request_wanted(self: Any) -> Any:
+    """Replacement for ``Session._open_rmcpplus_request``: a login that wants
+    suite 3 only proposes it at once (pyghmi's ``attemptedhash = 1``)."""
+    if _WANTED.get((self.bmc, self.port)) == "3":
+        self.attemptedhash = _ATTEMPTED_HASH["3"]
+    return ORIGINALS["_open_rmcpplus_request"](self)
+
+
+def got_rmcp_response_checked(self: Any, data: Any) -> Any:
+    """Replacement for ``Session._got_rmcp_response`` that reads what the BMC accepted.
+
+    An Open Session Response that refuses the proposed algorithms, or names
+    others than proposed, makes a suite-17 login fall back to suite 3 (unless
+    it wants 17 only), and otherwise ends the login with an error naming the
+    suite. Everything else goes to pyghmi's own handler.
+    """
+    if not _is_open_session_answer(self, data):
+        return ORIGINALS["_got_rmcp_response"](self, data)
+    proposed = "3" if self.attemptedhash == _ATTEMPTED_HASH["3"] else "17"
+    reason = _refusal(data, SUITE_ALGORITHMS[proposed])
+    if reason is None:
+        return ORIGINALS["_got_rmcp_response"](self, data)
+    if proposed == "17" and _WANTED.get((self.bmc, self.port)) != "17":
+        self.attemptedhash = _ATTEMPTED_HASH["3"]  # as pyghmi does after a refusal
+        self._open_rmcpplus_request()
+        return None
+    if data[1] != 0 and data[1] not in _SUITE_STATUSES:  # e.g. no free session slot
+        self.onlogon({"error": _constants.rmcp_codes.get(data[1], f"RMCP+ status {data[1]}")})
+    else:
+        self.onlogon({"error": suite_refused_message(proposed, reason)})
+    return -9
+
+
+def suite_refused_message(suite: str, reason: str) -> str:
+    """What a login says when the BMC did not accept cipher suite ``suite``."""
+    other = "3" if suite == "17" else "17"
+    return (
+        f"the BMC did not accept cipher suite {suite} ({reason}); "
+        f"set ipmi_cipher_suite to {other} or auto"
+    )
+
+
+def _is_open_session_answer(self: Any, data: Any) -> bool:
+    """Whether ``data`` answers the Open Session this login is waiting for."""
+    if getattr(self, "sessioncontext", None) != "OPENSESSION" or len(data) < 2:
+        return False
+    if data[0] != self.rmcptag:
+        return False
+    if data[1] != 0:
+        return True
+    if len(data) < _OPEN_RESPONSE_LEN:
+        return False
+    return bool(struct.unpack("<I", bytes(data[4:8]))[0] == self.localsid)
+
+
+def _refusal(data: Any, proposed: tuple[int, int, int]) -> str | None:
+    """Why an Open Session Response does not accept ``proposed``; None when it does."""
+    if data[1] != 0:
+        text = _constants.rmcp_codes.get(data[1], "unknown status")
+        return f"it refused the proposal: RMCP+ status {data[1]:#04x}, {text}"
+    answered = (data[16] & 0x3F, data[24] & 0x3F, data[32] & 0x3F)
+    if answered == proposed:
+        return None
+    return (
+        "it answered the Open Session with authentication/integrity/confidentiality "
+        f"algorithms {_algorithms(answered)} instead of {_algorithms(proposed)}"
+    )
+
+
+def _algorithms(algorithms: tuple[int, int, int]) -> str:
+    return "/".join(str(a) for a in algorithms)
 
 
 def recvfrom_never_blocks(mysocket: socket.socket, size: int) -> tuple[bytes, Any] | None:

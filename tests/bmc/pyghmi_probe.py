@@ -9,6 +9,7 @@ Cases:
   queued-reply   a command waiter that registers after the IO thread already
                  read its reply
   str-credentials  a second ``Command`` to a BMC with an open session, str vs bytes
+  suite-answer   log in to a BMC that answers a suite-17 proposal with suite 3
 """
 
 from __future__ import annotations
@@ -81,9 +82,28 @@ def str_credentials(port: int, creds: type[bytes] | type[str]) -> dict[str, Any]
     return {"blocked": blocked, "same_session": same}
 
 
+def suite_answer(port: int) -> dict[str, Any]:
+    """Log in (bounded); report whether it worked and, if not, pyghmi's error."""
+    outcome: dict[str, Any] = {"ok": False, "error": "login still running (hung)"}
+
+    def login() -> None:
+        try:
+            _login(port)
+            outcome.update(ok=True, error="")
+        except Exception as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=login, daemon=True)
+    thread.start()
+    thread.join(WAIT_S)
+    return dict(outcome)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["lost-wakeup", "queued-reply", "str", "bytes"])
+    parser.add_argument(
+        "case", choices=["lost-wakeup", "queued-reply", "str", "bytes", "suite-answer"]
+    )
     parser.add_argument("port", type=int)
     parser.add_argument("--patched", action="store_true")
     args = parser.parse_args()
@@ -96,6 +116,7 @@ def main() -> None:
         "queued-reply": lambda: queued_reply(args.port),
         "str": lambda: str_credentials(args.port, str),
         "bytes": lambda: str_credentials(args.port, bytes),
+        "suite-answer": lambda: suite_answer(args.port),
     }
     print(json.dumps(cases[args.case]()), flush=True)
     os._exit(0)  # a pyghmi thread may still be stuck: do not wait for it

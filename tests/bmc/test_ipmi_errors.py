@@ -72,3 +72,41 @@ def test_a_protocol_mismatch_is_permanent_and_named() -> None:
     mapped = ipmi_errors.from_exception(exc, TARGET, "login")
     assert type(mapped) is BmcProtocolError and not mapped.transient
     assert "protocol error" in str(mapped) and "pack expected 32 items" in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("suite", "reason", "advice"),
+    [
+        ("17", "it answered with algorithms 1/1/1", "set ipmi_cipher_suite to 3"),
+        ("17", "it refused the proposal: RMCP+ status 0x11", "set ipmi_cipher_suite to 3"),
+        ("3", "it refused the proposal: RMCP+ status 0x11", "set ipmi_cipher_suite to 17"),
+    ],
+)
+def test_a_cipher_suite_the_bmc_did_not_accept_is_named(
+    suite: str, reason: str, advice: str
+) -> None:
+    from powerq.bmc.pyghmi_patches import suite_refused_message
+
+    exc = IpmiException(suite_refused_message(suite, reason))
+    mapped = ipmi_errors.from_exception(exc, TARGET, "login")
+    assert type(mapped) is BmcProtocolError and not mapped.transient
+    message = str(mapped)
+    assert f"the BMC did not accept cipher suite {suite}" in message
+    assert f"{advice} or auto" in message and reason in message
+    assert "protocol error (" not in message  # said as what it is, not wrapped
+    assert "127.0.0.9:6230" in message
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("Invalid RAKP4 integrity code (wrong Kg?)", BmcAuthError),
+        ("Unauthorized role or privilege level requested in RAKP2", BmcAuthError),
+        ("Invalid role in RAKP2", BmcAuthError),
+        ("Incorrect password provided", BmcAuthError),
+    ],
+)
+def test_refused_credentials_are_never_unreachable(message: str, error: type[BmcError]) -> None:
+    mapped = ipmi_errors.from_exception(IpmiException(message), TARGET, "login")
+    assert type(mapped) is error and not mapped.transient
+    assert "credentials refused" in str(mapped)

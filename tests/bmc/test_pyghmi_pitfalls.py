@@ -135,3 +135,15 @@ def test_many_threads_with_dead_bmcs_never_hang(make_bmc: Any) -> None:
             results = within(lambda: list(pool.map(read, bmcs)))
         expected = ["unreachable" if b.name in dead else "off" for b in bmcs]
         assert results == expected
+
+
+def test_a_bmc_answering_17_with_suite_3_fails_every_login_without_the_patch(
+    bmc: SimBmc,
+) -> None:
+    """pyghmi's BMC server (VirtualBMC) answers any Open Session with suite 3; pyghmi
+    takes its suite-17 proposal as accepted and cannot parse RAKP 2."""
+    bmc.control.set_fault(bmc.name, "suite3_only_accepts_any")
+    unpatched = _probe("suite-answer", bmc, patched=False)
+    assert unpatched["ok"] is False
+    assert "pack expected 32 items" in unpatched["error"], unpatched
+    assert _probe("suite-answer", bmc, patched=True) == {"ok": True, "error": ""}

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from powerq.bmc import ipmi_boot
 from powerq.bmc.simfleet.cmdlog import LogEntry
 from powerq.bmc.simfleet.crypto import SUPPORTED_SUITES
 from powerq.bmc.simfleet.faults import Faults
@@ -158,6 +159,21 @@ def _chassis_control(ctx: Context, request: Request) -> Result:
     return code, b""
 
 
+def _set_boot_options(ctx: Context, request: Request) -> Result:
+    if len(request.data) < 3:
+        return CC_BAD_LENGTH, b""
+    if request.data[0] & 0x7F != ipmi_boot.PARAM_BOOT_FLAGS:
+        return CC_OK, b""  # other parameters (set-in-progress, ...) are accepted and ignored
+    ctx.machine.boot_flags = bytes(request.data[1:6]).ljust(5, b"\x00")
+    return CC_OK, b""
+
+
+def _get_boot_options(ctx: Context, request: Request) -> Result:
+    if not request.data or request.data[0] & 0x7F != ipmi_boot.PARAM_BOOT_FLAGS:
+        return 0x80, b""  # parameter not supported
+    return CC_OK, bytes((0x01, ipmi_boot.PARAM_BOOT_FLAGS)) + ctx.machine.boot_flags
+
+
 COMMANDS: dict[tuple[int, int], Command] = {
     (NETFN_APP, 0x38): Command("get_channel_auth_caps", _auth_capabilities, sessionless=True),
     (NETFN_APP, 0x54): Command("get_channel_cipher_suites", _cipher_suites, sessionless=True),
@@ -168,5 +184,11 @@ COMMANDS: dict[tuple[int, int], Command] = {
     (NETFN_CHASSIS, 0x01): Command("get_chassis_status", _chassis_status),
     (NETFN_CHASSIS, 0x02): Command(
         "chassis_control", _chassis_control, min_privilege=PRIV_OPERATOR
+    ),
+    (NETFN_CHASSIS, ipmi_boot.CMD_SET_SYSTEM_BOOT_OPTIONS): Command(
+        "set_boot_options", _set_boot_options, min_privilege=PRIV_OPERATOR
+    ),
+    (NETFN_CHASSIS, ipmi_boot.CMD_GET_SYSTEM_BOOT_OPTIONS): Command(
+        "get_boot_options", _get_boot_options
     ),
 }

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from powerq.bmc import ipmi_boot
 from powerq.bmc.simfleet.cmdlog import CommandLog
 from powerq.bmc.simfleet.faults import Faults
 from powerq.bmc.simfleet.handshake import Account
@@ -117,6 +118,7 @@ class SimBmc(asyncio.DatagramProtocol):
                 "soft_delay": self.machine.behaviour.soft_delay,
             },
             "faults": self.faults.active(),
+            "boot": _boot_status(self.machine.boot_flags),
             "sessions_active": self.sessions.count_active(),
             "sessions_opened": self.sessions.opened_total,
             "overlaps": self.machine.overlaps,
@@ -136,3 +138,9 @@ class SimBmc(asyncio.DatagramProtocol):
         """Stop listening."""
         if self._transport is not None:
             self._transport.close()
+
+
+def _boot_status(flags: bytes) -> dict[str, Any]:
+    """The boot override as a client set it: device (None: no override) and persistence."""
+    device, persistent = ipmi_boot.parse_flags(flags)
+    return {"device": device.value if device else None, "persistent": persistent}

@@ -14,6 +14,9 @@ executes_retransmissions  every request received is run, a client's retransmissi
                        of an unanswered one included (no rqSeq de-duplication),
                        as some real BMCs do: with ``slow`` this is the BMC that
                        runs a retransmitted power cycle twice
+suite3_only_accepts_any  answers every Open Session proposal, suite 17 included,
+                       with suite 3's algorithms and no error, as pyghmi's BMC
+                       server (VirtualBMC) does: a client must read the answer
 =====================  =========================================================
 """
 
@@ -37,6 +40,7 @@ class FaultKind(enum.StrEnum):
     FLAKY = "flaky"
     STUCK = "stuck"
     EXECUTES_RETRANSMISSIONS = "executes_retransmissions"
+    SUITE3_ONLY_ACCEPTS_ANY = "suite3_only_accepts_any"
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Faults:
     flaky_code: int = CC_NODE_BUSY
     stuck: bool = False
     executes_retransmissions: bool = False
+    suite3_only_accepts_any: bool = False
     _flaky_count: int = 0
 
     def set(self, kind: str, params: dict[str, Any]) -> None:
@@ -96,6 +101,7 @@ class Faults:
             ),
             (FaultKind.STUCK, self.stuck, {}),
             (FaultKind.EXECUTES_RETRANSMISSIONS, self.executes_retransmissions, {}),
+            (FaultKind.SUITE3_ONLY_ACCEPTS_ANY, self.suite3_only_accepts_any, {}),
         ):
             if on:
                 found[kind.value] = params
@@ -121,6 +127,7 @@ _FIELDS: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.FLAKY: ("flaky_every", "flaky_code", "_flaky_count"),
     FaultKind.STUCK: ("stuck",),
     FaultKind.EXECUTES_RETRANSMISSIONS: ("executes_retransmissions",),
+    FaultKind.SUITE3_ONLY_ACCEPTS_ANY: ("suite3_only_accepts_any",),
 }
 
 

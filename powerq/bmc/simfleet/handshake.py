@@ -3,7 +3,9 @@
 Each function takes the request payload and returns the response payload
 (IPMI v2.0 section 13.17-13.23). The cipher suite is really negotiated: the
 proposal must match suite 17 or 3 exactly, otherwise the answer is status
-0x11 ("no cipher suite match"), which is what makes clients fall back.
+0x11 ("no cipher suite match"), which is what makes clients fall back. A BMC
+in the ``suite3_only_accepts_any`` mode instead answers any proposal with
+suite 3, without an error (as pyghmi's BMC server does).
 """
 
 from __future__ import annotations
@@ -48,13 +50,17 @@ class Outcome:
     status: int
 
 
-def open_session(payload: bytes, table: SessionTable, now: float) -> Outcome:
-    """Answer an RMCP+ Open Session Request."""
+def open_session(
+    payload: bytes, table: SessionTable, now: float, *, suite3_accepts_any: bool = False
+) -> Outcome:
+    """Answer an RMCP+ Open Session Request (``suite3_accepts_any``: always with suite 3)."""
     tag = payload[0] if payload else 0
     console_id = payload[4:8].ljust(4, b"\0")
     if len(payload) < _OPEN_REQUEST_LEN:
         return _open_error(tag, STATUS_ILLEGAL_PARAMETER, console_id)
     suite = crypto.match_suite(*(_proposed(payload, offset) for offset in (8, 16, 24)))
+    if suite3_accepts_any:
+        suite = crypto.SUITE_3
     if suite is None:
         return _open_error(tag, STATUS_NO_CIPHER_MATCH, console_id)
     requested = payload[1] & 0x0F

@@ -38,7 +38,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Op]] = [
         ("DELETE", f"/bmcs/{_NAME}/fault", lambda api, p, b: api.clear_fault(p["name"], {})),
         (
             "DELETE",
-            f"/bmcs/{_NAME}/fault/(?P<kind>[a-z_]+)",
+            f"/bmcs/{_NAME}/fault/(?P<kind>[a-z0-9_]+)",
             lambda api, p, b: api.clear_fault(p["name"], {"kind": p["kind"]}),
         ),
         ("POST", f"/bmcs/{_NAME}/behaviour", lambda api, p, b: api.set_behaviour(p["name"], b)),

@@ -85,6 +85,8 @@ class Machine:
     powered: bool = False
     overlaps: int = 0
     resets: int = 0
+    # System Boot Options parameter 5 (boot flags), as last set by a client.
+    boot_flags: bytes = bytes(5)
     _transition: _Transition | None = None
 
     @property

@@ -55,7 +55,8 @@ class Responder:
     def _handshake_step(self, dgram: Datagram) -> Outcome | None:
         now, table = self.clock(), self.sessions
         if dgram.payload_type == PayloadType.OPEN_SESSION_REQUEST:
-            return handshake.open_session(dgram.payload, table, now)
+            only3 = self.faults.suite3_only_accepts_any
+            return handshake.open_session(dgram.payload, table, now, suite3_accepts_any=only3)
         if dgram.payload_type == PayloadType.RAKP1:
             return handshake.rakp1(dgram.payload, table, self._account(), self.guid, now)
         if dgram.payload_type == PayloadType.RAKP3:
