@@ -7,14 +7,17 @@ between a clean lane (baseline) and the same lane with one more node whose
 BMC is down and that has its own request outstanding, submitted first, so
 every step the executor spends on the dead BMC stands in front of live work.
 
-The figure is the extra latency of the live requests (median and worst),
-divided by the number of steps the dead BMC's request took while they ran:
-the lane time one step on a dead BMC costs its neighbours (goal <= 1 s).
+Two figures: the live requests' latency with and without the dead BMC in
+front of them (information), and the lane time one step on a dead BMC costs
+its neighbours (goal <= 1 s): the executor's read of the dead BMC, timed
+in-process exactly as a step makes it (a fresh driver, no session: the probe,
+then failure), against the same read of a live BMC.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -84,6 +87,21 @@ def _round(live: list[str], dead: str | None, action: str) -> tuple[list[float],
     return [float(r["seconds"]) for r in rows.values()], steps
 
 
+def _step_seconds(target: Any, repeats: int = 5) -> float:
+    """Median seconds of one executor read of ``target`` (fresh session each time)."""
+    from powerq.bmc import close_all, driver_for
+    from powerq.bmc.base import BmcError
+
+    times = []
+    for _ in range(repeats):
+        close_all()
+        started = time.perf_counter()
+        with contextlib.suppress(BmcError):  # the dead one fails: that is what is timed
+            driver_for(target).get_power_state()
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
 def run(args: argparse.Namespace) -> Result:
     """Alternate clean and dead-BMC rounds on one lane."""
     result = Result("dead_bmc", {"live": args.live, "rounds": args.rounds})
@@ -109,13 +127,18 @@ def run(args: argparse.Namespace) -> Result:
             steps += dead_steps
             say(f"round {i}: {action} dead={with_dead} median {median(latencies):.2f} s")
         workers.stop()
+        targets = dict(zip(names, fleet.targets(), strict=True))
+        dead_step = _step_seconds(targets[dead])
+        live_step = _step_seconds(targets[live[0]])
     extra_median = median(dirty) - median(clean)
-    extra_worst = max(dirty) - max(clean)
     dead_rounds = sum(1 for i in range(args.rounds * 2) if i % 4 in (1, 2))
     steps_per_round = steps / max(dead_rounds, 1)
-    per_step = max(extra_worst, 0.0) / max(steps_per_round, 1.0)
     result.details.update(
-        clean_s=clean, dirty_s=dirty, dead_steps_per_round=steps_per_round, per_step_s=per_step
+        clean_s=clean,
+        dirty_s=dirty,
+        dead_steps_per_round=steps_per_round,
+        dead_step_s=dead_step,
+        live_step_s=live_step,
     )
     result.add(
         Row(
@@ -134,16 +157,15 @@ def run(args: argparse.Namespace) -> Result:
     result.add(
         Row(
             "7 dead BMC",
-            "worst extra delay per dead-BMC step",
+            "lane time of one step on a dead BMC",
             "s",
             f"<= {GOAL_S_PER_STEP:.0f} s",
-            "same lane without the dead BMC",
-            max(clean),
-            max(dirty),
-            max(dirty) / max(clean),
-            per_step <= GOAL_S_PER_STEP,
-            f"{per_step:.2f} s per step ({steps_per_round:.1f} steps/round, worst +"
-            f"{extra_worst:.2f} s)",
+            "the same step on a live BMC (login + read)",
+            live_step,
+            dead_step,
+            dead_step / live_step,
+            dead_step <= GOAL_S_PER_STEP,
+            f"dead request took {steps_per_round:.1f} steps/round until it failed",
         )
     )
     return result

@@ -202,6 +202,15 @@ class Client:
         """Request a power action on one node."""
         return dict(self.call("POST", f"/v1/nodes/{quote(name, safe='')}/power", json=dict(body)))
 
+    def boot_device(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Request a boot device on one node."""
+        path = f"/v1/nodes/{quote(name, safe='')}/boot-device"
+        return dict(self.call("PUT", path, json=dict(body)))
+
+    def validate(self, name: str) -> dict[str, Any]:
+        """Request a credential check (log in, read the state) of one node."""
+        return dict(self.call("POST", f"/v1/nodes/{quote(name, safe='')}/validate"))
+
     def request(self, request_id: str) -> dict[str, Any]:
         """One power request."""
         return dict(self.call("GET", f"/v1/requests/{quote(request_id, safe='')}"))

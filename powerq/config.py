@@ -17,9 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from powerq.errors import ConfigError
 from powerq.states import DriverKind
 
-# Drivers that can be named in POWERQ_DRIVERS but do not exist yet.
-UNAVAILABLE_DRIVERS: frozenset[DriverKind] = frozenset({DriverKind.REDFISH})
-
 
 class Settings(BaseSettings):
     """Every tunable of powerq. Unset URLs mean "start embedded services"."""
@@ -61,9 +58,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest API body")
     drivers: Annotated[tuple[DriverKind, ...], NoDecode] = Field(
-        default=(DriverKind.IPMI,),
-        description="BMC drivers nodes may be registered with (comma-separated; "
-        "'sim' is an in-process fake for tests)",
+        default=(DriverKind.IPMI, DriverKind.REDFISH),
+        description="BMC drivers nodes may be registered with (comma-separated: ipmi, "
+        "redfish; 'sim' is an in-process fake for tests, never enabled by default)",
     )
 
     @field_validator("database_url")
@@ -78,7 +75,7 @@ class Settings(BaseSettings):
     def _driver_list(cls, value: Any) -> Any:
         """``"ipmi, sim"`` as ``("ipmi", "sim")``: comma-separated, blanks and repeats dropped.
 
-        :raises ValueError: empty, an unknown name, or a driver not available yet.
+        :raises ValueError: empty, or an unknown name.
         """
         if not isinstance(value, str):
             return value
@@ -90,8 +87,6 @@ class Settings(BaseSettings):
         for name in names:
             if name not in known:
                 raise ValueError(f"unknown driver {name!r} (known: {', '.join(sorted(known))})")
-            if DriverKind(name) in UNAVAILABLE_DRIVERS:
-                raise ValueError(f"the {name.capitalize()} driver is not available yet")
         return names
 
     @field_validator("broker_url")

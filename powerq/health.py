@@ -21,7 +21,8 @@ _SUCCESS_WORDING: dict[Evidence | None, str] = {
     Evidence.POWER_STATE: "verified: the BMC reports the target state",
     Evidence.ALREADY: "verified: the BMC already reported the target state, nothing sent",
     Evidence.OFF_THEN_ON: "verified: the BMC reported off, then on",
-    Evidence.ACKNOWLEDGED: "acknowledged by the BMC, not observable through the power state",
+    Evidence.ACKNOWLEDGED: "acknowledged by the BMC; it cannot be read back, so not verified",
+    Evidence.BOOT_DEVICE: "verified: the BMC reports the boot device that was set",
     Evidence.READ: "read from the BMC",
     None: "succeeded",
 }

@@ -26,6 +26,7 @@ from powerq.states import (
     DEFAULT_DEADLINE_S,
     OUTSTANDING_STATUSES,
     Action,
+    BootDevice,
     DesiredPowerState,
     RequestStatus,
     desired_after,
@@ -117,6 +118,8 @@ def request_power(
     batch_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
     not_before: datetime | None = None,
+    boot_device: BootDevice | None = None,
+    boot_persistent: bool = False,
 ) -> PowerIntent:
     """Record the intent to run ``action`` on ``node``, in the caller's transaction.
 
@@ -145,6 +148,8 @@ def request_power(
             batch_id=batch_id,
             idempotency_key=idempotency_key,
             not_before=not_before,
+            boot_device=boot_device.value if boot_device else None,
+            boot_persistent=boot_persistent,
         )
         try:
             insert_outstanding(session, candidate)
@@ -152,17 +157,33 @@ def request_power(
             existing = outstanding_request(session, node.id)
             if existing is None:
                 continue  # it finished between our insert and our read: try again
-            if existing.action is action:
+            if _identical(existing, candidate):
                 return PowerIntent("existing", existing)
             raise ConflictingRequest(
-                f"node {node.name!r} has an outstanding {existing.action.value!r} request "
-                f"({existing.status.value}); a {action.value!r} request cannot be accepted "
-                "until it finishes, and in-flight requests are never cancelled",
+                f"node {node.name!r} has an outstanding {_describe(existing)} request "
+                f"({existing.status.value}); a {_describe(candidate)} request cannot be "
+                "accepted until it finishes, and in-flight requests are never cancelled",
                 outstanding=existing,
             ) from None
         _record_intent(session, node, candidate, actor)
         return PowerIntent("created", candidate)
     raise Conflict(f"node {node.name!r} is too busy to accept a request now; try again")
+
+
+def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:
+    """Whether ``candidate`` asks for what ``existing`` already does (same action,
+    same boot device): then it is answered with ``existing``."""
+    return (existing.action, existing.boot_device, existing.boot_persistent) == (
+        candidate.action,
+        candidate.boot_device,
+        candidate.boot_persistent,
+    )
+
+
+def _describe(request: PowerRequest) -> str:
+    if request.boot_device is None:
+        return repr(request.action.value)
+    return f"{request.action.value!r} (boot {request.boot_device})"
 
 
 def _lock_live(session: Session, node: Node) -> None:

@@ -6,11 +6,15 @@ the session, and is decrypted only by :func:`bmc_target`, inside the executor.
 Rules every registration, change and import follows:
 
 * **One machine, one node.** Two live nodes never share a BMC endpoint (address,
-  compared case-insensitively, and port): they could receive two commands at
-  once. The partial unique index ``uq_nodes_bmc_endpoint`` decides; a friendly
+  compared case-insensitively, port, and the Redfish system path: one Redfish
+  BMC may serve several systems): they could receive two commands at once.
+  The partial unique index ``uq_nodes_bmc_endpoint`` decides; a friendly
   check before the write names the node that holds the endpoint, and the
   index's own refusal (a concurrent registration) is answered the same way.
 * **Enabled drivers only.** A node's driver must be one of ``POWERQ_DRIVERS``.
+* **Options of its own protocol only** (:mod:`powerq.node_options`): a Redfish
+  node takes a system path and TLS options, an IPMI node a cipher suite,
+  privilege and Kg; anything else is refused.
 * **Deleting keeps the audit trail.** A deleted node is only marked
   (``deleted_at``): its requests and events stay, and its name and endpoint
   are free for a new node.
@@ -30,13 +34,15 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from powerq import node_options
 from powerq.audit import record_event
 from powerq.bmc.base import BmcTarget
-from powerq.config import UNAVAILABLE_DRIVERS, get_settings
+from powerq.config import get_settings
 from powerq.db import utcnow
 from powerq.errors import BmcEndpointTaken, Conflict, DriverNotEnabled, InvalidInput
 from powerq.intents import find_node
 from powerq.models import Node, PowerRequest
+from powerq.node_options import NodeOptions
 from powerq.secrets import decrypt_password, encrypt_password
 from powerq.states import OUTSTANDING_STATUSES, DesiredPowerState, DriverKind, PowerState
 
@@ -63,6 +69,7 @@ class NodeSpec:
     username: str
     password: str = field(repr=False)
     tags: tuple[str, ...] = ()
+    options: NodeOptions = field(default_factory=NodeOptions)
 
 
 def validate_name(name: str) -> str:
@@ -90,20 +97,14 @@ def enabled_drivers() -> tuple[DriverKind, ...]:
 def require_driver(driver: DriverKind) -> None:
     """Accept ``driver`` only if it is enabled.
 
-    :raises DriverNotEnabled: it does not exist yet (redfish), or is not in
-        ``POWERQ_DRIVERS`` (the message says how to enable it).
+    :raises DriverNotEnabled: it is not in ``POWERQ_DRIVERS`` (the message says
+        how to enable it).
     """
     enabled = enabled_drivers()
-    if driver in enabled and driver not in UNAVAILABLE_DRIVERS:
+    if driver in enabled:
         return
     listed = ", ".join(kind.value for kind in enabled)
     values = [kind.value for kind in enabled]
-    if driver in UNAVAILABLE_DRIVERS:
-        raise DriverNotEnabled(
-            f"the {driver.value.capitalize()} driver is not available yet; "
-            f"register the node with an enabled driver ({listed})",
-            enabled_drivers=values,
-        )
     fake = " ('sim' is an in-process fake, meant for tests)" if driver is DriverKind.SIM else ""
     raise DriverNotEnabled(
         f"driver {driver.value!r} is not enabled (enabled: {listed}); to enable it, add it "
@@ -114,32 +115,50 @@ def require_driver(driver: DriverKind) -> None:
 
 
 def endpoint_holder(
-    session: Session, address: str, port: int, *, other_than: int | None = None
+    session: Session,
+    address: str,
+    port: int,
+    system: str | None = None,
+    *,
+    other_than: int | None = None,
 ) -> Node | None:
-    """The live node registered on BMC ``address:port`` (address in any case), if any."""
+    """The live node registered on BMC ``address:port`` (address in any case) and
+    Redfish system path (None: none), if any."""
     query = select(Node).where(
-        LIVE, func.lower(Node.bmc_address) == func.lower(address), Node.bmc_port == port
+        LIVE,
+        func.lower(Node.bmc_address) == func.lower(address),
+        Node.bmc_port == port,
+        func.coalesce(Node.bmc_system, "") == (system or ""),
     )
     if other_than is not None:
         query = query.where(Node.id != other_than)
     return session.scalars(query).first()
 
 
-def _endpoint_taken(address: str, port: int, holder: str | None) -> BmcEndpointTaken:
+def _endpoint_taken(
+    address: str, port: int, system: str | None, holder: str | None
+) -> BmcEndpointTaken:
+    endpoint = f"BMC {address}:{port}" + (f" system {system}" if system else "")
     if holder is None:  # the holder went away again after refusing us
-        return BmcEndpointTaken(f"BMC {address}:{port} is already registered as another node")
+        return BmcEndpointTaken(f"{endpoint} is already registered as another node")
     return BmcEndpointTaken(
-        f"BMC {address}:{port} is already registered as node {holder!r}", existing_node=holder
+        f"{endpoint} is already registered as node {holder!r}", existing_node=holder
     )
 
 
 def _require_free_endpoint(
-    session: Session, address: str, port: int, *, other_than: int | None = None
+    session: Session,
+    address: str,
+    port: int,
+    system: str | None = None,
+    *,
+    other_than: int | None = None,
 ) -> None:
-    """:raises BmcEndpointTaken: another live node is registered on ``address:port``."""
-    holder = endpoint_holder(session, address, port, other_than=other_than)
+    """:raises BmcEndpointTaken: another live node is registered on ``address:port``
+    (and the same system path)."""
+    holder = endpoint_holder(session, address, port, system, other_than=other_than)
     if holder is not None:
-        raise _endpoint_taken(address, port, holder.name)
+        raise _endpoint_taken(address, port, system, holder.name)
 
 
 def _constraint_name(error: IntegrityError) -> str | None:
@@ -150,7 +169,13 @@ def _constraint_name(error: IntegrityError) -> str | None:
 
 @contextlib.contextmanager
 def _node_write(
-    session: Session, name: str, address: str, port: int, *, node_id: int | None = None
+    session: Session,
+    name: str,
+    address: str,
+    port: int,
+    system: str | None = None,
+    *,
+    node_id: int | None = None,
 ) -> Iterator[None]:
     """Run the body (which adds or changes node ``name``, to be on ``address:port``)
     in a savepoint of the caller's transaction, and flush it there.
@@ -174,8 +199,8 @@ def _node_write(
             raise Conflict(f"a node named {name!r} already exists") from None
         if constraint == ENDPOINT_INDEX:
             with session.no_autoflush:
-                holder = endpoint_holder(session, address, port, other_than=node_id)
-            raise _endpoint_taken(address, port, holder.name if holder else None) from None
+                holder = endpoint_holder(session, address, port, system, other_than=node_id)
+            raise _endpoint_taken(address, port, system, holder.name if holder else None) from None
         raise
 
 
@@ -186,8 +211,9 @@ def _name_taken(session: Session, name: str) -> bool:
 def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
     """Register a node in the caller's transaction.
 
-    :raises InvalidInput: a field is out of range.
-    :raises DriverNotEnabled: the driver is not enabled (or not available yet).
+    :raises InvalidInput: a field is out of range, or an option does not apply
+        to the driver.
+    :raises DriverNotEnabled: the driver is not enabled.
     :raises Conflict: a live node with that name exists.
     :raises BmcEndpointTaken: a live node is registered on the same BMC endpoint.
     """
@@ -195,9 +221,11 @@ def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
     if not 1 <= spec.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {spec.port}")
     require_driver(spec.driver)
+    node_options.check(spec.options, spec.driver)
     if _name_taken(session, spec.name):
         raise Conflict(f"a node named {spec.name!r} already exists")
-    _require_free_endpoint(session, spec.address, spec.port)
+    system = spec.options.system
+    _require_free_endpoint(session, spec.address, spec.port, system)
     node = Node(
         name=spec.name,
         driver=spec.driver,
@@ -206,8 +234,12 @@ def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
         bmc_username=spec.username,
         bmc_password_encrypted=encrypt_password(spec.password),
         tags=sorted(set(spec.tags)),
+        verify_tls=True,
+        ipmi_cipher_suite="auto",
+        ipmi_privilege="administrator",
     )
-    with _node_write(session, spec.name, spec.address, spec.port):
+    node_options.apply(node, spec.options)
+    with _node_write(session, spec.name, spec.address, spec.port, system):
         session.add(node)
     record_event(session, node_id=node.id, kind="registered", actor=actor, message="node added")
     return node
@@ -330,6 +362,7 @@ class NodeChanges:
     tags: tuple[str, ...] | None = None
     maintenance: bool | None = None
     clear_desired: bool = False
+    options: NodeOptions = field(default_factory=NodeOptions)
 
 
 def _apply_fields(node: Node, changes: NodeChanges) -> list[str]:
@@ -350,18 +383,24 @@ def _apply_fields(node: Node, changes: NodeChanges) -> list[str]:
     return changed
 
 
-def _endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int]:
-    """The BMC address and port ``node`` will have once ``changes`` are applied."""
+def _endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int, str | None]:
+    """The BMC address, port and system ``node`` will have once ``changes`` are applied
+    (a node leaving Redfish loses its system path)."""
     address = changes.address if changes.address is not None else node.bmc_address
-    return address, changes.port if changes.port is not None else node.bmc_port
+    port = changes.port if changes.port is not None else node.bmc_port
+    system = node_options.system_of(changes.options, node.bmc_system)
+    if (changes.driver or node.driver) is not DriverKind.REDFISH:
+        system = None
+    return address, port, system
 
 
 def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeChanges:
     """``changes`` with tags normalised, if they may be applied to ``node``.
 
-    :raises InvalidInput: a port or tag is out of range.
+    :raises InvalidInput: a port or tag is out of range, or an option does not
+        apply to the node's (new) driver.
     :raises DriverNotEnabled: the new driver is not enabled.
-    :raises BmcEndpointTaken: the new address/port is another live node's BMC.
+    :raises BmcEndpointTaken: the new address/port/system is another live node's BMC.
     """
     if changes.port is not None and not 1 <= changes.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {changes.port}")
@@ -369,9 +408,10 @@ def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeCh
         changes = dataclasses.replace(changes, tags=tuple(validate_tags(changes.tags)))
     if changes.driver is not None:
         require_driver(changes.driver)
-    if changes.address is not None or changes.port is not None:
-        address, port = _endpoint_after(node, changes)
-        _require_free_endpoint(session, address, port, other_than=node.id)
+    node_options.check(changes.options, changes.driver or node.driver)
+    address, port, system = _endpoint_after(node, changes)
+    if (address, port, system) != (node.bmc_address, node.bmc_port, node.bmc_system):
+        _require_free_endpoint(session, address, port, system, other_than=node.id)
     return changes
 
 
@@ -381,15 +421,20 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
     Writes one ``updated`` event naming the changed fields (never a password).
     On any error nothing is changed.
 
-    :raises InvalidInput: a port, tag or other field is out of range.
-    :raises DriverNotEnabled: the new driver is not enabled (or not available yet).
-    :raises BmcEndpointTaken: the new address/port is another live node's BMC
+    A changed driver puts the other protocol's options back to their defaults.
+
+    :raises InvalidInput: a port, tag or other field is out of range, or an
+        option does not apply to the node's (new) driver.
+    :raises DriverNotEnabled: the new driver is not enabled.
+    :raises BmcEndpointTaken: the new address/port/system is another live node's BMC
         (also when a concurrent change took it first).
     """
     changes = _check_changes(session, node, changes)
-    address, port = _endpoint_after(node, changes)
-    with _node_write(session, node.name, address, port, node_id=node.id):
+    address, port, system = _endpoint_after(node, changes)
+    with _node_write(session, node.name, address, port, system, node_id=node.id):
         changed = _apply_fields(node, changes)
+        changed += node_options.reset_foreign(node, node.driver)
+        changed += node_options.apply(node, changes.options)
     if changes.password is not None:
         set_password(node, changes.password)
         changed.append("password")
@@ -492,6 +537,7 @@ def _changes_from(spec: NodeSpec) -> NodeChanges:
         username=spec.username,
         password=spec.password,
         tags=spec.tags,
+        options=spec.options,
     )
 
 

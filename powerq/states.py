@@ -50,6 +50,10 @@ POWER_ENDPOINT_ACTIONS: tuple[Action, ...] = (
 )
 
 
+# Actions a boot device may be set before, in the same request.
+BOOT_THEN_POWER_ACTIONS: tuple[Action, ...] = (Action.ON, Action.CYCLE, Action.RESET)
+
+
 class BootDevice(enum.StrEnum):
     """Where a machine boots from next (IPMI boot flags / Redfish BootSourceOverrideTarget)."""
 

@@ -41,11 +41,12 @@ from powerq.inventory import (
     outstanding_by_node,
     update_node,
 )
+from powerq.node_options import ALL_OPTIONS
 
 bp = APIBlueprint("nodes", __name__, url_prefix="/v1/nodes", tag="Nodes")
 
 IMPORT_COLUMNS = ("name", "driver", "address", "port", "username", "password")
-IMPORT_FIELDS = (*IMPORT_COLUMNS, "tags")
+IMPORT_FIELDS = (*IMPORT_COLUMNS, "tags", *ALL_OPTIONS)
 CSV_MIME = "text/csv"
 # The header line is fixed (tags optional); data rows follow.
 CSV_BODY_PATTERN = r"^\ufeff?" + ",".join(IMPORT_COLUMNS) + r"(,tags)?(\r?\n[\s\S]*)?$"

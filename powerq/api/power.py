@@ -27,12 +27,13 @@ from powerq.api import idempotency, openapi
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
 from powerq.api.idempotency import CallKey
 from powerq.api.results import ViewResult
-from powerq.api.schemas import PowerAccepted, PowerIn
+from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
 from powerq.api.serializers import PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
 from powerq.intents import find_node, request_power
 from powerq.inventory import outstanding_by_node
 from powerq.models import PowerRequest
+from powerq.states import Action, BootDevice
 from powerq.tasks.dispatch import dispatch_request
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,78 @@ def post_power(name: str, body: PowerIn) -> ViewResult:
     """Request a power action
 
     `on`/`off`/`soft_off` set the desired power state (soft_off → off),
-    `cycle`/`reset` set it to on, `query` leaves it. Send `Idempotency-Key` to
-    make retries safe: a retry with the same key and body gets the first answer
-    back; the same key with a different body is refused (422).
+    `cycle`/`reset` set it to on, `query` leaves it. With `boot_device`
+    (on, cycle, reset) the boot device is set first, in the same request.
+    Send `Idempotency-Key` to make retries safe: a retry with the same key and
+    body gets the first answer back; the same key with a different body is
+    refused (422).
     """
-    call = _call_key(body)
+    ask = Ask(
+        body.action,
+        deadline_s=body.deadline_s,
+        soft_fallback=body.soft_fallback,
+        boot_device=body.boot_device,
+        boot_persistent=body.boot_persistent,
+    )
+    return _ask(name, ask)
+
+
+@bp.put("/<node:name>/boot-device")
+@bp.auth_required(auth, roles=[OPERATOR])
+@bp.input(BootDeviceIn, arg_name="body")
+@bp.output(PowerAccepted, status_code=202, description="A new request was recorded")
+@bp.doc(responses=_RESPONSES)
+def put_boot_device(name: str, body: BootDeviceIn) -> ViewResult:
+    """Set the boot device
+
+    A request like a power action, run on the node's lane (never at the same
+    time as one of its power actions): the device is set, then read back
+    where the BMC allows (`evidence` `boot_device`; `acknowledged` when it
+    cannot be read back). To boot from it, request a power action, or send
+    `boot_device` with `cycle` in one request.
+    """
+    ask = Ask(
+        Action.BOOT,
+        deadline_s=body.deadline_s,
+        boot_device=body.device,
+        boot_persistent=body.persistent,
+    )
+    return _ask(name, ask)
+
+
+@bp.post("/<node:name>/validate")
+@bp.auth_required(auth, roles=[OPERATOR])
+@bp.output(PowerAccepted, status_code=202, description="A new request was recorded")
+@bp.doc(responses=_RESPONSES)
+def post_validate(name: str) -> ViewResult:
+    """Check the node's BMC credentials and reachability
+
+    A request on the node's lane that logs in and reads the power state. It
+    succeeds with the state read, or fails with what is wrong in one line
+    (unreachable, authentication refused, cipher suite or protocol, TLS, no
+    such system).
+    """
+    return _ask(name, Ask(Action.VALIDATE))
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a call asks for, whichever endpoint it came through."""
+
+    action: Action
+    deadline_s: float | None = None
+    soft_fallback: bool = False
+    boot_device: BootDevice | None = None
+    boot_persistent: bool = False
+
+
+def _ask(name: str, ask: Ask) -> ViewResult:
+    """Record ``ask`` (replaying an idempotent retry), then wake the lane."""
+    call = _call_key(ask.action)
     if call is not None and (stored := idempotency.stored_answer(call)) is not None:
         return idempotency.replay(stored)
     try:
-        recorded = _record(name, body, call)
+        recorded = _record(name, ask, call)
     except IntegrityError:
         # A concurrent first call with the same key committed first: answer as it did.
         stored = idempotency.stored_answer(call) if call is not None else None
@@ -92,7 +156,7 @@ def post_power(name: str, body: PowerIn) -> ViewResult:
     return _dispatch_and_answer(recorded, call)
 
 
-def _call_key(body: PowerIn) -> CallKey | None:
+def _call_key(action: Action) -> CallKey | None:
     """The call's idempotency identity, or None without an ``Idempotency-Key``.
 
     :raises InvalidInput: the header is malformed.
@@ -101,12 +165,10 @@ def _call_key(body: PowerIn) -> CallKey | None:
     if key is None:
         return None
     fingerprint = idempotency.request_fingerprint()
-    return CallKey(
-        current_actor(), key, request.method, request.path, body.action.value, fingerprint
-    )
+    return CallKey(current_actor(), key, request.method, request.path, action.value, fingerprint)
 
 
-def _record(name: str, body: PowerIn, call: CallKey | None) -> Recorded:
+def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
     """Record the intent and (with a key) its answer, in one transaction.
 
     :raises NotFound: no such node.
@@ -119,11 +181,13 @@ def _record(name: str, body: PowerIn, call: CallKey | None) -> Recorded:
         intent = request_power(
             session,
             node,
-            body.action,
+            ask.action,
             actor=current_actor(),
-            deadline_s=body.deadline_s,
-            soft_fallback=body.soft_fallback,
+            deadline_s=ask.deadline_s,
+            soft_fallback=ask.soft_fallback,
             idempotency_key=call.key if call is not None else None,
+            boot_device=ask.boot_device,
+            boot_persistent=ask.boot_persistent,
         )
         recorded = _answer(intent.created, intent.request, node.name)
         if call is not None:
@@ -173,17 +237,22 @@ def get_power(name: str) -> ViewResult:
         return power_status_out(node, outstanding)
 
 
-openapi.document_header(
-    "/v1/nodes/{name}/power",
-    "post",
-    {
-        "name": idempotency.HEADER,
-        "in": "header",
-        "required": False,
-        "description": "Makes retries safe: a retry with the same key gets the first answer",
-        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
-    },
-)
+for _path, _method in (
+    ("/v1/nodes/{name}/power", "post"),
+    ("/v1/nodes/{name}/boot-device", "put"),
+    ("/v1/nodes/{name}/validate", "post"),
+):
+    openapi.document_header(
+        _path,
+        _method,
+        {
+            "name": idempotency.HEADER,
+            "in": "header",
+            "required": False,
+            "description": "Makes retries safe: a retry with the same key gets the first answer",
+            "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+        },
+    )
 
 
 def init_app(app: APIFlask) -> None:

@@ -31,9 +31,20 @@ from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from powerq.api.serializers import NodeOut, PowerEventOut, PowerRequestOut, TokenOut
 from powerq.intents import MAX_DEADLINE_S
 from powerq.inventory import RESERVED_NAMES, NodeChanges, NodeFilter, NodeSpec
+from powerq.node_options import (
+    ALL_OPTIONS,
+    CA_BUNDLE_MAX_CHARS,
+    CLEARABLE,
+    OPTIONS_OF,
+    SYSTEM_PREFIX,
+    NodeOptions,
+    default_port,
+)
 from powerq.states import (
+    BOOT_THEN_POWER_ACTIONS,
     POWER_ENDPOINT_ACTIONS,
     Action,
+    BootDevice,
     DesiredPowerState,
     DriverKind,
     PowerState,
@@ -178,16 +189,87 @@ class QueryString(BaseModel):
     )
 
 
+# Node options (powerq.node_options says which driver each applies to).
+SystemPath = Annotated[
+    str,
+    StringConstraints(max_length=255, pattern=rf"^{SYSTEM_PREFIX}[^\s?#]+$"),
+    Field(description="redfish: the system this node is (default: the only one)"),
+]
+CaBundle = Annotated[
+    str,
+    StringConstraints(max_length=CA_BUNDLE_MAX_CHARS, pattern=r"^[^\x00]*$"),
+    Field(description="redfish: PEM certificate(s) to verify the BMC with; shown as ca_bundle_set"),
+]
+VerifyTls = Annotated[
+    bool, Field(description="redfish: verify the BMC's TLS certificate (default true)")
+]
+CipherSuite = Annotated[
+    Literal["auto", "3", "17"], Field(description="ipmi: RMCP+ cipher suite (default auto)")
+]
+Privilege = Annotated[
+    Literal["operator", "administrator"],
+    Field(description="ipmi: session privilege (default administrator)"),
+]
+Kg = Annotated[
+    SecretStr,
+    Field(
+        max_length=42,
+        description="ipmi: the BMC key (Kg), 0x + hex digits or text, at most 20 bytes; "
+        "write-only, shown as ipmi_kg_set",
+    ),
+]
+
+
+def _options_follow_driver(schema: dict[str, Any]) -> None:
+    """json_schema_extra of NodeIn/NodePatch: a body naming a driver carries only that
+    driver's options (the rule powerq.node_options.check enforces)."""
+    _drop_null_defaults(schema)
+    rules = []
+    for driver, own in OPTIONS_OF.items():
+        foreign = [name for name in ALL_OPTIONS if name not in own]
+        rules.append(
+            {
+                "if": {"properties": {"driver": {"const": driver.value}}, "required": ["driver"]},
+                "then": {"not": {"anyOf": [{"required": [name]} for name in foreign]}},
+            }
+        )
+    schema["allOf"] = rules
+
+
+def _options_of(body: BaseModel, cleared: frozenset[str] = frozenset()) -> NodeOptions:
+    """The node options a body carries (NodeIn or NodePatch)."""
+    kg = getattr(body, "ipmi_kg", None)
+    return NodeOptions(
+        system=getattr(body, "system", None),
+        verify_tls=getattr(body, "verify_tls", None),
+        ca_bundle=getattr(body, "ca_bundle", None),
+        ipmi_cipher_suite=getattr(body, "ipmi_cipher_suite", None),
+        ipmi_privilege=getattr(body, "ipmi_privilege", None),
+        ipmi_kg=kg.get_secret_value() if kg is not None else None,
+        cleared=cleared,
+    )
+
+
 class NodeIn(JsonBody):
-    """A machine to register."""
+    """A machine to register. Options of the other driver's protocol are refused."""
+
+    model_config = ConfigDict(json_schema_extra=_options_follow_driver)
 
     name: NodeName
     driver: Driver
     address: Address = Field(description="BMC host name or IP address")
-    port: Port = 623
+    port: Omittable[Port] = Field(
+        default=None, description="BMC port (default 623 for ipmi and sim, 443 for redfish)"
+    )
     username: Username
     password: Password
     tags: Tags = []
+    system: Omittable[SystemPath] = None
+    verify_tls: Omittable[VerifyTls] = None
+    ca_bundle: Omittable[CaBundle] = None
+    ipmi_cipher_suite: Omittable[CipherSuite] = None
+    ipmi_privilege: Omittable[Privilege] = None
+    ipmi_kg: Omittable[Kg] = None
 
     def spec(self) -> NodeSpec:
         """The inventory's view of this body."""
@@ -195,16 +277,20 @@ class NodeIn(JsonBody):
             name=self.name,
             driver=self.driver,
             address=self.address,
-            port=self.port,
+            port=self.port if self.port is not None else default_port(self.driver),
             username=self.username,
             password=self.password.get_secret_value(),
             tags=tuple(self.tags),
+            options=_options_of(self),
         )
 
 
 class NodePatch(JsonBody):
     """Fields to change; absent fields stay. ``desired_power_state`` may only be null
-    (clearing it): power requests are what set it."""
+    (clearing it): power requests are what set it. Options must be those of the
+    node's driver (the new one, if the body changes it)."""
+
+    model_config = ConfigDict(json_schema_extra=_options_follow_driver)
 
     driver: Omittable[Driver] = None
     address: Omittable[Address] = None
@@ -216,7 +302,13 @@ class NodePatch(JsonBody):
     desired_power_state: None = Field(
         default=None, description="Only null, which clears the desired power state"
     )
-    nullable: ClassVar[frozenset[str]] = frozenset({"desired_power_state"})
+    system: SystemPath | None = Field(default=None, description="redfish; null: the only one")
+    verify_tls: Omittable[VerifyTls] = None
+    ca_bundle: CaBundle | None = Field(default=None, description="redfish; null removes it")
+    ipmi_cipher_suite: Omittable[CipherSuite] = None
+    ipmi_privilege: Omittable[Privilege] = None
+    ipmi_kg: Kg | None = Field(default=None, description="ipmi, write-only; null removes it")
+    nullable: ClassVar[frozenset[str]] = frozenset({"desired_power_state", *CLEARABLE})
 
     def changes(self) -> NodeChanges:
         """The inventory's view of this body."""
@@ -230,6 +322,14 @@ class NodePatch(JsonBody):
             tags=tuple(self.tags) if self.tags is not None else None,
             maintenance=self.maintenance,
             clear_desired="desired_power_state" in self.model_fields_set,
+            options=_options_of(self, self._cleared()),
+        )
+
+    def _cleared(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for name in CLEARABLE
+            if name in self.model_fields_set and getattr(self, name) is None
         )
 
     @field_validator("desired_power_state", mode="before")
@@ -242,17 +342,39 @@ class NodePatch(JsonBody):
         return None
 
 
-def _soft_fallback_needs_soft_off(schema: dict[str, Any]) -> None:
-    """json_schema_extra of PowerIn: document the rule its validator enforces."""
+def _power_in_rules(schema: dict[str, Any]) -> None:
+    """json_schema_extra of PowerIn: document the rules its validator enforces."""
     _drop_null_defaults(schema)
-    schema["if"] = {"properties": {"soft_fallback": {"const": True}}, "required": ["soft_fallback"]}
-    schema["then"] = {"properties": {"action": {"const": Action.SOFT_OFF.value}}}
+    boot_actions = [a.value for a in BOOT_THEN_POWER_ACTIONS]
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"soft_fallback": {"const": True}}, "required": ["soft_fallback"]},
+            "then": {"properties": {"action": {"const": Action.SOFT_OFF.value}}},
+        },
+        {
+            "if": {
+                "properties": {"boot_device": {"type": "string"}},
+                "required": ["boot_device"],
+            },
+            "then": {"properties": {"action": {"enum": boot_actions}}},
+        },
+        {
+            "if": {
+                "properties": {"boot_persistent": {"const": True}},
+                "required": ["boot_persistent"],
+            },
+            "then": {
+                "properties": {"boot_device": {"type": "string"}},
+                "required": ["boot_device"],
+            },
+        },
+    ]
 
 
 class PowerIn(JsonBody):
     """A power action to request. ``soft_fallback`` applies to ``soft_off`` only."""
 
-    model_config = ConfigDict(json_schema_extra=_soft_fallback_needs_soft_off)
+    model_config = ConfigDict(json_schema_extra=_power_in_rules)
 
     action: PowerAction
     deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
@@ -262,11 +384,39 @@ class PowerIn(JsonBody):
         default=False, description="soft_off only: hard off when the deadline passes"
     )
 
+    boot_device: Omittable[Annotated[BootDevice, Strict(False)]] = Field(
+        default=None,
+        description=(
+            "on, cycle, reset only: set this boot device first, in the same request "
+            "(the provisioning pattern: boot from pxe, then cycle)"
+        ),
+    )
+    boot_persistent: bool = Field(
+        default=False, description="with boot_device: keep it for every boot, not only the next"
+    )
+
     @model_validator(mode="after")
     def _fallback_only_for_soft_off(self) -> PowerIn:
         if self.soft_fallback and self.action is not Action.SOFT_OFF:
             raise ValueError("soft_fallback applies to soft_off only")
+        if self.boot_device is not None and self.action not in BOOT_THEN_POWER_ACTIONS:
+            names = ", ".join(a.value for a in BOOT_THEN_POWER_ACTIONS)
+            raise ValueError(f"boot_device goes with {names} only")
+        if self.boot_persistent and self.boot_device is None:
+            raise ValueError("boot_persistent needs boot_device")
         return self
+
+
+class BootDeviceIn(JsonBody):
+    """The boot device to set (a request on the node's lane, like a power action)."""
+
+    device: Annotated[BootDevice, Strict(False)]
+    persistent: bool = Field(
+        default=False, description="keep it for every boot (default: the next boot only)"
+    )
+    deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
+        default=None, description="Seconds it may take (default 60)"
+    )
 
 
 class TokenIn(JsonBody):

@@ -110,6 +110,12 @@ class NodeOut(OutModel):
     last_error: str | None
     last_checked_at: UtcDatetime | None
     tags: list[str]
+    system: str | None = Field(description="redfish: the system path (null: the only one)")
+    verify_tls: bool = Field(description="redfish: whether the BMC's certificate is verified")
+    ca_bundle_set: bool = Field(description="redfish: whether a CA bundle is stored")
+    ipmi_cipher_suite: str = Field(description="ipmi: auto, 3 or 17")
+    ipmi_privilege: str = Field(description="ipmi: operator or administrator")
+    ipmi_kg_set: bool = Field(description="ipmi: whether a BMC key (Kg) is stored")
     outstanding_request: PowerRequestOut | None = Field(
         description="The pending or running request, if any"
     )
@@ -219,6 +225,12 @@ def node_out(node: Node, outstanding: PowerRequest | None = None) -> NodeOut:
         last_error=node.last_error,
         last_checked_at=node.last_checked_at,
         tags=list(node.tags),
+        system=node.bmc_system,
+        verify_tls=node.verify_tls,
+        ca_bundle_set=node.ca_bundle is not None,
+        ipmi_cipher_suite=node.ipmi_cipher_suite,
+        ipmi_privilege=node.ipmi_privilege,
+        ipmi_kg_set=node.ipmi_kg_encrypted is not None,
         outstanding_request=_maybe_request(outstanding),
         created_at=node.created_at,
         updated_at=node.updated_at,

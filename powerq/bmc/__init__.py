@@ -34,9 +34,9 @@ __all__ = [
 
 
 def driver_for(target: BmcTarget) -> PowerDriver:
-    """The driver for ``target``: IPMI (shared session cache), sim (in-process registry).
+    """The driver for ``target``: IPMI and Redfish (shared session caches), sim
+    (in-process registry).
 
-    :raises NotImplementedError: ``redfish`` (not built yet).
     :raises ValueError: an unknown driver name.
     """
     kind = DriverKind(target.driver)
@@ -44,20 +44,23 @@ def driver_for(target: BmcTarget) -> PowerDriver:
         from powerq.bmc.ipmi import IpmiDriver
 
         return IpmiDriver(target)
+    if kind is DriverKind.REDFISH:
+        from powerq.bmc.redfish import RedfishDriver
+
+        return RedfishDriver(target)
     if kind is DriverKind.SIM:
         from powerq.bmc.sim import REGISTRY
 
         return REGISTRY.get(target)
-    raise NotImplementedError(
-        f"the {kind.value} driver is not implemented yet (BMC {target.label}); "
-        "use driver 'ipmi' for this node, or 'sim' in tests"
-    )
+    raise ValueError(f"unknown driver {kind.value!r} (BMC {target.label})")
 
 
 def close_all() -> None:
-    """Log out of every IPMI session this process holds (no-op if IPMI was never used)."""
+    """Log out of every IPMI and Redfish session this process holds (no-op for a
+    protocol never used)."""
     import sys
 
-    ipmi = sys.modules.get("powerq.bmc.ipmi")
-    if ipmi is not None:
-        ipmi.SESSIONS.close_all()
+    for module in ("powerq.bmc.ipmi", "powerq.bmc.redfish"):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            loaded.SESSIONS.close_all()

@@ -32,7 +32,7 @@ from powerq.bmc.base import (
     BmcUnreachable,
     PowerDriver,
 )
-from powerq.states import Action, PowerState
+from powerq.states import Action, BootDevice, PowerState
 
 FAULT_KINDS = frozenset({"down", "lossy", "wrong_credentials", "reject", "flaky", "stuck"})
 _SENDABLE = frozenset({Action.ON, Action.OFF, Action.SOFT_OFF, Action.CYCLE, Action.RESET})
@@ -71,6 +71,8 @@ class SimPowerDriver(PowerDriver):
         self.faults: dict[str, dict[str, Any]] = {}
         self.sent: list[tuple[float, Action]] = []  # accepted actions, with the clock's time
         self.overlaps = 0
+        self.boot: tuple[BootDevice, bool] | None = None
+        self.boot_sets: list[tuple[float, BootDevice]] = []  # every set, with the clock's time
         self._clock = clock
         self._power = power
         self._steps: list[tuple[float, PowerState]] = []  # (when, state) still to happen
@@ -107,6 +109,27 @@ class SimPowerDriver(PowerDriver):
             self.sent.append((self._clock(), action))
             if "stuck" not in self.faults:
                 self._steps = self._plan(action)
+
+    def set_boot_device(self, device: BootDevice, *, persistent: bool) -> None:
+        """Remember the boot device (recorded in :attr:`boot_sets`).
+
+        :raises BmcUnreachable: ``down``, ``lossy`` or ``flaky`` fault.
+        :raises BmcAuthError: ``wrong_credentials`` fault.
+        """
+        with self._lock:
+            self._check_faults("set boot device")
+            self.boot = (device, persistent)
+            self.boot_sets.append((self._clock(), device))
+
+    def get_boot_device(self) -> BootDevice | None:
+        """The boot device set last (None: none).
+
+        :raises BmcUnreachable: ``down``, ``lossy`` or ``flaky`` fault.
+        :raises BmcAuthError: ``wrong_credentials`` fault.
+        """
+        with self._lock:
+            self._check_faults("get boot device")
+            return self.boot[0] if self.boot else None
 
     def set_fault(self, kind: str, **params: Any) -> None:
         """Activate a fault (see the module docstring).

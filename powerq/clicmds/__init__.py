@@ -10,11 +10,12 @@ import click
 
 from powerq.clicmds.batch import batch, batches
 from powerq.clicmds.nodes import nodes
-from powerq.clicmds.power import power, requests_group, status
+from powerq.clicmds.power import boot, power, requests_group, status
 
 CLIENT_COMMANDS: tuple[click.Command, ...] = (
     nodes,
     power,
+    boot,
     requests_group,
     status,
     batch,

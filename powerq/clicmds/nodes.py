@@ -34,7 +34,9 @@ def nodes() -> None:
     default=DriverKind.IPMI.value,
     show_default=True,
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=623, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="default: 623 ipmi, 443 redfish"
+)
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the node as JSON.")
 def add(
@@ -43,20 +45,21 @@ def add(
     username: str,
     password: str,
     driver: str,
-    port: int,
+    port: int | None,
     tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Register node NAME (admin token)."""
-    body = {
+    body: dict[str, Any] = {
         "name": name,
         "driver": driver,
         "address": address,
-        "port": port,
         "username": username,
         "password": password,
         "tags": list(tags),
     }
+    if port is not None:  # else the API's default for the driver
+        body["port"] = port
     node = client().add_node(body)
     if as_json:
         echo_json(node)
@@ -140,3 +143,25 @@ def import_(manifest: Path, update: bool, as_json: bool) -> None:
     invalid = report["summary"].get("invalid", 0)
     if invalid:
         raise PowerqError(f"{invalid} row(s) of {manifest} were invalid and not imported")
+
+
+@nodes.command("validate")
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every node.")
+@click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Give up waiting after this many seconds.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def validate(names: tuple[str, ...], every: bool, timeout: float, as_json: bool) -> None:
+    """Check each node's BMC: log in through its lane and read the power state.
+
+    Prints what is wrong in one line per node (unreachable, authentication
+    refused, cipher suite, TLS, no such system); exits 1 if any node failed.
+    """
+    from powerq.clicmds.power import run_requests
+
+    if every == bool(names):
+        raise click.UsageError("give node names, or --all")
+    api = client()
+    if every:
+        names = tuple(node["name"] for node in api.nodes())
+    run_requests(api, names, api.validate, True, timeout, as_json)

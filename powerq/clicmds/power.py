@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,17 +21,19 @@ from powerq.clicmds.output import (
 )
 from powerq.client import ApiError, Client, poll
 from powerq.errors import PowerqError
-from powerq.states import Action
+from powerq.states import POWER_ENDPOINT_ACTIONS, BootDevice
 
-ACTION = click.Choice([action.value for action in Action])
+ACTION = click.Choice([action.value for action in POWER_ENDPOINT_ACTIONS])
+BOOT_DEVICE = click.Choice([device.value for device in BootDevice])
+Send = Callable[[str], dict[str, Any]]
 # Answers that concern one node only: reported in its row, the others go on.
 _PER_NODE_STATUSES = (404, 409, 422)
 
 
-def _ask(api: Client, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Request the action on one node; a refusal or unknown node is a row, not an abort."""
+def _ask(send: Send, name: str) -> dict[str, Any]:
+    """Send the request for one node; a refusal or unknown node is a row, not an abort."""
     try:
-        answer = api.power(name, body)
+        answer = send(name)
     except ApiError as exc:
         if exc.status not in _PER_NODE_STATUSES:
             raise
@@ -81,6 +84,9 @@ def _wait_requests(api: Client, rows: list[dict[str, Any]], timeout: float, quie
 @click.option("--soft-fallback", is_flag=True, help="soft_off: hard off at the deadline.")
 @click.option("--timeout", type=click.FloatRange(1), default=900.0, show_default=True,
               help="With --wait: give up waiting after this many seconds.")  # fmt: skip
+@click.option("--boot-device", type=BOOT_DEVICE,
+              help="on/cycle/reset: set this boot device first, in the same request.")
+@click.option("--persistent-boot", is_flag=True, help="With --boot-device: for every boot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def power(
     nodes: tuple[str, ...],
@@ -89,8 +95,10 @@ def power(
     deadline: float | None,
     soft_fallback: bool,
     timeout: float,
+    boot_device: str | None,
+    persistent_boot: bool,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Request ACTION (on, off, soft_off, cycle, reset, query) on each NODE.
 
     A node whose identical request is outstanding gets that request; one with
@@ -103,7 +111,20 @@ def power(
         body["deadline_s"] = deadline
     if soft_fallback:
         body["soft_fallback"] = True
-    rows = [_ask(api, name, body) for name in dict.fromkeys(nodes)]
+    if boot_device is not None:
+        body.update(boot_device=boot_device, boot_persistent=persistent_boot)
+    run_requests(api, nodes, lambda name: api.power(name, body), wait, timeout, as_json)
+
+
+def run_requests(
+    api: Client, nodes: tuple[str, ...], send: Send, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Send one request per node, optionally wait, print the rows.
+
+    :raises PowerqError: a node was refused or unknown, or (with ``wait``) did
+        not succeed.
+    """
+    rows = [_ask(send, name) for name in dict.fromkeys(nodes)]
     if wait:
         _wait_requests(api, rows, timeout, quiet=as_json)
     if as_json:
@@ -114,6 +135,29 @@ def power(
     if bad or (wait and any(_state(row) != "succeeded" for row in rows)):
         counts = Counter(_state(row) for row in rows if _state(row) != "succeeded")
         raise PowerqError(_tally(counts, len(rows)))
+
+
+@click.command("boot")
+@click.argument("nodes", nargs=-1, required=True)
+@click.argument("device", type=BOOT_DEVICE)
+@click.option("--persistent", is_flag=True, help="For every boot, not only the next one.")
+@click.option("--wait", is_flag=True, help="Wait until every request has finished.")
+@click.option("--timeout", type=click.FloatRange(1), default=900.0, show_default=True,
+              help="With --wait: give up waiting after this many seconds.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def boot(
+    nodes: tuple[str, ...], device: str, persistent: bool, wait: bool, timeout: float,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Set the boot DEVICE (pxe, disk, cdrom, bios) of each NODE.
+
+    Each is a request on the node's lane, like a power action (refused while
+    another request is outstanding). To set it and cycle in one request:
+    `powerq power NODE cycle --boot-device pxe`.
+    """
+    api = client()
+    body = {"device": device, "persistent": persistent}
+    run_requests(api, nodes, lambda name: api.boot_device(name, body), wait, timeout, as_json)
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from powerq.errors import ConfigError
 from powerq.health import record_failure, record_success
 from powerq.inventory import bmc_target
 from powerq.models import Node, PowerRequest
-from powerq.states import Action, Evidence, PowerState, RequestStatus, Step
+from powerq.states import Action, BootDevice, Evidence, PowerState, RequestStatus, Step
 
 ACTOR = "executor"
 # A continuation may be claimed this early: a worker clock slightly ahead of
@@ -61,6 +61,9 @@ class Claim:
     command_acked_at: datetime | None
     fallback_sent_at: datetime | None
     transition_seen_at: datetime | None
+    boot_device: BootDevice | None = None
+    boot_persistent: bool = False
+    boot_set_at: datetime | None = None
 
 
 def claim(request_id: uuid.UUID, lease_s: float) -> Claim | None:
@@ -164,6 +167,9 @@ def _snapshot(request: PowerRequest, node: Node, now: datetime) -> Claim:
         command_acked_at=request.command_acked_at,
         fallback_sent_at=request.fallback_sent_at,
         transition_seen_at=request.transition_seen_at,
+        boot_device=BootDevice(request.boot_device) if request.boot_device else None,
+        boot_persistent=request.boot_persistent,
+        boot_set_at=request.boot_set_at,
     )
 
 

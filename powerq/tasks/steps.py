@@ -24,6 +24,8 @@ from powerq.db import db_now, session_scope
 from powerq.states import (
     DEFAULT_DEADLINE_S,
     Action,
+    BootDevice,
+    DriverKind,
     Evidence,
     PowerState,
     RequestStatus,
@@ -100,7 +102,7 @@ def run_request(request_id: uuid.UUID) -> None:
         log.debug("request %s not claimable (finished, leased, not due or unrunnable)", request_id)
         return
     try:
-        driver = driver_for(c.target)
+        driver = _driver(c, settings.drivers)
     except (NotImplementedError, ValueError, BmcError) as exc:
         _close(c, Done(RequestStatus.FAILED, f"cannot drive BMC {c.target.label}: {exc}"))
         return
@@ -125,6 +127,20 @@ def run_request(request_id: uuid.UUID) -> None:
             return
         c = advanced
     _schedule(c, 0.01)
+
+
+def _driver(c: Claim, enabled: tuple[DriverKind, ...]) -> PowerDriver:
+    """The node's driver, if this host has it enabled (``POWERQ_DRIVERS``).
+
+    :raises ValueError: the driver is not enabled here, or unknown.
+    :raises BmcError: the driver could not be set up for this BMC.
+    """
+    if c.target.driver not in enabled:
+        names = ",".join(kind.value for kind in enabled)
+        raise ValueError(
+            f"the {c.target.driver} driver is not enabled on this host (POWERQ_DRIVERS={names})"
+        )
+    return driver_for(c.target)
 
 
 def _close(c: Claim, outcome: Done) -> None:
@@ -157,6 +173,8 @@ def perform(c: Claim, driver: PowerDriver) -> Outcome:
         # the next step): settle it by reading, never by sending again.
         step_to_run = Step.CHECK
     try:
+        if c.boot_device is not None and c.boot_set_at is None:
+            return _set_boot(c, driver, c.boot_device)
         if step_to_run is Step.QUERY:
             return _query(c, driver)
         if step_to_run is Step.SEND:
@@ -176,16 +194,35 @@ def _read(c: Claim, driver: PowerDriver) -> tuple[PowerState, datetime] | None:
 
 
 def _query(c: Claim, driver: PowerDriver) -> Outcome:
+    if c.action is Action.VALIDATE:
+        driver.close()  # a credential check logs in afresh: a cached session proves nothing
     read = _read(c, driver)
     if read is None:
         return Fenced()
     state, _ = read
-    if c.action is Action.QUERY:
+    if c.action in (Action.QUERY, Action.VALIDATE):
         return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.READ)
     if not needs_command(c.action, state):
         # already there: nothing sent
         return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.ALREADY)
     return Next(Step.SEND, 0, {"observed_before": state, "transient_errors": 0})
+
+
+def _set_boot(c: Claim, driver: PowerDriver, device: BootDevice) -> Outcome:
+    """Set the boot device (safe to repeat) and read it back where the BMC allows.
+
+    A ``boot`` request ends here; a power action with a boot device goes on
+    to its query step.
+    """
+    driver.set_boot_device(device, persistent=c.boot_persistent)
+    shown = driver.get_boot_device()
+    if shown is not None and shown is not device:
+        error = f"the BMC reports boot device {shown.value} after {device.value} was set"
+        return Done(RequestStatus.FAILED, error)
+    if c.action is Action.BOOT:
+        evidence = Evidence.BOOT_DEVICE if shown is device else Evidence.ACKNOWLEDGED
+        return Done(RequestStatus.SUCCEEDED, evidence=evidence)
+    return Next(Step.QUERY, 0, {"boot_set_at": c.now})
 
 
 def _send(c: Claim, driver: PowerDriver, *, fallback: bool = False) -> Outcome:

@@ -1,6 +1,6 @@
 """A node is registered, changed or imported only with an enabled driver
-(``POWERQ_DRIVERS``); redfish is refused until it exists. The suite runs with
-``POWERQ_DRIVERS=ipmi,sim`` (tests/conftest.py)."""
+(``POWERQ_DRIVERS``, default ipmi,redfish; sim only when named). The suite runs
+with ``POWERQ_DRIVERS=ipmi,sim`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _count(session: Session) -> int:
 
 @pytest.fixture
 def ipmi_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The default configuration: only the IPMI driver is enabled."""
-    monkeypatch.delenv("POWERQ_DRIVERS")
+    """Only the IPMI driver is enabled."""
+    monkeypatch.setenv("POWERQ_DRIVERS", "ipmi")
     get_settings.cache_clear()
     yield
     monkeypatch.undo()
@@ -49,13 +49,35 @@ def test_enabled_drivers_are_accepted(client: FlaskClient, admin: dict[str, str]
         assert client.post("/v1/nodes", json=body, headers=admin).status_code == 201
 
 
-def test_redfish_is_refused_while_it_does_not_exist(
+@pytest.fixture
+def default_drivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """POWERQ_DRIVERS unset: ipmi and redfish."""
+    monkeypatch.delenv("POWERQ_DRIVERS")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_redfish_is_enabled_by_default_with_port_443(
+    default_drivers: None, client: FlaskClient, admin: dict[str, str]
+) -> None:
+    response = client.post("/v1/nodes", json=_body("n-rf", "redfish"), headers=admin)
+
+    assert response.status_code == 201, response.get_json()
+    assert (response.get_json()["driver"], response.get_json()["port"]) == ("redfish", 443)
+    sim = assert_problem(client.post("/v1/nodes", json=_body("n-sim", "sim"), headers=admin), 422)
+    assert sim["enabled_drivers"] == ["ipmi", "redfish"]
+
+
+def test_redfish_is_refused_unless_enabled(
     client: FlaskClient, admin: dict[str, str], session: Session
 ) -> None:
     response = client.post("/v1/nodes", json=_body("n-rf", "redfish"), headers=admin)
 
     body = assert_problem(response, 422)
-    assert "the Redfish driver is not available yet" in body["detail"]
+    assert body["detail"].startswith("driver 'redfish' is not enabled (enabled: ipmi, sim)")
+    assert "POWERQ_DRIVERS=ipmi,sim,redfish" in body["detail"]
     assert body["enabled_drivers"] == ["ipmi", "sim"]
     assert body["type"] == "https://powerq.dev/problems/driver-not-enabled"
     assert _count(session) == 0
@@ -77,10 +99,10 @@ def test_patch_to_a_driver_that_is_not_enabled_changes_nothing(
 ) -> None:
     assert client.post("/v1/nodes", json=_body("n1", "ipmi"), headers=admin).status_code == 201
 
-    for driver, says in (("sim", "POWERQ_DRIVERS"), ("redfish", "not available yet")):
+    for driver in ("sim", "redfish"):
         change = {"driver": driver, "maintenance": True}
         body = assert_problem(client.patch("/v1/nodes/n1", json=change, headers=admin), 422)
-        assert says in body["detail"]
+        assert "POWERQ_DRIVERS" in body["detail"]
 
     node = client.get("/v1/nodes/n1", headers=admin).get_json()
     assert (node["driver"], node["maintenance"]) == ("ipmi", False)
@@ -99,7 +121,7 @@ def test_import_reports_rows_with_a_driver_that_is_not_enabled(
 
     assert [row["outcome"] for row in report["rows"]] == ["created", "invalid", "invalid"]
     assert "POWERQ_DRIVERS" in report["rows"][1]["detail"]
-    assert "Redfish driver is not available yet" in report["rows"][2]["detail"]
+    assert "driver 'redfish' is not enabled" in report["rows"][2]["detail"]
     assert _count(session) == 1
 
 

@@ -389,7 +389,7 @@ def test_import_csv(client: FlaskClient, admin: dict[str, str], session: Session
 
     report = response.get_json()
     assert [r["outcome"] for r in report["rows"]] == ["created", "created", "invalid", "invalid"]
-    assert "Redfish driver is not available yet" in report["rows"][3]["detail"]
+    assert "driver 'redfish' is not enabled" in report["rows"][3]["detail"]
     node = _node(session, "csv-2")
     assert (node.bmc_port, node.tags, decrypt_password(node.bmc_password_encrypted)) == (
         623,

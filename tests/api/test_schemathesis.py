@@ -58,6 +58,7 @@ def case_count() -> Iterator[list[int]]:
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_conforms_to_its_openapi_document(case: Any, case_count: list[int]) -> None:
     _fresh_idempotency_key(case)
+    _no_node_options_without_a_known_driver(case)
     case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     case_count[0] += 1
 
@@ -73,3 +74,28 @@ def _fresh_idempotency_key(case: Any) -> None:
     """
     if case.headers:
         case.headers.pop(idempotency.HEADER, None)
+
+
+# Node options whose validity the document cannot express: a CA bundle must
+# parse as PEM certificates, a Kg given as 0x + hex needs an even digit count.
+_UNSCHEMATIC_OPTIONS = ("ca_bundle", "ipmi_kg")
+
+
+def _no_node_options_without_a_known_driver(case: Any) -> None:
+    """Drop node options the document cannot judge.
+
+    A PATCH that names no driver is checked against the node's current driver
+    (node-1 is a sim node, which takes no option), a fact about stored state;
+    and a CA bundle or Kg must also parse. tests/api/test_node_options.py tests
+    all of them instead.
+    """
+    body = case.body if isinstance(case.body, dict) else None
+    if body is None or case.operation.path not in ("/v1/nodes", "/v1/nodes/{name}"):
+        return
+    if case.meta is not None and case.meta.generation.mode.is_negative:
+        return  # an invalid body stays invalid: its refusal is what is checked
+    for name in _UNSCHEMATIC_OPTIONS:
+        body.pop(name, None)
+    if case.method.upper() == "PATCH" and "driver" not in body:
+        for name in ("system", "verify_tls", "ipmi_cipher_suite", "ipmi_privilege"):
+            body.pop(name, None)

@@ -6,8 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
+from powerq.bmc.base import BmcTarget
+from powerq.bmc.sim import REGISTRY, SimPowerDriver
 from powerq.bmc.simfleet.launcher import SimFleetProcess
+from powerq.models import Node
+from powerq.states import DriverKind, PowerState
+from tests.factories import make_node
 from tests.stack import Stack
 
 FLEET_SIZE = 24
@@ -49,3 +55,13 @@ def live(stack: Stack, db: None) -> Stack:
 def worker_log(stack: Stack, lane: int) -> Path | None:
     """Where lane ``lane``'s worker writes its log (for failure messages)."""
     return stack.processes.children[f"lane{lane}"].log_path
+
+
+@pytest.fixture
+def machine(session: Session) -> Iterator[tuple[Node, SimPowerDriver]]:
+    """A node on an in-process sim BMC (on, instantaneous) for in-process step tests."""
+    node = make_node(session, "honest-1", address="127.0.0.9", port=7001)
+    target = BmcTarget(DriverKind.SIM.value, node.bmc_address, node.bmc_port, "admin", "")
+    sim = REGISTRY.put(SimPowerDriver(target, power=PowerState.ON))
+    yield node, sim
+    REGISTRY.clear()

@@ -8,21 +8,17 @@ the BMC executed is read from the sim driver's own record (``sent``).
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from datetime import timedelta
-
 import pytest
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from powerq.bmc.base import BmcAckUnknown, BmcTarget, PowerDriver
-from powerq.bmc.sim import REGISTRY, SimPowerDriver
-from powerq.intents import request_power
+from powerq.bmc.sim import SimPowerDriver
+from powerq.config import get_settings
 from powerq.models import Node, PowerEvent, PowerRequest
-from powerq.states import Action, DriverKind, Evidence, PowerState, RequestStatus
+from powerq.states import Action, Evidence, PowerState, RequestStatus
 from powerq.tasks import leases, steps
-from tests.factories import make_node
+from tests.execution.inprocess import drive, executed, make_due, request_for
 
 ON, OFF = PowerState.ON, PowerState.OFF
 
@@ -61,43 +57,6 @@ class AnswerLost(PowerDriver):
         raise BmcAckUnknown("no answer: it may or may not have run")
 
 
-@pytest.fixture
-def machine(session: Session) -> Iterator[tuple[Node, SimPowerDriver]]:
-    node = make_node(session, "honest-1", address="127.0.0.9", port=7001)
-    target = BmcTarget(DriverKind.SIM.value, node.bmc_address, node.bmc_port, "admin", "")
-    sim = REGISTRY.put(SimPowerDriver(target, power=ON))
-    yield node, sim
-    REGISTRY.clear()
-
-
-def _request(session: Session, node: Node, action: Action) -> uuid.UUID:
-    intent = request_power(session, node, action, actor="test")
-    session.commit()
-    return intent.request.id
-
-
-def _make_due(session: Session, request_id: uuid.UUID, *, sent_ago_s: float = 0.0) -> None:
-    """Expire the lease (a new worker may claim), optionally ageing the last send."""
-    values: dict[str, object] = {"lease_expires_at": func.now() - timedelta(seconds=5)}
-    if sent_ago_s:
-        values["command_sent_at"] = PowerRequest.command_sent_at - timedelta(seconds=sent_ago_s)
-    session.execute(update(PowerRequest).where(PowerRequest.id == request_id).values(**values))
-    session.commit()
-
-
-def _drive(session: Session, request_id: uuid.UUID, *, sent_ago_s: float = 0.0) -> PowerRequest:
-    """Run steps as lane workers would, until the request is finished (bounded)."""
-    for _ in range(40):
-        steps.run_request(request_id)
-        session.expire_all()
-        request = session.get(PowerRequest, request_id)
-        assert request is not None
-        if request.status in (RequestStatus.SUCCEEDED, RequestStatus.FAILED):
-            return request
-        _make_due(session, request_id, sent_ago_s=sent_ago_s)
-    raise AssertionError(f"request {request_id} did not finish in 40 steps")
-
-
 def _die_once(monkeypatch: pytest.MonkeyPatch, when: str) -> None:
     """The next run's worker dies at ``when``; later runs are healthy workers."""
     real = steps.driver_for
@@ -109,18 +68,14 @@ def _die_once(monkeypatch: pytest.MonkeyPatch, when: str) -> None:
     monkeypatch.setattr(steps, "driver_for", dying)
 
 
-def _executed(sim: SimPowerDriver) -> list[Action]:
-    return [action for _, action in sim.sent]
-
-
 def test_a_cycle_is_off_verified_then_on_verified(
     session: Session, machine: tuple[Node, SimPowerDriver]
 ) -> None:
     node, sim = machine
-    done = _drive(session, _request(session, node, Action.CYCLE))
+    done = drive(session, request_for(session, node, Action.CYCLE))
     assert done.status is RequestStatus.SUCCEEDED
     assert done.evidence == Evidence.OFF_THEN_ON
-    assert _executed(sim) == [Action.OFF, Action.ON]
+    assert executed(sim) == [Action.OFF, Action.ON]
     assert done.transition_seen_at is not None and done.command_acked_at is not None
 
 
@@ -128,25 +83,25 @@ def test_a_reset_is_reported_acknowledged_never_verified(
     session: Session, machine: tuple[Node, SimPowerDriver]
 ) -> None:
     node, sim = machine
-    done = _drive(session, _request(session, node, Action.RESET))
+    done = drive(session, request_for(session, node, Action.RESET))
     assert done.status is RequestStatus.SUCCEEDED
     assert done.evidence == Evidence.ACKNOWLEDGED
     assert done.command_acked_at is not None
-    assert _executed(sim) == [Action.RESET]
+    assert executed(sim) == [Action.RESET]
     [event] = session.query(PowerEvent).filter_by(request_id=done.id, kind="succeeded").all()
-    assert "not observable" in (event.message or "") and "verified" not in (event.message or "")
+    assert "acknowledged" in (event.message or "") and "not verified" in (event.message or "")
 
 
-@pytest.mark.parametrize(("when", "executed"), [("before_send", 0), ("after_send", 1)])
+@pytest.mark.parametrize(("when", "executions"), [("before_send", 0), ("after_send", 1)])
 def test_a_reset_whose_worker_died_is_reported_unknown(
     session: Session,
     machine: tuple[Node, SimPowerDriver],
     monkeypatch: pytest.MonkeyPatch,
     when: str,
-    executed: int,
+    executions: int,
 ) -> None:
     node, sim = machine
-    request_id = _request(session, node, Action.RESET)
+    request_id = request_for(session, node, Action.RESET)
     _die_once(monkeypatch, when)
     with pytest.raises(WorkerDied):
         steps.run_request(request_id)
@@ -155,9 +110,9 @@ def test_a_reset_whose_worker_died_is_reported_unknown(
     assert marked is not None and marked.status is RequestStatus.RUNNING
     assert marked.command_sent_at is not None and marked.command_acked_at is None
 
-    done = _drive(session, request_id)
+    done = drive(session, request_id)
 
-    assert _executed(sim) == [Action.RESET] * executed  # never sent again
+    assert executed(sim) == [Action.RESET] * executions  # never sent again
     assert done.status is RequestStatus.FAILED
     assert done.evidence is None
     assert "may or may not have happened" in (done.error or "")
@@ -185,16 +140,16 @@ def test_a_cycle_whose_worker_died_around_the_off_executes_each_phase_once(
     sent_ago_s: float,
 ) -> None:
     node, sim = machine
-    request_id = _request(session, node, Action.CYCLE)
+    request_id = request_for(session, node, Action.CYCLE)
     _die_once(monkeypatch, when)
     with pytest.raises(WorkerDied):
         steps.run_request(request_id)
-    assert _executed(sim) == executed_at_death
+    assert executed(sim) == executed_at_death
 
-    done = _drive(session, request_id, sent_ago_s=sent_ago_s)
+    done = drive(session, request_id, sent_ago_s=sent_ago_s)
 
     assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.OFF_THEN_ON
-    assert _executed(sim) == [Action.OFF, Action.ON]
+    assert executed(sim) == [Action.OFF, Action.ON]
 
 
 def test_an_unanswered_off_is_settled_by_reading_not_by_resending(
@@ -203,10 +158,10 @@ def test_an_unanswered_off_is_settled_by_reading_not_by_resending(
     node, sim = machine
     real = steps.driver_for
     monkeypatch.setattr(steps, "driver_for", lambda target: AnswerLost(real(target)))
-    done = _drive(session, _request(session, node, Action.OFF))
+    done = drive(session, request_for(session, node, Action.OFF))
     assert done.status is RequestStatus.SUCCEEDED and done.evidence == Evidence.POWER_STATE
     assert done.command_acked_at is None
-    assert _executed(sim) == [Action.OFF]
+    assert executed(sim) == [Action.OFF]
 
 
 def test_an_unanswered_reset_is_failed_as_unknown_and_not_resent(
@@ -215,17 +170,17 @@ def test_an_unanswered_reset_is_failed_as_unknown_and_not_resent(
     node, sim = machine
     real = steps.driver_for
     monkeypatch.setattr(steps, "driver_for", lambda target: AnswerLost(real(target)))
-    done = _drive(session, _request(session, node, Action.RESET))
+    done = drive(session, request_for(session, node, Action.RESET))
     assert done.status is RequestStatus.FAILED
     assert "may or may not have happened" in (done.error or "")
-    assert _executed(sim) == [Action.RESET]
+    assert executed(sim) == [Action.RESET]
 
 
 def test_an_undecryptable_password_fails_the_request_at_once_with_the_cause(
     session: Session, machine: tuple[Node, SimPowerDriver]
 ) -> None:
     node, sim = machine
-    request_id = _request(session, node, Action.OFF)
+    request_id = request_for(session, node, Action.OFF)
     session.execute(
         update(Node).where(Node.id == node.id).values(bmc_password_encrypted=b"not-a-token")
     )
@@ -240,35 +195,41 @@ def test_an_undecryptable_password_fails_the_request_at_once_with_the_cause(
     session.refresh(node)
     assert node.last_error == request.error
     assert not node.power_fault  # a key problem is not the BMC's fault
-    assert _executed(sim) == []
+    assert executed(sim) == []
 
 
-def test_a_driver_that_cannot_run_fails_the_request_at_once_with_its_own_message(
-    session: Session, machine: tuple[Node, SimPowerDriver]
+def test_a_driver_not_enabled_here_fails_the_request_at_once_saying_so(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node, _ = machine
-    request_id = _request(session, node, Action.OFF)
-    session.execute(update(Node).where(Node.id == node.id).values(driver=DriverKind.REDFISH))
-    session.commit()
-
-    steps.run_request(request_id)
+    node, sim = machine
+    request_id = request_for(session, node, Action.OFF)
+    monkeypatch.setenv("POWERQ_DRIVERS", "ipmi")  # this host does not run the sim driver
+    get_settings.cache_clear()
+    try:
+        steps.run_request(request_id)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
     session.expire_all()
     request = session.get(PowerRequest, request_id)
     assert request is not None and request.status is RequestStatus.FAILED
-    assert "redfish" in (request.error or "").lower()
+    assert "the sim driver is not enabled on this host (POWERQ_DRIVERS=ipmi)" in (
+        request.error or ""
+    )
     session.refresh(node)
     assert node.last_error == request.error
+    assert executed(sim) == []
 
 
 def test_a_stale_attempts_observation_changes_nothing(
     session: Session, machine: tuple[Node, SimPowerDriver]
 ) -> None:
     node, _ = machine
-    request_id = _request(session, node, Action.QUERY)
+    request_id = request_for(session, node, Action.QUERY)
     stale = leases.claim(request_id, lease_s=60)
     assert stale is not None
-    _make_due(session, request_id)
+    make_due(session, request_id)
     fresh = leases.claim(request_id, lease_s=60)
     assert fresh is not None
 

@@ -1,4 +1,4 @@
-"""POWERQ_DRIVERS: a comma-separated list of enabled BMC drivers (default ipmi)."""
+"""POWERQ_DRIVERS: a comma-separated list of enabled BMC drivers (default ipmi,redfish)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from powerq.errors import ConfigError
 from powerq.states import DriverKind
 
 
-def test_the_default_is_ipmi_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_ipmi_and_redfish_never_sim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("POWERQ_DRIVERS", raising=False)
-    assert load_settings().drivers == (DriverKind.IPMI,)
+    assert load_settings().drivers == (DriverKind.IPMI, DriverKind.REDFISH)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,7 @@ def test_the_default_is_ipmi_only(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ipmi,sim", (DriverKind.IPMI, DriverKind.SIM)),
         (" sim , IPMI ,", (DriverKind.SIM, DriverKind.IPMI)),
         ("ipmi,ipmi", (DriverKind.IPMI,)),
+        ("redfish", (DriverKind.REDFISH,)),
     ],
 )
 def test_a_comma_separated_list(
@@ -33,7 +34,6 @@ def test_a_comma_separated_list(
     ("value", "expected"),
     [
         ("ipmi,telnet", "unknown driver 'telnet' (known: ipmi, redfish, sim)"),
-        ("ipmi,redfish", "the Redfish driver is not available yet"),
         (" , ", "name at least one driver"),
     ],
 )
