@@ -1,4 +1,4 @@
-"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc [options]``.
+"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc|recovery [options]``.
 
 ``all`` runs each benchmark in its own process, one after the other (each sets
 its ``POWERQ_*`` environment before powerq's Celery app is imported), then
@@ -19,7 +19,16 @@ from typing import Any
 
 from bench import common
 
-BENCHMARKS = ("batch", "overhead", "api", "sweeper", "monitor", "memory", "dead_bmc")
+BENCHMARKS = (
+    "batch",
+    "overhead",
+    "api",
+    "sweeper",
+    "monitor",
+    "memory",
+    "dead_bmc",
+    "recovery",
+)
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
     "batch": ["--nodes", "1000", "--lanes", "8"],
@@ -29,6 +38,7 @@ ALL_DEFAULTS: dict[str, list[str]] = {
     "monitor": [],
     "memory": ["--from-batch"],
     "dead_bmc": [],
+    "recovery": [],
 }
 FULL_DEFAULTS: dict[str, list[str]] = {
     **ALL_DEFAULTS,

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lanes", default="4,8,16", help="comma-separated lane counts (default 4,8,16)"
     )
+    parser.add_argument(
+        "--protocol",
+        choices=["ipmi", "redfish"],
+        default="ipmi",
+        help="the sim fleet's personality: ipmi (ipmitool baselines, default) or redfish "
+        "(HTTPS, curl baseline; bench/batch_redfish.py; results file batch-redfish)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip the ipmitool baselines")
     parser.add_argument(
         "--output", default="batch", help="results file name under bench/results (default batch)"
@@ -456,6 +463,10 @@ def lane_memory_summary(memory: list[dict[str, Any]]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> Result:
     """Benchmark 1 at every lane count, plus the memory figures of benchmark 6."""
+    if getattr(args, "protocol", "ipmi") == "redfish":
+        from bench import batch_redfish
+
+        return batch_redfish.run(args)
 
     lane_counts = [int(x) for x in args.lanes.split(",")]
     result = Result(

@@ -1,4 +1,4 @@
-"""Benchmark 7: what one dead BMC costs the other nodes of its lane.
+"""Benchmark 8: what one dead BMC costs the other nodes of its lane.
 
 One lane worker (as shipped) and ``--live`` simulated BMCs, all on that one
 lane. Each round powers every live machine off (or on) at once and measures,
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> Result:
     )
     result.add(
         Row(
-            "7 dead BMC",
+            "8 dead BMC",
             f"{args.live} live nodes + 1 dead on one lane: median latency",
             "s",
             "(info)",
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> Result:
     )
     result.add(
         Row(
-            "7 dead BMC",
+            "8 dead BMC",
             "lane time of one step on a dead BMC",
             "s",
             f"<= {GOAL_S_PER_STEP:.0f} s",

@@ -31,7 +31,7 @@ from powerq.api.schemas import (
 from powerq.api.serializers import NodeOut, node_out
 from powerq.api.session import transaction
 from powerq.errors import InvalidInput
-from powerq.intents import find_node
+from powerq.intents import find_node, request_power
 from powerq.inventory import (
     ImportOutcome,
     create_node,
@@ -42,6 +42,8 @@ from powerq.inventory import (
     update_node,
 )
 from powerq.node_options import ALL_OPTIONS
+from powerq.states import Action
+from powerq.tasks.dispatch import dispatch_request
 
 bp = APIBlueprint("nodes", __name__, url_prefix="/v1/nodes", tag="Nodes")
 
@@ -68,11 +70,18 @@ def post_node(body: NodeIn) -> ViewResult:
     """Register a node
 
     One machine, one node: a BMC endpoint can be registered only once. The
-    driver must be one of the enabled ones (`POWERQ_DRIVERS`).
+    driver must be one of the enabled ones (`POWERQ_DRIVERS`). With
+    `"validate": true` a credential check is queued at once (see
+    `POST /v1/nodes/{name}/validate`).
     """
     with transaction() as session:
         node = create_node(session, body.spec(), actor=current_actor())
-        out = node_out(node)
+        check = None
+        if body.validate_bmc:
+            check = request_power(session, node, Action.VALIDATE, actor=current_actor()).request
+        out = node_out(node, check)
+    if check is not None:
+        dispatch_request(check.id, out.name)
     return out, 201, {"Location": url_for("nodes.get_node", name=out.name)}
 
 

@@ -270,6 +270,14 @@ class NodeIn(JsonBody):
     ipmi_cipher_suite: Omittable[CipherSuite] = None
     ipmi_privilege: Omittable[Privilege] = None
     ipmi_kg: Omittable[Kg] = None
+    validate_bmc: bool = Field(
+        default=False,
+        alias="validate",
+        description=(
+            "Also queue a credential check (a validate request) on the node's lane; "
+            "the answer's outstanding_request is that request"
+        ),
+    )
 
     def spec(self) -> NodeSpec:
         """The inventory's view of this body."""

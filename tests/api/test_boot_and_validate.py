@@ -99,3 +99,19 @@ def test_readers_may_not_validate_or_set_boot_devices(
 ) -> None:
     assert_problem(client.post(VALIDATE, headers=reader), 403)
     assert_problem(client.put(BOOT, json={"device": "pxe"}, headers=reader), 403)
+
+
+def test_a_node_registered_with_validate_gets_a_credential_check_queued(
+    client: FlaskClient, admin: dict[str, str], session: Session
+) -> None:
+    body = {
+        "name": "fresh-1", "driver": "sim", "address": "127.0.0.77", "port": 6231,
+        "username": "admin", "password": "s3cret-Pa55", "validate": True,
+    }  # fmt: skip
+    response = client.post("/v1/nodes", json=body, headers=admin)
+
+    assert response.status_code == 201, response.get_json()
+    check = response.get_json()["outstanding_request"]
+    assert check["action"] == "validate" and check["status"] == "pending"
+    row = session.get(PowerRequest, check["id"])
+    assert row is not None and row.dispatched_at is not None

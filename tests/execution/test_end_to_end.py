@@ -56,7 +56,7 @@ def test_on_for_a_node_already_on_sends_nothing(live: Stack) -> None:
 def test_a_long_soft_off_does_not_hold_up_its_lane(live: Stack) -> None:
     names = live.register_fleet()
     slow, quick = live.same_lane_pair(names)
-    live.fleet.control.set_behaviour(slow, soft_delay=30.0)
+    live.fleet.control.set_behaviour(slow, soft_delay=8.0)  # far longer than the quick off
 
     slow_id = live.submit(slow, Action.SOFT_OFF)
     quick_id = live.submit(quick, Action.OFF)
@@ -151,7 +151,7 @@ def test_a_down_bmc_fails_unreachable_then_faults_then_recovers(live: Stack) -> 
     (name,) = live.register_fleet(1)
     live.fleet.control.set_fault(name, "down")
     for _ in range(3):
-        request_id = live.submit(name, Action.OFF, deadline_s=10)
+        request_id = live.submit(name, Action.OFF, deadline_s=3)
         (request,) = live.wait_finished([request_id], timeout=180).values()
         assert request.status is RequestStatus.FAILED
         assert "unreachable" in (request.error or "").lower()

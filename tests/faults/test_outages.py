@@ -101,13 +101,13 @@ def test_lane_worker_sigkilled_repeatedly(fault_stack: StackFactory) -> None:
     _all_succeeded(stack, ids)
 
 
-def test_beat_stopped_for_a_minute_then_restarted(fault_stack: StackFactory) -> None:
+def test_beat_stopped_for_a_while_then_restarted(fault_stack: StackFactory) -> None:
     stack = fault_stack(nodes=30)
     stack.processes.stop("beat")
     ids = _mixed(stack)
     _assert_in_flight(stack, ids)
     stack.redis.flushall()  # only the sweeper can bring these back
-    time.sleep(60)
+    time.sleep(15)  # 15 sweep periods and 5 re-dispatch periods of this stack, without beat
     stuck = [
         r for r in stack.requests(ids).values()
         if r.status in (RequestStatus.PENDING, RequestStatus.RUNNING)
@@ -122,7 +122,7 @@ def test_a_down_bmc_fails_unreachable_faults_and_recovers(fault_stack: StackFact
     name = stack.fleet.manifest[0]["name"]
     stack.fleet.control.set_fault(name, "down")
     for _ in range(3):
-        request_id = stack.submit(name, Action.ON, deadline_s=10)
+        request_id = stack.submit(name, Action.ON, deadline_s=3)
         (request,) = stack.wait_finished([request_id], timeout=180).values()
         assert request.status is RequestStatus.FAILED
         assert "unreachable" in (request.error or "").lower()

@@ -20,8 +20,9 @@ from powerq.intents import request_power
 from powerq.inventory import NodeSpec, create_node
 from powerq.models import Node, PowerRequest
 from powerq.node_options import NodeOptions
-from powerq.states import Action, DriverKind, Evidence, RequestStatus
+from powerq.states import Action, BootDevice, DriverKind, Evidence, PowerState, RequestStatus
 from powerq.tasks import steps
+from powerq.tasks.monitor import refresh_node
 from tests.execution.inprocess import make_due
 from tests.redfish.emulator import PASSWORD, USERNAME, Emulator
 
@@ -69,8 +70,9 @@ def _set_power(bmc: Emulator, state: str) -> str:
     return path
 
 
-def _drive(session: Session, node: Node, action: Action) -> PowerRequest:
-    request_id: uuid.UUID = request_power(session, node, action, actor="test").request.id
+def _drive(session: Session, node: Node, action: Action, **options: object) -> PowerRequest:
+    intent = request_power(session, node, action, actor="test", **options)  # type: ignore[arg-type]
+    request_id: uuid.UUID = intent.request.id
     session.commit()
     deadline = time.monotonic() + DRIVE_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -114,3 +116,33 @@ def test_each_action_through_the_executor(
     assert tls_bmc.wait_power(path, end) == end
     sent = {Action.ON: 1, Action.OFF: 1, Action.CYCLE: 2, Action.RESET: 1, Action.QUERY: 0}
     assert tls_bmc.posts("ComputerSystem.Reset") == posts + sent[action]
+
+
+def test_the_monitor_refreshes_a_redfish_node(
+    session: Session, node: Node, tls_bmc: Emulator
+) -> None:
+    for state, observed in (("Off", PowerState.OFF), ("On", PowerState.ON)):
+        _set_power(tls_bmc, state)
+        assert refresh_node(node.id) is observed
+        session.refresh(node)
+        assert node.power_state is observed
+
+
+def test_validate_and_boot_device_through_the_executor(
+    session: Session, node: Node, tls_bmc: Emulator
+) -> None:
+    path = _set_power(tls_bmc, "On")
+    validated = _drive(session, node, Action.VALIDATE)
+    assert validated.status is RequestStatus.SUCCEEDED and validated.evidence == Evidence.READ
+
+    booted = _drive(session, node, Action.BOOT, boot_device=BootDevice.PXE)
+
+    assert booted.status is RequestStatus.SUCCEEDED, booted.error
+    assert booted.evidence == Evidence.BOOT_DEVICE
+    system = requests.get(
+        f"{tls_bmc.url}{path}",
+        auth=(USERNAME, PASSWORD),
+        verify=str(tls_bmc.directory / "bmc.crt"),
+        timeout=5,
+    ).json()
+    assert system["Boot"]["BootSourceOverrideTarget"] == "Pxe"

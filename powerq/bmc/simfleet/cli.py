@@ -1,4 +1,4 @@
-"""``powerq sim-fleet``: run N simulated IPMI BMCs in this process until SIGTERM/SIGINT."""
+"""``powerq sim-fleet``: run N simulated IPMI or Redfish BMCs until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -17,7 +17,20 @@ from powerq.bmc.simfleet.server import serve
     "--base-port",
     type=click.IntRange(1, 65535),
     required=True,
-    help="UDP port of the first BMC; the others follow.",
+    help="Port of the first BMC (UDP for ipmi, TCP for redfish); the others follow.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["ipmi", "redfish"]),
+    default="ipmi",
+    show_default=True,
+    help="ipmi: IPMI v2.0 over LAN (RMCP+); redfish: Redfish over HTTPS, one system per BMC.",
+)
+@click.option(
+    "--http",
+    "plain_http",
+    is_flag=True,
+    help="redfish only: plain HTTP instead of HTTPS with a self-signed certificate.",
 )
 @click.option(
     "--address",
@@ -62,6 +75,8 @@ from powerq.bmc.simfleet.server import serve
 def sim_fleet(
     count: int,
     base_port: int,
+    protocol: str,
+    plain_http: bool,
     address: str,
     transition: float,
     soft_delay: float,
@@ -72,7 +87,8 @@ def sim_fleet(
     password: str,
     stop_on_stdin_eof: bool,
 ) -> None:
-    """Run COUNT simulated IPMI v2.0 (RMCP+) BMCs, one loopback UDP port each."""
+    """Run COUNT simulated BMCs, one loopback port each: IPMI v2.0 (RMCP+) over UDP, or
+    Redfish over HTTPS (--protocol redfish)."""
     if not address.startswith("127."):
         raise click.BadParameter("only loopback addresses (127.0.0.0/8)", param_hint="--address")
     config = FleetConfig(
@@ -83,6 +99,8 @@ def sim_fleet(
         None if soft_never else soft_delay,
         username,
         password,
+        protocol,
+        tls=not plain_http,
     )
     try:
         asyncio.run(serve(config, manifest, control_port, stop_on_stdin_eof=stop_on_stdin_eof))

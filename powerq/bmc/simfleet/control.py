@@ -56,10 +56,14 @@ class ControlApi:
         """
         bmc = self.fleet.get(name)
         params = dict(body)
+        kind = str(params.pop("kind", ""))
+        if kind in bmc.unsupported_faults:
+            raise ControlError(f"fault {kind!r} does not apply to {name}'s protocol")
         try:
-            bmc.faults.set(str(params.pop("kind", "")), params)
+            bmc.faults.set(kind, params)
         except (ValueError, TypeError) as exc:
             raise ControlError(f"bad fault for {name}: {exc}") from exc
+        bmc.faults_changed()
         return bmc.status()
 
     def clear_fault(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +77,7 @@ class ControlApi:
             bmc.faults.clear(body.get("kind"))
         except ValueError as exc:
             raise ControlError(f"bad fault kind for {name}: {exc}") from exc
+        bmc.faults_changed()
         return bmc.status()
 
     def set_behaviour(self, name: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class BmcSpec:
         }
 
 
-class _LoopScheduler:
+class LoopScheduler:
     """Adapts an asyncio loop to the machine's ``Scheduler`` protocol."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -57,13 +57,15 @@ class _LoopScheduler:
 class SimBmc(asyncio.DatagramProtocol):
     """A BMC: protocol state, machine, faults, log and packet counters."""
 
+    unsupported_faults: frozenset[str] = frozenset()  # every fault kind applies to IPMI
+
     def __init__(
         self, spec: BmcSpec, loop: asyncio.AbstractEventLoop, behaviour: Behaviour
     ) -> None:
         self.spec = spec
         self.log = CommandLog()
         self.faults = Faults()
-        self.machine = Machine(_LoopScheduler(loop), self.log, behaviour)
+        self.machine = Machine(LoopScheduler(loop), self.log, behaviour)
         self.sessions = SessionTable()
         account = Account(spec.username.encode(), spec.password.encode())
         self.responder = Responder(
@@ -118,7 +120,7 @@ class SimBmc(asyncio.DatagramProtocol):
                 "soft_delay": self.machine.behaviour.soft_delay,
             },
             "faults": self.faults.active(),
-            "boot": _boot_status(self.machine.boot_flags),
+            "boot": boot_status(self.machine.boot_flags),
             "sessions_active": self.sessions.count_active(),
             "sessions_opened": self.sessions.opened_total,
             "overlaps": self.machine.overlaps,
@@ -126,6 +128,13 @@ class SimBmc(asyncio.DatagramProtocol):
             "packets_received": self.received,
             "packets_dropped": self.dropped,
         }
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest record clients read to reach this BMC."""
+        return self.spec.manifest_entry()
+
+    def faults_changed(self) -> None:
+        """Nothing to do: every datagram reads the faults afresh."""
 
     def reset_counters(self) -> None:
         """Forget the log, the overlap and reset counts and the session tally."""
@@ -140,7 +149,7 @@ class SimBmc(asyncio.DatagramProtocol):
             self._transport.close()
 
 
-def _boot_status(flags: bytes) -> dict[str, Any]:
+def boot_status(flags: bytes) -> dict[str, Any]:
     """The boot override as a client set it: device (None: no override) and persistence."""
     device, persistent = ipmi_boot.parse_flags(flags)
     return {"device": device.value if device else None, "persistent": persistent}

@@ -20,7 +20,7 @@ from typing import Any
 
 from powerq.bmc.base import BmcTarget
 from powerq.bmc.simfleet.controlclient import ControlClient
-from powerq.bmc.simfleet.ports import free_tcp_port, free_udp_range
+from powerq.bmc.simfleet.ports import free_tcp_port, free_tcp_range, free_udp_range
 
 _POLL_S = 0.05
 _START_ATTEMPTS = 3
@@ -35,6 +35,8 @@ class SimFleetProcess:
 
     Ports are chosen free when not given (and a fresh range is tried if the
     fleet could not bind). ``soft_delay=None`` makes soft shutdown never happen.
+    ``protocol="redfish"`` serves Redfish over HTTPS (``tls=False``: HTTP), one
+    TCP port and one system per BMC.
     """
 
     def __init__(
@@ -48,8 +50,12 @@ class SimFleetProcess:
         control_port: int | None = None,
         start_timeout: float | None = None,
         workdir: Path | None = None,
+        protocol: str = "ipmi",
+        tls: bool = True,
     ) -> None:
         self.count = count
+        self.protocol = protocol
+        self.tls = tls
         self.address = address
         self.transition = transition
         self.soft_delay = soft_delay
@@ -68,9 +74,18 @@ class SimFleetProcess:
         return ControlClient(self.control_port)
 
     def targets(self) -> list[BmcTarget]:
-        """The manifest as driver targets, in port order."""
+        """The manifest as driver targets, in port order (Redfish ones with their
+        system path and the fleet's CA certificate)."""
         return [
-            BmcTarget(r["driver"], r["address"], r["port"], r["username"], r["password"])
+            BmcTarget(
+                r["driver"],
+                r["address"],
+                r["port"],
+                r["username"],
+                r["password"],
+                system=r.get("system"),
+                ca_bundle=r.get("ca_bundle"),
+            )
             for r in self.manifest
         ]
 
@@ -119,7 +134,8 @@ class SimFleetProcess:
 
     def _choose_ports(self) -> None:
         base, control = self._fixed_ports
-        self.base_port = base or free_udp_range(self.count, self.address)
+        free_range = free_tcp_range if self.protocol == "redfish" else free_udp_range
+        self.base_port = base or free_range(self.count, self.address)
         self.control_port = control or free_tcp_port()
 
     def _try_start(self, workdir: Path) -> str:
@@ -164,7 +180,11 @@ class SimFleetProcess:
             "--control-port",
             str(self.control_port),
             "--stop-on-stdin-eof",
+            "--protocol",
+            self.protocol,
         ]
+        if not self.tls:
+            command.append("--http")
         if self.soft_delay is None:
             return [*command, "--soft-never"]
         return [*command, "--soft-delay", str(self.soft_delay)]

@@ -94,6 +94,12 @@ class Machine:
         """Whether an operation is still in its transition."""
         return self._transition is not None
 
+    @property
+    def heading(self) -> bool | None:
+        """The power state the operation in progress reaches next (None: no operation)."""
+        transition = self._transition
+        return transition.steps[0][1] if transition is not None and transition.steps else None
+
     def chassis_control(self, command: int, entry: LogEntry, *, stuck: bool = False) -> int:
         """Apply one Chassis Control command logged as ``entry``; return its completion code.
 

@@ -33,6 +33,28 @@ def free_udp_range(
     raise OSError(f"no {count} contiguous free UDP ports found on {address}")
 
 
+def free_tcp_range(
+    count: int,
+    address: str = "127.0.0.1",
+    *,
+    low: int = DEFAULT_LOW,
+    high: int = DEFAULT_HIGH,
+    attempts: int = 40,
+) -> int:
+    """The first port of ``count`` contiguous TCP ports free on ``address`` right now
+    (for a Redfish fleet; the same caveat as :func:`free_udp_range`).
+
+    :raises OSError: no free range found in ``attempts`` random tries.
+    """
+    if count > high - low:
+        raise OSError(f"{count} ports do not fit between {low} and {high}")
+    for _ in range(attempts):
+        base = random.randrange(low, high - count + 1)
+        if all(_tcp_port_free(address, port) for port in range(base, base + count)):
+            return base
+    raise OSError(f"no {count} contiguous free TCP ports found on {address}")
+
+
 def free_tcp_port(address: str = "127.0.0.1") -> int:
     """A TCP port free on ``address`` right now (chosen by the kernel)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -46,6 +68,16 @@ def _udp_range_free(address: str, base: int, count: int) -> bool:
 
 def _udp_port_free(address: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tcp_port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the fleet binds
         try:
             sock.bind((address, port))
         except OSError:

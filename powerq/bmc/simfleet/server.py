@@ -56,8 +56,12 @@ def _start_control(fleet: Fleet, port: int | None) -> ControlServer | None:
 def _announce(config: FleetConfig, control: ControlServer | None) -> None:
     last = config.base_port + config.count - 1
     where = f", control API on 127.0.0.1:{control.port}" if control is not None else ""
+    kind = (
+        "IPMI" if config.protocol == "ipmi" else ("Redfish " + ("HTTPS" if config.tls else "HTTP"))
+    )
     print(
-        f"sim-fleet: {config.count} BMCs on {config.address}:{config.base_port}-{last}{where}",
+        f"sim-fleet: {config.count} {kind} BMCs on {config.address}:{config.base_port}-{last}"
+        f"{where}",
         file=sys.stderr,
         flush=True,
     )
