@@ -172,9 +172,16 @@ def request_power(
 
 def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:
     """Whether ``candidate`` asks for what ``existing`` already does (same action,
-    same boot device): then it is answered with ``existing``."""
-    return (existing.action, existing.boot_device, existing.boot_persistent) == (
+    fallback and boot device): then it is answered with ``existing``. A different
+    deadline alone does not make it another request."""
+    return (
+        existing.action,
+        existing.soft_fallback,
+        existing.boot_device,
+        existing.boot_persistent,
+    ) == (
         candidate.action,
+        candidate.soft_fallback,
         candidate.boot_device,
         candidate.boot_persistent,
     )

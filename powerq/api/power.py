@@ -30,6 +30,7 @@ from powerq.api.results import ViewResult
 from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
 from powerq.api.serializers import PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
+from powerq.errors import MalformedBody
 from powerq.intents import find_node, request_power
 from powerq.inventory import outstanding_by_node
 from powerq.models import PowerRequest
@@ -124,8 +125,10 @@ def post_validate(name: str) -> ViewResult:
     A request on the node's lane that logs in and reads the power state. It
     succeeds with the state read, or fails with what is wrong in one line
     (unreachable, authentication refused, cipher suite or protocol, TLS, no
-    such system).
+    such system). It takes no body.
     """
+    if request.get_data(cache=True):
+        raise MalformedBody("POST /v1/nodes/{name}/validate takes no body; send none")
     return _ask(name, Ask(Action.VALIDATE))
 
 

@@ -266,8 +266,8 @@ class IpmiDriver(PowerDriver):
                 lease.invalidate()
             error = ipmi_errors.from_response(response, self.target, what)
             if error is not None:
-                # An answer (busy, refused) means it did not run; silence means maybe.
-                raise self._unanswered(error, what, sent=once and lost)
+                # Busy or refused: it did not run. Silence, 0xC3 or 0xCE: maybe it did.
+                raise self._unanswered(error, what, sent=once and ipmi_errors.maybe_ran(response))
             assert response is not None  # from_response reports None as an error
             return dict(response)
 

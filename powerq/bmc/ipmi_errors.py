@@ -102,6 +102,20 @@ def from_response(response: dict[str, Any] | None, target: BmcTarget, what: str)
     return _error(BmcCommandRejected, target, what, f"refused with {code:#04x} ({text})")
 
 
+# Completion codes after which a command may already have run (the BMC timed out,
+# or could not produce its answer): for a power command that is "maybe sent".
+AMBIGUOUS_CODES = frozenset({0xC3, 0xCE})
+
+
+def maybe_ran(response: dict[str, Any] | None) -> bool:
+    """Whether a command answered with ``response`` (None: no answer) may have run
+    although it did not succeed: no answer, or an ambiguous completion code."""
+    if session_lost(response):
+        return True
+    assert response is not None
+    return int(response.get("code", 0)) in AMBIGUOUS_CODES
+
+
 def session_lost(response: dict[str, Any] | None) -> bool:
     """Whether pyghmi gave up on the session (no answer after its retries)."""
     return response is None or int(response.get("code", 0)) == PYGHMI_TIMEOUT_CODE

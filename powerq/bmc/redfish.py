@@ -45,6 +45,7 @@ from typing import Any
 
 import requests
 import sushy
+from celery.exceptions import SoftTimeLimitExceeded
 from sushy import auth as sushy_auth
 from sushy import exceptions as sushy_exc
 
@@ -62,6 +63,8 @@ from powerq.bmc.redfish_wire import OnceConnector
 from powerq.states import Action, BootDevice, PowerState
 
 _log = logging.getLogger(__name__)
+# What a BMC answers when it took a power command (204, 200, or 202 with a task).
+ACCEPTED_STATUSES = frozenset({200, 202, 204})
 
 SYSTEMS_PREFIX = "/redfish/v1/Systems/"
 RESET_ACTION = "#ComputerSystem.Reset"
@@ -130,6 +133,9 @@ def connect(target: BmcTarget, *, scheme: str = "https") -> RedfishSession:
     try:
         root = sushy.Sushy(base_url, auth=auth, connector=conn, public_connector=_NoDownloads())
         system_path = target.system or _single_system(root, conn, target)
+    except SoftTimeLimitExceeded:
+        conn.close()
+        raise
     except Exception as exc:
         conn.close()
         raise redfish_errors.from_exception(exc, target, "login", sent=False) from exc
@@ -311,6 +317,8 @@ class RedfishDriver(PowerDriver):
         """Run one sushy request; map its failure (and drop a session that failed)."""
         try:
             return call()
+        except SoftTimeLimitExceeded:
+            raise  # the step's time limit: the executor treats it as transient
         except Exception as exc:
             error = redfish_errors.from_exception(exc, self.target, what, sent=False)
             if not isinstance(error, BmcCommandRejected | BmcProtocolError):
@@ -355,8 +363,15 @@ class RedfishDriver(PowerDriver):
         except requests.RequestException as exc:
             lease.invalidate()
             raise redfish_errors.from_transport(exc, self.target, what, sent=True) from exc
-        if response.status_code < 400:
+        if response.status_code in ACCEPTED_STATUSES:
             return response
+        if response.status_code < 400:  # a redirect or other non-answer: it did not run
+            raise BmcCommandRejected(
+                f"Redfish {what} at {self.target.label}: the BMC answered HTTP "
+                f"{response.status_code} instead of accepting the command; nothing ran",
+                address=self.target.address,
+                port=self.target.port,
+            )
         try:
             sushy_exc.raise_for_response("POST", path, response)
         except sushy_exc.HTTPError as exc:
@@ -390,11 +405,9 @@ class RedfishDriver(PowerDriver):
             time.sleep(TASK_POLL_S)
             try:
                 response = lease.session.conn.get(monitor)
-            except sushy_exc.HTTPError as exc:
-                if exc.status_code and 400 <= exc.status_code < 500 and exc.status_code != 404:
-                    raise self._rejected(what, redfish_errors.bmc_message(exc)) from exc
-                return
-            except Exception:  # transport: accepted all the same; the read-back decides
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception:  # accepted all the same; the executor's read-back decides
                 _log.debug("task monitor %s unreadable", monitor, exc_info=True)
                 return
             if response.status_code != 202:

@@ -242,9 +242,10 @@ def _send(c: Claim, driver: PowerDriver, *, fallback: bool = False) -> Outcome:
             return Done(RequestStatus.FAILED, _reset_unknown(c, str(exc)))
         return _first_check(marked, acked=False)  # maybe sent: settle it by reading
     except BmcError as exc:
-        if exc.transient:  # nothing went out: forget the mark and try the send again
-            return _unsent(c, exc)
-        raise
+        if not exc.transient:
+            raise
+        # nothing went out: forget the mark and try again
+        return _fallback_unsent(c, exc) if fallback else _unsent(c, exc)
     if command is Action.RESET:
         return Done(RequestStatus.SUCCEEDED, evidence=Evidence.ACKNOWLEDGED, acked=True)
     return _first_check(marked, acked=True)
@@ -271,6 +272,20 @@ def _unsent(c: Claim, exc: BmcError) -> Outcome:
         "command_sent": None,
     }
     return Next(Step.SEND, verify.retry_delay(errors), values)
+
+
+def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
+    """The hard-off fallback could not be sent at all: check again, and the check
+    (past the deadline, no fallback sent) asks for the fallback again (bounded)."""
+    errors = c.transient_errors + 1
+    if errors > MAX_TRANSIENT_ERRORS:
+        return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
+    values: dict[str, object] = {
+        "transient_errors": errors,
+        "fallback_sent_at": None,
+        "command_sent": Action.SOFT_OFF,
+    }
+    return Next(Step.CHECK, verify.retry_delay(errors), values)
 
 
 def _reset_unknown(c: Claim, why: str) -> str:
@@ -324,13 +339,17 @@ def _follow(
         deadline_s = (c.deadline_at - c.started_at).total_seconds()
         message = verify.expired_message(c.command_sent or c.action, state, deadline_s)
         return Done(RequestStatus.FAILED, message, state)
-    return Next(Step.CHECK, verify.check_delay(c.checks + 1), {"checks": c.checks + 1})
+    # a read that worked ends a run of transient errors: only consecutive ones count
+    values: dict[str, object] = {"checks": c.checks + 1, "transient_errors": 0}
+    return Next(Step.CHECK, verify.check_delay(c.checks + 1), values)
 
 
 def _send_fallback(c: Claim, driver: PowerDriver, now: datetime) -> Outcome:
     """soft_off ran out of time and a fallback was asked for: send a hard off once."""
     outcome = _send(c, driver, fallback=True)
-    if isinstance(outcome, Next):
+    went_out = isinstance(outcome, Next) and "fallback_sent_at" not in outcome.values
+    if went_out:  # the hard off gets a deadline of its own
+        assert isinstance(outcome, Next)
         deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
         return Next(
             outcome.step,

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 ACTOR = "sweeper"
 LEASE_GRACE = timedelta(seconds=5)
 MAX_BACKOFF_DOUBLINGS = 5
+# Candidates read (unlocked) per request a sweep may re-ring: room to skip busy lanes.
+CANDIDATES_PER_SLOT = 4
 # A worker fails an overdue request itself, after reading the BMC: that is the
 # honest answer (the hardware may have got there) and the node stays busy until
 # its transition is over. The sweeper only fails what no worker could look at
@@ -130,28 +132,37 @@ def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str
 
     A request whose lane still has messages queued is left alone: its own
     message is most likely among them (a busy lane, not a lost message), and
-    a lane that drains is looked at again by the next sweep.
+    a lane that drains is looked at again by the next sweep. The lanes are
+    asked before any row is locked, and busy lanes' requests do not use up the
+    sweep's ``limit`` (so they cannot starve the requests of other lanes).
     """
     now = db_now(session)
+    due = _needs_redispatch(now)
+    candidates = session.execute(
+        select(PowerRequest.id, Node.name)
+        .join(Node, Node.id == PowerRequest.node_id)
+        .where(PowerRequest.status.in_([RequestStatus.PENDING, RequestStatus.RUNNING]), due)
+        .order_by(PowerRequest.created_at)
+        .limit(limit * CANDIDATES_PER_SLOT)
+    ).all()
+    lanes = get_settings().lanes
+    busy = backlogged_lanes({lane_for(name, lanes) for _, name in candidates})
+    wanted = [rid for rid, name in candidates if lane_for(name, lanes) not in busy][:limit]
+    if not wanted:
+        return []
     rows = session.execute(
         select(PowerRequest.id, Node.name)
         .join(Node, Node.id == PowerRequest.node_id)
-        .where(PowerRequest.status.in_([RequestStatus.PENDING, RequestStatus.RUNNING]))
-        .where(_needs_redispatch(now))
-        .order_by(PowerRequest.created_at)
-        .limit(limit)
+        .where(PowerRequest.id.in_(wanted), due)
         .with_for_update(of=PowerRequest, skip_locked=True)
     ).all()
-    lanes = get_settings().lanes
-    busy = backlogged_lanes({lane_for(name, lanes) for _, name in rows})
-    due = [(rid, name) for rid, name in rows if lane_for(name, lanes) not in busy]
-    if due:
+    if rows:
         session.execute(
             update(PowerRequest)
-            .where(PowerRequest.id.in_([rid for rid, _ in due]))
+            .where(PowerRequest.id.in_([rid for rid, _ in rows]))
             .values(dispatched_at=now, dispatch_count=PowerRequest.dispatch_count + 1)
         )
-    return due
+    return [(rid, name) for rid, name in rows]
 
 
 def backlogged_lanes(lanes: set[int]) -> set[int]:

@@ -63,7 +63,11 @@ def check_verdict(
         if action is Action.SOFT_OFF and soft_fallback and not fallback_sent:
             return Verdict.FALLBACK
         return Verdict.EXPIRED
-    if should_resend(phase, acked=acked, command_sent_at=command_sent_at, now=now):
+    # A converging on/off (plain, a cycle's phase, a reset sent as "on") that went out
+    # unanswered and shows no effect was lost: sent again. A soft-off's hard-off
+    # fallback is sent once (resending here would resend the soft-off).
+    resendable = action is not Action.SOFT_OFF
+    if resendable and should_resend(phase, acked=acked, command_sent_at=command_sent_at, now=now):
         return Verdict.RESEND
     return Verdict.WAIT
 

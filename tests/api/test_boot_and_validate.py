@@ -115,3 +115,23 @@ def test_a_node_registered_with_validate_gets_a_credential_check_queued(
     assert check["action"] == "validate" and check["status"] == "pending"
     row = session.get(PowerRequest, check["id"])
     assert row is not None and row.dispatched_at is not None
+
+
+def test_validate_takes_no_body(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    before = counts(session)
+    refused = client.post(VALIDATE, json={"deadline_s": 5}, headers=operator)
+    problem = assert_problem(refused, 400)
+    assert "takes no body" in problem["detail"]
+    assert counts(session) == before
+
+
+def test_an_identical_soft_off_must_also_agree_on_its_fallback(
+    client: FlaskClient, operator: dict[str, str], node: Node
+) -> None:
+    plain = client.post(POWER, json={"action": "soft_off"}, headers=operator)
+    assert plain.status_code == 202
+    with_fallback = {"action": "soft_off", "soft_fallback": True}
+    assert_problem(client.post(POWER, json=with_fallback, headers=operator), 409)
+    assert client.post(POWER, json={"action": "soft_off"}, headers=operator).status_code == 200

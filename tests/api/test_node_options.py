@@ -3,18 +3,14 @@ write-only; a Redfish system path is part of the BMC endpoint."""
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+from powerq.bmc.simfleet import tlscert
 from powerq.config import get_settings
 from powerq.inventory import bmc_target
 from powerq.models import Node
@@ -31,20 +27,7 @@ def redfish_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bmc")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return tlscert.self_signed("127.0.0.1")[0]
 
 
 def _rf(name: str, **extra: Any) -> dict[str, Any]:

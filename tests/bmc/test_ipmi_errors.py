@@ -110,3 +110,20 @@ def test_refused_credentials_are_never_unreachable(message: str, error: type[Bmc
     mapped = ipmi_errors.from_exception(IpmiException(message), TARGET, "login")
     assert type(mapped) is error and not mapped.transient
     assert "credentials refused" in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("response", "maybe"),
+    [
+        (None, True),  # no answer
+        ({"code": 0xFFFF, "error": "timeout"}, True),
+        ({"code": 0xC3, "error": "Timeout while processing command"}, True),
+        ({"code": 0xCE, "error": "Response could not be provided"}, True),
+        ({"code": 0xC0, "error": "Node busy"}, False),  # busy: it did not run
+        ({"code": 0xD5, "error": "Not supported in present state"}, False),
+    ],
+)
+def test_which_failed_answers_leave_a_power_command_maybe_run(
+    response: dict[str, Any] | None, maybe: bool
+) -> None:
+    assert ipmi_errors.maybe_ran(response) is maybe

@@ -8,13 +8,16 @@ the BMC executed is read from the sim driver's own record (``sent``).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
-from powerq.bmc.base import BmcAckUnknown, BmcTarget, PowerDriver
+from powerq.bmc.base import BmcAckUnknown, BmcTarget, BmcUnreachable, PowerDriver
 from powerq.bmc.sim import SimPowerDriver
 from powerq.config import get_settings
+from powerq.intents import request_power
 from powerq.models import Node, PowerEvent, PowerRequest
 from powerq.states import Action, Evidence, PowerState, RequestStatus
 from powerq.tasks import leases, steps
@@ -240,3 +243,43 @@ def test_a_stale_attempts_observation_changes_nothing(
     assert not stale_owned
     session.refresh(node)
     assert node.power_state is OFF
+
+
+class FirstOffUnsent(PowerDriver):
+    """The first hard off cannot be sent at all (no session); later ones go out."""
+
+    def __init__(self, inner: PowerDriver) -> None:
+        self.inner, self.failed = inner, False
+
+    def get_power_state(self) -> PowerState:
+        return self.inner.get_power_state()
+
+    def send_power_action(self, action: Action) -> None:
+        if action is Action.OFF and not self.failed:
+            self.failed = True
+            raise BmcUnreachable("no session: nothing sent")
+        self.inner.send_power_action(action)
+
+
+def test_a_soft_off_fallback_that_could_not_be_sent_is_retried_as_the_hard_off(
+    session: Session, machine: tuple[Node, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, sim = machine
+    sim.soft_delay = None  # the OS ignores ACPI: only the fallback can turn it off
+    wrapper = FirstOffUnsent(sim)
+    monkeypatch.setattr(steps, "driver_for", lambda target: wrapper)
+    intent = request_power(session, node, Action.SOFT_OFF, actor="test", soft_fallback=True)
+    session.commit()
+    request_id = intent.request.id
+    steps.run_request(request_id)  # query, soft-off sent, first check scheduled
+    session.execute(  # the soft-off's deadline passes
+        update(PowerRequest)
+        .where(PowerRequest.id == request_id)
+        .values(deadline_at=func.now() - timedelta(seconds=1))
+    )
+    session.commit()
+
+    done = drive(session, request_id)
+
+    assert done.status is RequestStatus.SUCCEEDED, done.error
+    assert executed(sim) == [Action.SOFT_OFF, Action.OFF]  # never a second soft-off

@@ -48,6 +48,11 @@ ON, OFF = PowerState.ON, PowerState.OFF
         # unanswered (maybe sent) and no effect for RESEND_AFTER: lost, send again
         (Action.OFF, Action.OFF, ON, T0 + RESEND_AFTER, False, False, False, Verdict.RESEND),
         (Action.OFF, Action.OFF, ON, T0 + RESEND_AFTER, True, False, False, Verdict.WAIT),
+        # a cycle's phases converge like on/off: an unanswered one with no effect was lost
+        (Action.CYCLE, Action.OFF, ON, T0 + RESEND_AFTER, False, False, False, Verdict.RESEND),
+        (Action.CYCLE, Action.ON, OFF, T0 + RESEND_AFTER, True, False, False, Verdict.WAIT),
+        # soft-off's hard-off fallback is sent once (a resend would resend the soft-off)
+        (Action.SOFT_OFF, Action.OFF, ON, T0 + RESEND_AFTER, False, True, True, Verdict.WAIT),
     ],
 )
 def test_check_verdict(

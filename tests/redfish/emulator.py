@@ -10,8 +10,6 @@ reached it.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import re
 import socket
@@ -24,10 +22,8 @@ from types import TracebackType
 
 import bcrypt
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from powerq.bmc.simfleet import tlscert
 
 USERNAME = "admin"
 PASSWORD = "redfish-pw"
@@ -44,34 +40,10 @@ def free_port() -> int:
 
 def self_signed(directory: Path) -> tuple[Path, Path, str]:
     """A certificate for 127.0.0.1 (its own CA) and its key; returns (cert, key, PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "powerq test BMC")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    pem, key_pem = tlscert.self_signed("127.0.0.1")
     cert_path, key_path = directory / "bmc.crt", directory / "bmc.key"
     cert_path.write_text(pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_path.write_text(key_pem)
     return cert_path, key_path, pem
 
 
