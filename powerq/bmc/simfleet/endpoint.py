@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from powerq.bmc import ipmi_boot
 from powerq.bmc.simfleet.cmdlog import CommandLog
 from powerq.bmc.simfleet.faults import Faults
 from powerq.bmc.simfleet.handshake import Account
 from powerq.bmc.simfleet.machine import Behaviour, Cancellable, Machine
 from powerq.bmc.simfleet.responder import Responder
 from powerq.bmc.simfleet.sessions import SessionTable
+from powerq.bmc.simfleet.shared import SharedState
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class LoopScheduler:
         return self._loop.call_later(delay, callback)
 
 
-class SimBmc(asyncio.DatagramProtocol):
+class SimBmc(SharedState, asyncio.DatagramProtocol):
     """A BMC: protocol state, machine, faults, log and packet counters."""
 
     unsupported_faults: frozenset[str] = frozenset()  # every fault kind applies to IPMI
@@ -105,30 +105,6 @@ class SimBmc(asyncio.DatagramProtocol):
         else:
             transport.sendto(reply, addr)
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready summary: power, transition, faults, sessions, counters."""
-        now = self._loop.time()
-        self.sessions.expire(now)
-        return {
-            "name": self.spec.name,
-            "address": self.spec.address,
-            "port": self.spec.port,
-            "power": "on" if self.machine.powered else "off",
-            "transitioning": self.machine.transitioning,
-            "behaviour": {
-                "transition": self.machine.behaviour.transition,
-                "soft_delay": self.machine.behaviour.soft_delay,
-            },
-            "faults": self.faults.active(),
-            "boot": boot_status(self.machine.boot_flags),
-            "sessions_active": self.sessions.count_active(),
-            "sessions_opened": self.sessions.opened_total,
-            "overlaps": self.machine.overlaps,
-            "resets": self.machine.resets,
-            "packets_received": self.received,
-            "packets_dropped": self.dropped,
-        }
-
     def manifest_entry(self) -> dict[str, Any]:
         """The manifest record clients read to reach this BMC."""
         return self.spec.manifest_entry()
@@ -136,20 +112,7 @@ class SimBmc(asyncio.DatagramProtocol):
     def faults_changed(self) -> None:
         """Nothing to do: every datagram reads the faults afresh."""
 
-    def reset_counters(self) -> None:
-        """Forget the log, the overlap and reset counts and the session tally."""
-        self.log.reset()
-        self.machine.overlaps = self.machine.resets = 0
-        self.sessions.opened_total = 0
-        self.received = self.dropped = 0
-
     def close(self) -> None:
         """Stop listening."""
         if self._transport is not None:
             self._transport.close()
-
-
-def boot_status(flags: bytes) -> dict[str, Any]:
-    """The boot override as a client set it: device (None: no override) and persistence."""
-    device, persistent = ipmi_boot.parse_flags(flags)
-    return {"device": device.value if device else None, "persistent": persistent}

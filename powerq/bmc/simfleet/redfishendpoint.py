@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from powerq.bmc.simfleet.cmdlog import CommandLog
-from powerq.bmc.simfleet.endpoint import BmcSpec, LoopScheduler, boot_status
+from powerq.bmc.simfleet.endpoint import BmcSpec, LoopScheduler
 from powerq.bmc.simfleet.faults import FaultKind, Faults
 from powerq.bmc.simfleet.http11 import HttpError, Request, Response, read_request
 from powerq.bmc.simfleet.httpsessions import TokenTable
 from powerq.bmc.simfleet.machine import Behaviour, Machine
 from powerq.bmc.simfleet.redfishdocs import SYSTEMS
 from powerq.bmc.simfleet.redfishresponder import Credentials, RedfishResponder
+from powerq.bmc.simfleet.shared import SharedState
 
 _log = logging.getLogger(__name__)
 IDLE_CONNECTION_S = 30.0  # a kept-alive connection with no request for this long is closed
@@ -53,7 +54,7 @@ class RedfishSite:
     ca_pem: str | None = field(default=None, repr=False)
 
 
-class RedfishBmc:
+class RedfishBmc(SharedState):
     """A Redfish BMC: listener, machine, faults, sessions, log and request counters."""
 
     unsupported_faults = IPMI_ONLY_FAULTS
@@ -123,42 +124,14 @@ class RedfishBmc:
             self._starting = self._loop.create_task(self._serve_on(self._bind()))
 
     def status(self) -> dict[str, Any]:
-        """A JSON-ready summary: power, transition, faults, sessions, counters.
-
-        ``packets_received``/``packets_dropped`` count HTTP requests here.
-        """
-        now = self._loop.time()
-        self.sessions.expire(now)
+        """The shared summary (its packet counters count HTTP requests here), with the
+        protocol, the system path and whether it listens."""
         return {
-            "name": self.spec.name,
+            **super().status(),
             "protocol": "redfish",
-            "address": self.spec.address,
-            "port": self.spec.port,
             "system": self.system_path,
             "listening": self._listening,
-            "power": "on" if self.machine.powered else "off",
-            "transitioning": self.machine.transitioning,
-            "behaviour": {
-                "transition": self.machine.behaviour.transition,
-                "soft_delay": self.machine.behaviour.soft_delay,
-            },
-            "faults": self.faults.active(),
-            "boot": boot_status(self.machine.boot_flags),
-            "sessions_active": self.sessions.count_active(),
-            "sessions_opened": self.sessions.opened_total,
-            "overlaps": self.machine.overlaps,
-            "resets": self.machine.resets,
-            "packets_received": self.received,
-            "packets_dropped": self.dropped,
         }
-
-    def reset_counters(self) -> None:
-        """Forget the log, the overlap and reset counts and the session tally."""
-        self.log.reset()
-        self.machine.overlaps = self.machine.resets = 0
-        self.sessions.opened_total = 0
-        self.received = self.dropped = 0
-
     def close(self) -> None:
         """Stop listening and abort every open connection."""
         self._stop_listening()
