@@ -41,42 +41,6 @@ OFF_BODY = json.dumps({"ResetType": "ForceOff"})
 RESET_SUFFIX = "/Actions/ComputerSystem.Reset"
 
 
-def register_redfish_nodes(manifest: list[dict[str, Any]]) -> list[str]:
-    """Register the fleet's BMCs as Redfish nodes (system path, CA bundle) in bulk
-    INSERTs, as :func:`bench.common.register_nodes` does for IPMI; return their names."""
-    from sqlalchemy import insert
-
-    from powerq.db import session_scope
-    from powerq.models import Node
-    from powerq.secrets import encrypt_password
-    from powerq.states import DriverKind
-
-    secrets: dict[str, bytes] = {}
-    rows = []
-    for bmc in manifest:
-        password = bmc["password"]
-        if password not in secrets:
-            secrets[password] = encrypt_password(password)
-        rows.append(
-            {
-                "name": bmc["name"],
-                "driver": DriverKind.REDFISH,
-                "bmc_address": bmc["address"],
-                "bmc_port": bmc["port"],
-                "bmc_username": bmc["username"],
-                "bmc_password_encrypted": secrets[password],
-                "bmc_system": bmc["system"],
-                "verify_tls": True,
-                "ca_bundle": bmc["ca_bundle"],
-                "tags": [],
-            }
-        )
-    with session_scope() as session:
-        for start in range(0, len(rows), 2000):
-            session.execute(insert(Node), rows[start : start + 2000])
-    return [bmc["name"] for bmc in manifest]
-
-
 def reset_url(row: dict[str, Any]) -> str:
     """The ComputerSystem.Reset target of one manifest entry."""
     return f"{row['scheme']}://{row['address']}:{row['port']}{row['system']}{RESET_SUFFIX}"
@@ -178,7 +142,7 @@ def run(args: argparse.Namespace) -> Result:
         with common.sim_fleet(
             args.nodes, transition=batch.TRANSITION_S, protocol="redfish"
         ) as fleet:
-            names = register_redfish_nodes(fleet.manifest)
+            names = common.register_nodes(fleet.manifest)
             ca = services.data_dir / "fleet-ca.pem"
             ca.write_text(fleet.manifest[0]["ca_bundle"])
             urls = services.data_dir / "reset-urls.txt"

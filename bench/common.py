@@ -477,7 +477,8 @@ def sim_fleet(count: int, **options: Any) -> Iterator[Any]:
 
 
 def register_nodes(manifest: Sequence[dict[str, Any]]) -> list[str]:
-    """Register the fleet's BMCs as IPMI nodes in one bulk INSERT; return their names.
+    """Register the fleet's BMCs as nodes of the manifest's driver (IPMI, or Redfish
+    with its system path and CA bundle) in bulk INSERTs; return their names.
 
     (``inventory.create_node`` one by one costs a savepoint, an event and an
     encryption per node: fine for tests, slow for 10,000 nodes. The rows are the
@@ -499,17 +500,20 @@ def register_nodes(manifest: Sequence[dict[str, Any]]) -> list[str]:
         rows.append(
             {
                 "name": bmc["name"],
-                "driver": DriverKind.IPMI,
+                "driver": DriverKind(bmc.get("driver", DriverKind.IPMI.value)),
                 "bmc_address": bmc["address"],
                 "bmc_port": bmc["port"],
                 "bmc_username": bmc["username"],
                 "bmc_password_encrypted": secrets[password],
+                "bmc_system": bmc.get("system"),
+                "verify_tls": True,
+                "ca_bundle": bmc.get("ca_bundle"),
                 "tags": [],
             }
         )
     with session_scope() as session:
-        for start in range(0, len(rows), 5000):
-            session.execute(insert(Node), rows[start : start + 5000])
+        for start in range(0, len(rows), 2000):
+            session.execute(insert(Node), rows[start : start + 2000])
     return [bmc["name"] for bmc in manifest]
 
 
