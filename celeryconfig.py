@@ -1,20 +1,24 @@
 """Celery settings for powerq (read by ``powerq.tasks.app``).
 
 The numbers nest so that no message can be redelivered while its step may
-still be running, and no lease can outlive a step that was killed:
+still be running, and no lease can outlive a run that went on:
 
-    step hard time limit (30 s)  <  lease (POWERQ_LEASE_S, 60 s)
+    run (at most ~20 s, then it parks)  <  lease (POWERQ_LEASE_S, 60 s)
         <  Redis visibility_timeout (300 s)
 
-* A step is a few milliseconds of database work plus one BMC call bounded by
-  the driver's own timeouts (a few seconds); 30 s is a hang guard that kills it.
+* A lane worker runs its steps in a thread pool (``powerq worker``), where
+  Celery's time limits do not apply. A run is bounded by the executor itself:
+  it parks after ``steps.MAX_RUN_S``, every BMC call is bounded by the
+  driver's own timeouts (a few seconds), and every write renews the lease.
+* The control worker (prefork) keeps the hard time limit below as a hang guard.
 * The lease is how long a claim protects a running request from a second
-  claim; it is extended at each step and must outlast the hard limit.
+  claim; it is renewed by every write of the run and must outlast the run.
 * The visibility timeout is when Redis hands an unacknowledged message to
   another worker. Countdown (check backoff) tasks sit unacked in the worker and
   count against it, so check countdowns stay short (at most 10 s). After a
-  worker is SIGKILLed, ``task_reject_on_worker_lost`` requeues its message at
-  once; after a broker loss, the sweeper re-dispatches from PostgreSQL.
+  lane worker is killed, its restart ends the dead one's leases and rings
+  their requests at once (``powerq.tasks.lifecycle``); after a broker loss,
+  the sweeper re-dispatches from PostgreSQL.
 """
 
 from __future__ import annotations

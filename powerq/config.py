@@ -48,6 +48,18 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Consecutive failed requests that set power_fault"
     )
     lease_s: float = Field(default=60.0, gt=0, description="Lease a worker holds on a step")
+    lane_fanout: int = Field(
+        default=32,
+        ge=1,
+        le=512,
+        description="BMC conversations one lane worker drives at once (its thread pool)",
+    )
+    db_pool_size: int = Field(
+        default=3, ge=1, description="PostgreSQL connections each process keeps open"
+    )
+    db_max_overflow: int = Field(
+        default=3, ge=0, description="Extra PostgreSQL connections a process may open at a peak"
+    )
     redispatch_after_s: float = Field(
         default=10.0,
         gt=0,

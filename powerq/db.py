@@ -7,11 +7,13 @@ database work, leave. Never hold one across a BMC call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import MetaData, create_engine, func, select
+from sqlalchemy import Executable, MetaData, Row, create_engine, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from powerq.config import get_settings, sqlalchemy_url
@@ -42,14 +44,19 @@ _factories: dict[str, sessionmaker[Session]] = {}
 
 
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process.
+    """One pooled engine per URL per process (``POWERQ_DB_POOL_SIZE`` and
+    ``POWERQ_DB_MAX_OVERFLOW`` connections).
 
-    ``pool_pre_ping`` makes a connection that died with a PostgreSQL restart be
-    replaced transparently instead of failing the next request.
+    No pre-ping: it would cost a round trip per transaction. A connection that
+    died with a PostgreSQL restart fails once; SQLAlchemy then invalidates the
+    whole pool, and :func:`run_statement` (the executor's hot path) retries once.
     """
     if url not in _engines:
+        settings = get_settings()
         _engines[url] = create_engine(
-            sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=10
+            sqlalchemy_url(url),
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
         )
     return _engines[url]
 
@@ -93,6 +100,27 @@ def session_scope() -> Iterator[Session]:
     """
     with session_factory()() as session, session.begin():
         yield session
+
+
+def run_statement(
+    statement: Executable, params: Mapping[str, Any] | None = None
+) -> Row[Any] | None:
+    """Run one statement in its own transaction and return its first row.
+
+    A connection found dead (PostgreSQL restarted since it was pooled) is
+    replaced and the statement retried once: it never ran, so that is safe.
+
+    :raises sqlalchemy.exc.DBAPIError: the database refused or is unreachable.
+    :raises ConfigError: no database URL is configured.
+    """
+    for retry in (False, True):
+        try:
+            with get_engine().begin() as conn:
+                return conn.execute(statement, params or {}).first()
+        except DBAPIError as exc:
+            if retry or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
 
 
 def reset_engines() -> None:

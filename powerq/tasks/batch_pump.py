@@ -88,17 +88,29 @@ def ring(request_id: uuid.UUID) -> None:
     try:
         with session_scope() as session:
             batch_id = waiting_batch_of(session, request_id)
-        if batch_id is not None:
-            app.send_task(
-                PUMP_TASK,
-                args=[str(batch_id)],
-                queue=CONTROL_QUEUE,
-                routing_key=CONTROL_QUEUE,
-                retry=True,
-                retry_policy=_PUBLISH_RETRY,
-            )
     except Exception as exc:
         log.warning("could not ring the batch pump after %s (sweeper will): %s", request_id, exc)
+        return
+    if batch_id is not None:
+        wake(batch_id)
+
+
+def wake(batch_id: uuid.UUID) -> None:
+    """Send ``powerq.batch_pump`` for a batch that holds requests back.
+
+    Never raises: the sweeper pumps anyway.
+    """
+    try:
+        app.send_task(
+            PUMP_TASK,
+            args=[str(batch_id)],
+            queue=CONTROL_QUEUE,
+            routing_key=CONTROL_QUEUE,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY,
+        )
+    except Exception as exc:
+        log.warning("could not wake the batch pump of %s (sweeper will): %s", batch_id, exc)
 
 
 def pump_in_sweep() -> int:

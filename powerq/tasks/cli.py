@@ -15,20 +15,27 @@ from powerq.tasks.routing import CONTROL_QUEUE, lane_queue
 def worker_argv(lane: int | None, loglevel: str) -> list[str]:
     """Celery worker arguments for one lane (or the control queue when ``lane`` is None).
 
-    A lane worker is prefork with concurrency 1: one power step at a time, and
-    a SIGKILLed child's message is rejected back to the queue
-    (``task_reject_on_worker_lost``), which the solo/threads pools cannot do.
+    A lane worker is one process with a thread pool of ``POWERQ_LANE_FANOUT``
+    threads: it drives that many BMC conversations at once, like ipmipower's
+    fanout, while each node's steps stay in order, one at a time (claims and
+    leases in PostgreSQL order them; :mod:`powerq.tasks.node_locks` keeps two
+    threads off one BMC). A killed worker's unacknowledged messages come back
+    after Redis' visibility timeout; long before that, the restarted worker
+    ends its predecessor's leases (:mod:`powerq.tasks.lifecycle`) and the
+    sweeper re-dispatches from PostgreSQL. The control worker (sweeper,
+    monitor ticks, batch pump) stays prefork with concurrency 1: its jobs
+    keep Celery's time limits.
     """
     queue = CONTROL_QUEUE if lane is None else lane_queue(lane)
     name = "control" if lane is None else f"lane{lane}"
+    pool = ["--pool", "prefork", "--concurrency", "1"]
+    if lane is not None:
+        pool = ["--pool", "threads", "--concurrency", str(get_settings().lane_fanout)]
     return [
         "worker",
         "--queues",
         queue,
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
+        *pool,
         "--hostname",
         f"{name}@%h",
         "--loglevel",
@@ -49,7 +56,8 @@ def worker_argv(lane: int | None, loglevel: str) -> list[str]:
     help="Restart the Celery worker if it dies (e.g. after losing Redis).",
 )
 def worker(lane: int | None, control: bool, loglevel: str, supervise: bool) -> None:
-    """Run one single-concurrency worker for a lane, or the control worker."""
+    """Run the worker of a lane (its BMC conversations in a bounded thread pool), or the
+    control worker."""
     if (lane is None) == (not control):
         raise click.UsageError("give exactly one of --lane K or --control")
     lanes = get_settings().lanes

@@ -31,15 +31,22 @@ _PUBLISH_RETRY = {
 }
 
 
-def send_step(request_id: uuid.UUID, node_name: str, *, countdown: float | None = None) -> None:
-    """Publish one ``powerq.step`` for ``request_id`` on ``node_name``'s lane.
+def send_step(
+    request_id: uuid.UUID,
+    node_name: str,
+    *,
+    countdown: float | None = None,
+    continuing: int | None = None,
+) -> None:
+    """Publish one ``powerq.step`` for ``request_id`` on ``node_name``'s lane
+    (``continuing``: the parked attempt this message continues).
 
     :raises kombu.exceptions.OperationalError: the broker cannot be reached.
     """
     lane = lane_for(node_name, get_settings().lanes)
     app.send_task(
         STEP_TASK,
-        args=[str(request_id)],
+        args=[str(request_id)] if continuing is None else [str(request_id), continuing],
         queue=lane_queue(lane),
         routing_key=lane_queue(lane),
         countdown=countdown,

@@ -1,34 +1,49 @@
 """Claims and fenced writes on power requests: the database side of a step.
 
-A worker claims a request with one conditional UPDATE that increments
-``attempt`` (the fencing token) and sets a lease. Every later write names that
-attempt, so a zombie worker's late write matches no row and changes nothing.
-Each function here is one short transaction; none is ever open across a BMC call.
+A worker claims a request with one conditional UPDATE that sets a lease and,
+after a lost lease, increments ``attempt`` (the fencing token). Every later
+write names that attempt, so a zombie worker's late write matches no row and
+changes nothing. Each function here is one statement in its own short
+transaction; none is ever open across a BMC call.
 
-Between steps the lease is set to the time the next step is due: the next
-step's claim needs an expired lease, and a request whose chain of messages was
-lost (Redis flushed, worker killed) is found by the sweeper once its lease has
-been expired for a grace period.
+While a run goes on, every write renews its lease. When the next step is not
+due within the run, the attempt *parks*: its lease is set to the time the next
+step is due and a continuation message carries the attempt number, whose claim
+keeps the attempt (it is the same attempt going on, not a takeover). A request
+whose continuation was lost (Redis flushed, worker killed) is found by the
+sweeper once its lease has been expired for a grace period; that claim is a
+takeover and increments ``attempt``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, func, select, text, update
 
-from powerq.audit import record_event
 from powerq.bmc.base import BmcTarget
-from powerq.db import db_now, session_scope
+from powerq.db import db_now, run_statement, session_scope
 from powerq.errors import ConfigError
-from powerq.health import record_failure, record_success
+from powerq.health import record_failure
 from powerq.inventory import bmc_target
 from powerq.models import Node, PowerRequest
-from powerq.states import Action, BootDevice, Evidence, PowerState, RequestStatus, Step
+from powerq.states import (
+    Action,
+    BootDevice,
+    DriverKind,
+    Evidence,
+    PowerState,
+    RequestStatus,
+    Step,
+)
+
+E = TypeVar("E", bound=Enum)
 
 ACTOR = "executor"
 # A continuation may be claimed this early: a worker clock slightly ahead of
@@ -36,11 +51,17 @@ ACTOR = "executor"
 CLAIM_TOLERANCE = timedelta(seconds=2)
 # A configuration problem is not the BMC's: it never raises power_fault.
 _NOT_A_BMC_FAULT = 2**31
+# How a node's transitions are learned: the quickest of its last few verified ones.
+LEARN_FROM = 5
 
 
 @dataclass(frozen=True)
 class Claim:
-    """What one claimed attempt knows about its request (re-read at every claim)."""
+    """What one claimed attempt knows about its request (re-read at every claim).
+
+    ``now`` is PostgreSQL's time at the last statement, taken locally at
+    ``now_mono`` (:func:`time.monotonic`); :meth:`clock` carries it forward.
+    """
 
     request_id: uuid.UUID
     attempt: int
@@ -64,218 +85,411 @@ class Claim:
     boot_device: BootDevice | None = None
     boot_persistent: bool = False
     boot_set_at: datetime | None = None
+    batch_id: uuid.UUID | None = None
+    # seconds the node's last verified off / on took (None: not learned yet)
+    takes_s: dict[Action, float | None] = field(default_factory=dict)
+    now_mono: float = field(default_factory=time.monotonic)
+
+    def clock(self) -> datetime:
+        """PostgreSQL's time now, from the last statement's and the local monotonic clock."""
+        return self.now + timedelta(seconds=time.monotonic() - self.now_mono)
+
+    def at_now(self) -> Claim:
+        """This claim with ``now`` brought forward (call just before a BMC read)."""
+        return replace(self, now=self.clock(), now_mono=time.monotonic())
 
 
-def claim(request_id: uuid.UUID, lease_s: float) -> Claim | None:
+def claim(request_id: uuid.UUID, lease_s: float, *, continuing: int | None = None) -> Claim | None:
     """Take the request for one attempt, or return None if it is not ours to run.
 
-    Claimable: ``pending`` (and due), or ``running`` with an expired lease.
-    The claim sets ``running``, increments ``attempt`` and leases the request
-    for ``lease_s``; the first claim also fixes ``started_at``/``deadline_at``.
+    One statement. Claimable: ``pending`` (and due), or ``running`` with an
+    expired lease. The claim sets ``running`` and leases the request for
+    ``lease_s``; the first claim also fixes ``started_at``/``deadline_at`` and
+    records the ``started`` event. ``attempt`` (the fencing token) goes up by
+    one, except for the continuation its own attempt parked (``continuing``):
+    it counts claims after a lost lease, not scheduled checks.
 
     A request whose BMC credentials cannot be decrypted (this host's
     ``POWERQ_SECRET_KEY`` is not the one they were stored with) cannot run
     anywhere with this key: it is failed at once with that reason, the node's
     ``last_error`` says so, and None is returned.
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
-    with session_scope() as session:
-        now = db_now(session)
-        row = session.execute(_claim_statement(request_id, now, lease_s)).first()
-        if row is None:
-            return None
-        request = session.get(PowerRequest, request_id, populate_existing=True)
-        assert request is not None
-        if request.attempt == 1:
-            record_event(
-                session,
-                node_id=request.node_id,
-                request_id=request.id,
-                kind="started",
-                actor=ACTOR,
-                message=f"{request.action.value} claimed by a worker",
-            )
-        try:
-            return _snapshot(request, request.node, now)
-        except ConfigError as exc:
-            _fail_unrunnable(session, request, now, str(exc))
-            return None
+    row = run_statement(
+        _CLAIM,
+        {
+            "request_id": request_id,
+            "lease_s": lease_s,
+            "tolerance_s": CLAIM_TOLERANCE.total_seconds(),
+            "continuing": continuing,
+        },
+    )
+    if row is None:
+        return None
+    try:
+        target = bmc_target(_node_of(row))
+    except ConfigError as exc:
+        _fail_unrunnable(request_id, str(exc))
+        return None
+    return _snapshot(row, target)
 
 
-def _fail_unrunnable(session: Session, request: PowerRequest, now: datetime, reason: str) -> None:
+# The claim, the first claim's event, the node and the learned transition times
+# in one round trip.
+_CLAIM = text(
+    """
+    WITH claimed AS (
+        UPDATE power_requests r
+        SET status = 'running',
+            attempt = CASE WHEN r.status = 'running' AND r.attempt = :continuing
+                           THEN r.attempt ELSE r.attempt + 1 END,
+            lease_expires_at = now() + make_interval(secs => :lease_s),
+            started_at = coalesce(r.started_at, now()),
+            deadline_at = coalesce(r.deadline_at, now() + make_interval(secs => r.deadline_s)),
+            updated_at = now()
+        WHERE r.id = :request_id AND (
+            (r.status = 'pending' AND NOT r.held
+             AND (r.not_before IS NULL OR r.not_before <= now())
+             AND (r.start_by IS NULL OR r.start_by > now()))
+            OR (r.status = 'running'
+                AND r.lease_expires_at <= now() + make_interval(secs => :tolerance_s)))
+        RETURNING r.*
+    ), started AS (
+        INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
+        SELECT node_id, id, 'started', 'executor', action::text || ' claimed by a worker', '{}'
+        FROM claimed WHERE started_at = now()
+    )
+    SELECT c.id, c.attempt, c.action, c.next_step, c.started_at, c.deadline_at, c.checks,
+           c.transient_errors, c.soft_fallback, c.observed_before, c.command_sent,
+           c.command_sent_at, c.command_acked_at, c.fallback_sent_at, c.transition_seen_at,
+           c.boot_device, c.boot_persistent, c.boot_set_at, c.batch_id, now() AS now,
+           n.id AS node_id, n.name, n.driver, n.bmc_address, n.bmc_port, n.bmc_username,
+           n.bmc_password_encrypted, n.bmc_system, n.verify_tls, n.ca_bundle,
+           n.ipmi_cipher_suite, n.ipmi_privilege, n.ipmi_kg_encrypted,
+           (SELECT min(extract(epoch FROM h.finished_at - h.command_sent_at))
+            FROM (SELECT finished_at, command_sent_at FROM power_requests
+                  WHERE node_id = c.node_id AND status = 'succeeded' AND command_sent = 'off'
+                    AND evidence = 'power_state'
+                  ORDER BY created_at DESC LIMIT :learn_from) h) AS off_takes_s,
+           (SELECT min(extract(epoch FROM h.finished_at - h.command_sent_at))
+            FROM (SELECT finished_at, command_sent_at FROM power_requests
+                  WHERE node_id = c.node_id AND status = 'succeeded' AND command_sent = 'on'
+                    AND evidence IN ('power_state', 'off_then_on')
+                  ORDER BY created_at DESC LIMIT :learn_from) h) AS on_takes_s
+    FROM claimed c JOIN nodes n ON n.id = c.node_id
+    """
+).bindparams(learn_from=LEARN_FROM)
+
+
+def _node_of(row: Row[Any]) -> Node:
+    """A detached node holding what :func:`bmc_target` reads."""
+    return Node(
+        id=row.node_id,
+        name=row.name,
+        driver=DriverKind(row.driver),
+        bmc_address=row.bmc_address,
+        bmc_port=row.bmc_port,
+        bmc_username=row.bmc_username,
+        bmc_password_encrypted=row.bmc_password_encrypted,
+        bmc_system=row.bmc_system,
+        verify_tls=row.verify_tls,
+        ca_bundle=row.ca_bundle,
+        ipmi_cipher_suite=row.ipmi_cipher_suite,
+        ipmi_privilege=row.ipmi_privilege,
+        ipmi_kg_encrypted=row.ipmi_kg_encrypted,
+    )
+
+
+def _fail_unrunnable(request_id: uuid.UUID, reason: str) -> None:
     """Fail a just-claimed request that no worker with this configuration can run."""
-    request.status = RequestStatus.FAILED
-    request.finished_at = now
-    request.lease_expires_at = None
-    request.error = reason
-    node = session.get(Node, request.node_id, with_for_update=True)
-    assert node is not None
-    record_failure(
-        session, node, request_id=request.id, error=reason, threshold=_NOT_A_BMC_FAULT, actor=ACTOR
-    )
-
-
-def _claim_statement(request_id: uuid.UUID, now: datetime, lease_s: float) -> Any:
-    claimable = or_(
-        and_(
-            PowerRequest.status == RequestStatus.PENDING,
-            ~PowerRequest.held,
-            or_(PowerRequest.not_before.is_(None), PowerRequest.not_before <= now),
-            # past its batch's deadline it never starts (the sweep fails it)
-            or_(PowerRequest.start_by.is_(None), PowerRequest.start_by > now),
-        ),
-        and_(
-            PowerRequest.status == RequestStatus.RUNNING,
-            PowerRequest.lease_expires_at <= now + CLAIM_TOLERANCE,
-        ),
-    )
-    return (
-        update(PowerRequest)
-        .where(PowerRequest.id == request_id, claimable)
-        .values(
-            status=RequestStatus.RUNNING,
-            attempt=PowerRequest.attempt + 1,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            started_at=func.coalesce(PowerRequest.started_at, now),
-            deadline_at=func.coalesce(
-                PowerRequest.deadline_at,
-                now + func.make_interval(0, 0, 0, 0, 0, 0, PowerRequest.deadline_s),
-            ),
+    with session_scope() as session:
+        request = session.get(PowerRequest, request_id, with_for_update=True)
+        assert request is not None
+        request.status = RequestStatus.FAILED
+        request.finished_at = db_now(session)
+        request.lease_expires_at = None
+        request.error = reason
+        node = session.get(Node, request.node_id, with_for_update=True)
+        assert node is not None
+        record_failure(
+            session,
+            node,
+            request_id=request.id,
+            error=reason,
+            threshold=_NOT_A_BMC_FAULT,
+            actor=ACTOR,
         )
-        .returning(PowerRequest.id)
-    )
 
 
-def _snapshot(request: PowerRequest, node: Node, now: datetime) -> Claim:
-    assert request.started_at is not None and request.deadline_at is not None
+def _optional(kind: type[E], value: str | None) -> E | None:
+    return None if value is None else kind(value)
+
+
+def _snapshot(row: Row[Any], target: BmcTarget) -> Claim:
     return Claim(
-        request_id=request.id,
-        attempt=request.attempt,
-        action=request.action,
-        next_step=request.next_step,
-        node_id=node.id,
-        node_name=node.name,
-        target=bmc_target(node),
-        started_at=request.started_at,
-        deadline_at=request.deadline_at,
-        now=now,
-        checks=request.checks,
-        transient_errors=request.transient_errors,
-        soft_fallback=request.soft_fallback,
-        observed_before=request.observed_before,
-        command_sent=request.command_sent,
-        command_sent_at=request.command_sent_at,
-        command_acked_at=request.command_acked_at,
-        fallback_sent_at=request.fallback_sent_at,
-        transition_seen_at=request.transition_seen_at,
-        boot_device=BootDevice(request.boot_device) if request.boot_device else None,
-        boot_persistent=request.boot_persistent,
-        boot_set_at=request.boot_set_at,
+        request_id=row.id,
+        attempt=row.attempt,
+        action=Action(row.action),
+        next_step=Step(row.next_step),
+        node_id=row.node_id,
+        node_name=row.name,
+        target=target,
+        started_at=row.started_at,
+        deadline_at=row.deadline_at,
+        now=row.now,
+        checks=row.checks,
+        transient_errors=row.transient_errors,
+        soft_fallback=row.soft_fallback,
+        observed_before=_optional(PowerState, row.observed_before),
+        command_sent=_optional(Action, row.command_sent),
+        command_sent_at=row.command_sent_at,
+        command_acked_at=row.command_acked_at,
+        fallback_sent_at=row.fallback_sent_at,
+        transition_seen_at=row.transition_seen_at,
+        boot_device=_optional(BootDevice, row.boot_device),
+        boot_persistent=row.boot_persistent,
+        boot_set_at=row.boot_set_at,
+        batch_id=row.batch_id,
+        takes_s={Action.OFF: row.off_takes_s, Action.ON: row.on_takes_s},
     )
 
 
-def _fenced(session: Session, c: Claim, **values: Any) -> bool:
-    """Update the request only if ``c`` is still the current running attempt."""
-    result = session.execute(
+def park(c: Claim, *, delay_s: float, **values: Any) -> Claim | None:
+    """Record progress and hand the lease over until the next step is due.
+
+    The lease ends when the next step is due (``delay_s`` from now), so that
+    step's claim, a continuation of this attempt, can take it; if its message
+    is lost, the sweeper finds the expired lease. Returns the updated claim,
+    or None when a newer attempt has taken over (this one must stop).
+    """
+    statement = (
         update(PowerRequest)
         .where(
             PowerRequest.id == c.request_id,
             PowerRequest.attempt == c.attempt,
             PowerRequest.status == RequestStatus.RUNNING,
         )
-        .values(**values)
-        .returning(PowerRequest.id)
-    ).first()
-    return result is not None
-
-
-def advance(c: Claim, *, delay_s: float, acked: bool = False, **values: Any) -> Claim | None:
-    """Record progress and keep (delay 0) or hand over (delay > 0) the lease.
-
-    With ``delay_s == 0`` the same attempt goes on at once and its lease is
-    renewed; otherwise the lease ends when the next step is due, so that
-    step's claim (on the same lane) can take it. ``acked``: the BMC answered
-    the command just sent (``command_acked_at`` is stamped). Returns the
-    updated claim, or None when a newer attempt has taken over (this one must stop).
-    """
-    with session_scope() as session:
-        now = db_now(session)
-        lease_until = now + timedelta(seconds=delay_s) if delay_s > 0 else None
-        if lease_until is not None:
-            values["lease_expires_at"] = lease_until
-        if acked:
-            values["command_acked_at"] = now
-        if not _fenced(session, c, **values):
-            return None
+        .values(lease_expires_at=func.now() + timedelta(seconds=delay_s), **values)
+        .returning(func.now().label("now"))
+    )
+    row = run_statement(statement)
+    if row is None:
+        return None
     fields = {k: v for k, v in values.items() if k in Claim.__dataclass_fields__}
-    return replace(c, now=now, **fields)
+    return replace(c, now=row.now, now_mono=time.monotonic(), **fields)
 
 
-def mark_command_sent(c: Claim, command: Action, *, fallback: bool = False) -> Claim | None:
+_MARK = text(
+    """
+    WITH req AS (
+        UPDATE power_requests
+        SET command_sent = :command,
+            command_sent_at = CASE WHEN :fallback THEN command_sent_at ELSE now() END,
+            fallback_sent_at = CASE WHEN :fallback THEN now() ELSE fallback_sent_at END,
+            command_acked_at = NULL,
+            observed_before = coalesce(CAST(:state AS power_state), observed_before),
+            transition_seen_at = coalesce(:transition_seen_at, transition_seen_at),
+            boot_set_at = coalesce(:boot_set_at, boot_set_at),
+            deadline_at = :deadline_at,
+            lease_expires_at = now() + make_interval(secs => :lease_s),
+            updated_at = now()
+        WHERE id = :request_id AND attempt = :attempt AND status = 'running'
+        RETURNING id, node_id
+    ), observed AS (
+        UPDATE nodes
+        SET power_state = CAST(:state AS power_state), power_state_at = :read_started,
+            last_checked_at = now()
+        WHERE id = (SELECT node_id FROM req) AND CAST(:state AS power_state) IS NOT NULL
+          AND (power_state_at IS NULL OR power_state_at < :read_started)
+    ), sent AS (
+        INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
+        SELECT node_id, id, 'command_sent', 'executor', :message, CAST(:detail AS jsonb) FROM req
+    )
+    SELECT now() AS now, EXISTS (SELECT 1 FROM req) AS owned
+    """
+)
+
+
+def mark_command_sent(
+    c: Claim,
+    command: Action,
+    *,
+    fallback: bool = False,
+    read: PowerState | None = None,
+    lease_s: float,
+) -> Claim | None:
     """Write ``command_sent_at`` (``fallback_sent_at`` for a soft_off's hard-off
     fallback) *before* the command goes out: the send-once rule.
 
+    One statement, which also stores ``read`` (the query read that showed the
+    command is needed) as the node's observed state and the request's
+    ``observed_before``, and the claim's progress not yet written
+    (``transition_seen_at`` of a cycle's off phase, ``boot_set_at``, the
+    deadline a hard-off fallback brings).
     Returns the updated claim, or None if this attempt was fenced out.
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
-    with session_scope() as session:
-        now = db_now(session)
-        column = "fallback_sent_at" if fallback else "command_sent_at"
-        values: dict[str, Any] = {column: now, "command_sent": command, "command_acked_at": None}
-        if not _fenced(session, c, **values):
-            return None
-        record_event(
-            session,
-            node_id=c.node_id,
-            request_id=c.request_id,
-            kind="command_sent",
-            actor=ACTOR,
-            message=f"{command.value} sent to {c.target.label}",
-            detail={"command": command.value, "attempt": c.attempt},
-        )
-    if fallback:
-        return replace(
-            c, now=now, command_sent=command, fallback_sent_at=now, command_acked_at=None
-        )
-    return replace(c, now=now, command_sent=command, command_sent_at=now, command_acked_at=None)
+    row = run_statement(
+        _MARK,
+        {
+            "request_id": c.request_id,
+            "attempt": c.attempt,
+            "node_id": c.node_id,
+            "command": command.value,
+            "fallback": fallback,
+            "state": read.value if read is not None else None,
+            "read_started": c.now,
+            "transition_seen_at": c.transition_seen_at,
+            "boot_set_at": c.boot_set_at,
+            "deadline_at": c.deadline_at,
+            "lease_s": lease_s,
+            "message": f"{command.value} sent to {c.target.label}",
+            "detail": json.dumps({"command": command.value, "attempt": c.attempt}),
+        },
+    )
+    assert row is not None
+    now = row.now
+    if not row.owned:
+        return None
+    c = replace(c, now=now, now_mono=time.monotonic(), command_sent=command, command_acked_at=None)
+    c = replace(c, fallback_sent_at=now) if fallback else replace(c, command_sent_at=now)
+    return c if read is None else replace(c, observed_before=read)
 
 
 _OBSERVE = text(
     """
     WITH owner AS (
-        SELECT 1 FROM power_requests
+        UPDATE power_requests
+        SET lease_expires_at = now() + make_interval(secs => :lease_s),
+            command_acked_at = coalesce(command_acked_at, :acked_at)
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
+        RETURNING 1
     ), observed AS (
         UPDATE nodes
         SET power_state = :state, power_state_at = :read_started, last_checked_at = now()
         WHERE id = :node_id AND EXISTS (SELECT 1 FROM owner)
           AND (power_state_at IS NULL OR power_state_at < :read_started)
-        RETURNING 1
     )
-    SELECT now(), EXISTS (SELECT 1 FROM owner)
+    SELECT now() AS now, EXISTS (SELECT 1 FROM owner) AS owned
     """
 )
 
 
-def record_observation(c: Claim, state: PowerState) -> tuple[datetime, bool]:
-    """Store a BMC read made by attempt ``c`` as the node's observed state.
+def record_observation(c: Claim, state: PowerState, *, lease_s: float) -> Claim | None:
+    """Store a BMC read made by attempt ``c`` as the node's observed state, renew
+    the lease, and keep the claim's ``command_acked_at`` if none is recorded yet.
 
     One statement, fenced: nothing is written unless ``c`` still owns its
     request, and an older read never overwrites a newer one. The read is
     stamped with ``c.now``, PostgreSQL's time just *before* the BMC was asked
-    (the state was that at least that recently). Returns PostgreSQL's time now
-    and whether ``c`` still owns the request (False: stop, write nothing more).
+    (the state was that at least that recently). Returns the claim with
+    PostgreSQL's time now, or None when ``c`` no longer owns the request
+    (stop, write nothing more).
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
-    with session_scope() as session:
-        row = session.execute(
-            _OBSERVE,
-            {
-                "request_id": c.request_id,
-                "attempt": c.attempt,
-                "state": state.value,
-                "read_started": c.now,
-                "node_id": c.node_id,
-            },
-        ).one()
-    return row[0], bool(row[1])
+    row = run_statement(
+        _OBSERVE,
+        {
+            "request_id": c.request_id,
+            "attempt": c.attempt,
+            "state": state.value,
+            "read_started": c.now,
+            "node_id": c.node_id,
+            "lease_s": lease_s,
+            "acked_at": c.command_acked_at,
+        },
+    )
+    assert row is not None
+    return replace(c, now=row.now, now_mono=time.monotonic()) if row.owned else None
+
+
+# Closing a request: the request row, the node's observed state and health,
+# and the events, in one statement. ``was`` is the node before this statement.
+_FINISH = text(
+    """
+    WITH req AS (
+        UPDATE power_requests
+        SET status = CAST(:status AS request_status), finished_at = now(),
+            lease_expires_at = NULL, error = :error,
+            observed_after = coalesce(CAST(:state AS power_state), observed_after),
+            evidence = coalesce(:evidence, evidence),
+            command_acked_at = coalesce(command_acked_at, :acked_at),
+            updated_at = now()
+        WHERE id = :request_id AND attempt = :attempt AND status = 'running'
+        RETURNING id, node_id, batch_id
+    ), was AS (
+        SELECT power_fault FROM nodes WHERE id = :node_id
+    ), health AS (
+        UPDATE nodes n
+        SET power_state = CASE WHEN :fresh_check AND (n.power_state_at IS NULL
+                                    OR n.power_state_at < :read_started)
+                               THEN CAST(:state AS power_state) ELSE n.power_state END,
+            power_state_at = CASE WHEN :fresh_check AND (n.power_state_at IS NULL
+                                    OR n.power_state_at < :read_started)
+                                  THEN :read_started ELSE n.power_state_at END,
+            last_checked_at = CASE WHEN :fresh_check THEN now() ELSE n.last_checked_at END,
+            consecutive_failures = CASE WHEN :succeeded THEN 0
+                                        ELSE n.consecutive_failures + 1 END,
+            last_error = CASE WHEN :succeeded THEN NULL ELSE :error END,
+            power_fault = CASE WHEN :succeeded THEN false
+                               ELSE n.power_fault OR n.consecutive_failures + 1 >= :threshold END,
+            power_fault_reason = CASE
+                WHEN :succeeded THEN NULL
+                WHEN NOT n.power_fault AND n.consecutive_failures + 1 >= :threshold
+                THEN (n.consecutive_failures + 1)::text
+                     || ' consecutive failed power requests; last: ' || coalesce(:error, '')
+                ELSE n.power_fault_reason END,
+            power_fault_at = CASE
+                WHEN NOT :succeeded AND NOT n.power_fault
+                     AND n.consecutive_failures + 1 >= :threshold
+                THEN now() ELSE n.power_fault_at END,
+            updated_at = now()
+        FROM req, was
+        WHERE n.id = req.node_id
+        RETURNING n.id, was.power_fault AS was_faulted,
+                  NOT :succeeded AND n.power_fault AND NOT was.power_fault AS raises,
+                  n.power_fault_reason
+    ), events AS (
+        INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
+        SELECT h.id, :request_id, e.kind, 'executor', e.message, CAST(e.detail AS jsonb)
+        FROM health h CROSS JOIN LATERAL (VALUES
+            (1, 'power_fault_cleared', 'a successful request cleared the power fault', '{}',
+             :succeeded AND h.was_faulted),
+            (2, :kind, :message, :detail, true),
+            (3, 'power_fault', h.power_fault_reason, '{}', h.raises)
+        ) AS e(position, kind, message, detail, wanted)
+        WHERE e.wanted
+        ORDER BY e.position
+    )
+    SELECT EXISTS (SELECT 1 FROM req) AS owned,
+           (SELECT r.batch_id FROM req r WHERE EXISTS (
+                SELECT 1 FROM power_requests h
+                WHERE h.batch_id = r.batch_id AND h.held AND h.status = 'pending'))
+               AS waiting_batch
+    """
+)
+
+# What a success event says, by what showed it: never more than was seen.
+_SUCCESS_WORDING: dict[Evidence | None, str] = {
+    Evidence.POWER_STATE: "verified: the BMC reports the target state",
+    Evidence.ALREADY: "verified: the BMC already reported the target state, nothing sent",
+    Evidence.OFF_THEN_ON: "verified: the BMC reported off, then on",
+    Evidence.ACKNOWLEDGED: "acknowledged by the BMC; it cannot be read back, so not verified",
+    Evidence.BOOT_DEVICE: "verified: the BMC reports the boot device that was set",
+    Evidence.READ: "read from the BMC",
+    None: "succeeded",
+}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What closing a request did."""
+
+    owned: bool  # False: a newer attempt owns the request; nothing was written
+    waiting_batch: uuid.UUID | None  # its batch still holds requests back
 
 
 def finish(
@@ -285,55 +499,44 @@ def finish(
     error: str | None = None,
     observed: PowerState | None = None,
     evidence: Evidence | None = None,
-    acked: bool = False,
+    acked_at: datetime | None = None,
     fault_threshold: int,
-) -> bool:
+) -> Finished:
     """Close the request as succeeded or failed and update the node's health.
 
-    A success clears ``power_fault``, ``last_error`` and the failure count; a
-    failure records ``last_error`` and sets ``power_fault`` once the node has
-    failed ``fault_threshold`` requests in a row. ``evidence`` says what showed
-    the outcome; ``acked`` stamps ``command_acked_at`` (the BMC answered the
-    command just sent). Returns False when this attempt was fenced out (nothing
-    was written).
+    One statement. A success clears ``power_fault``, ``last_error`` and the
+    failure count; a failure records ``last_error`` and sets ``power_fault``
+    once the node has failed ``fault_threshold`` requests in a row.
+    ``observed`` (a read made at ``c.now``) is stored as the node's observed
+    state; ``evidence`` says what showed the outcome; ``acked_at``: when the
+    BMC answered the command (kept if one was recorded already).
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
-    with session_scope() as session:
-        now = db_now(session)
-        values: dict[str, Any] = {
-            "status": status,
-            "finished_at": now,
-            "lease_expires_at": None,
+    succeeded = status is RequestStatus.SUCCEEDED
+    detail = {"evidence": evidence.value} if succeeded and evidence else {}
+    row = run_statement(
+        _FINISH,
+        {
+            "request_id": c.request_id,
+            "attempt": c.attempt,
+            "node_id": c.node_id,
+            "status": status.value,
+            "succeeded": succeeded,
             "error": error,
-        }
-        if observed is not None:
-            values["observed_after"] = observed
-        if evidence is not None:
-            values["evidence"] = evidence.value
-        if acked:
-            values["command_acked_at"] = now
-        if not _fenced(session, c, **values):
-            return False
-        node = session.get(Node, c.node_id, with_for_update=True)
-        assert node is not None
-        if status is RequestStatus.SUCCEEDED:
-            record_success(
-                session,
-                node,
-                request_id=c.request_id,
-                action=c.action,
-                actor=ACTOR,
-                evidence=evidence,
-            )
-        else:
-            record_failure(
-                session,
-                node,
-                request_id=c.request_id,
-                error=error,
-                threshold=fault_threshold,
-                actor=ACTOR,
-            )
-    return True
+            "state": observed.value if observed is not None else None,
+            "fresh_check": observed is not None,
+            "read_started": c.now,
+            "evidence": evidence.value if evidence is not None else None,
+            "acked_at": acked_at,
+            "threshold": fault_threshold,
+            "kind": "succeeded" if succeeded else "failed",
+            "message": f"{c.action.value} {_SUCCESS_WORDING[evidence]}" if succeeded else error,
+            "detail": json.dumps(detail),
+        },
+    )
+    assert row is not None
+    return Finished(owned=bool(row.owned), waiting_batch=row.waiting_batch)
 
 
 def current_status(request_id: uuid.UUID) -> RequestStatus | None:

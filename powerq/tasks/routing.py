@@ -2,7 +2,8 @@
 
 A node always maps to the same lane (a stable hash of its name, the same in
 every process and across restarts), and each lane is consumed by exactly one
-concurrency-1 worker, so a node's steps run in order, one at a time.
+worker process. That worker drives many nodes at once; a node's steps run in
+order, one at a time (claims and leases in PostgreSQL; one BMC turn per node).
 """
 
 from __future__ import annotations

@@ -1,17 +1,22 @@
-"""The executor: one ``powerq.step`` task run carries a request one step further.
+"""The executor: one ``powerq.step`` task run carries a request as far as it can.
 
 A run claims the request (fenced attempt), then performs steps while the next
-one is due at once: query the BMC, send the command if needed, check. When the
-hardware needs time, the next check is scheduled on the same lane with backoff
-and the run returns, so a lane never waits on hardware. The executor is dumb:
-it does what the request says and records success or failure in PostgreSQL.
+one is due within a short horizon: query the BMC, send the command if needed,
+check it on the hardware's clock (close polls through the node's learned
+transition window). A lane worker runs many nodes' runs at once (a bounded
+thread pool), so a run that waits a moment for its hardware holds one slot,
+never the lane. When the next step is further away, the attempt parks and a
+continuation message is scheduled on the same lane. The executor is dumb: it
+does what the request says and records success or failure in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,7 +25,6 @@ from sqlalchemy.exc import OperationalError
 from powerq.bmc import driver_for
 from powerq.bmc.base import BmcAckUnknown, BmcError, PowerDriver
 from powerq.config import get_settings
-from powerq.db import db_now, session_scope
 from powerq.states import (
     DEFAULT_DEADLINE_S,
     Action,
@@ -37,23 +41,33 @@ from powerq.tasks import batch_pump, leases, verify
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
 from powerq.tasks.leases import Claim
+from powerq.tasks.node_locks import bmc_turn
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_ERRORS = 4
-# Steps that are due at once run back to back in one task run (query → send →
-# first check is the common path); anything that waits goes back to the lane.
-MAX_STEPS_PER_RUN = 4
+# Checks due within this many seconds run in the same task run (the thread
+# sleeps; other nodes of the lane go on); anything later parks the attempt.
+IN_RUN_HORIZON_S = 1.0
+# A run parks after this long whatever is due: far below the lease.
+MAX_RUN_S = 20.0
+# A bound on the steps of one run, whatever their delays.
+MAX_STEPS_PER_RUN = 200
+# How a run waits for its next check (tests replace it to move a manual clock).
+pause: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
 class Next:
-    """Carry on with ``step`` after ``delay_s`` (0: now, in this run)."""
+    """Carry on with ``step`` after ``delay_s`` (0: now), as ``claim``.
+
+    ``values`` are written to the request if the attempt parks before it.
+    """
 
     step: Step
     delay_s: float
-    values: dict[str, object]
-    acked: bool = False  # the BMC answered the command this step sent
+    claim: Claim
+    values: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,9 +76,10 @@ class Done:
 
     status: RequestStatus
     error: str | None = None
-    observed: PowerState | None = None
+    observed: PowerState | None = None  # read at the claim's ``now``; stored on the node
     evidence: Evidence | None = None  # what showed a success; never more than was seen
-    acked: bool = False  # the BMC answered the command this step sent
+    acked: bool = False  # the BMC answered the command this step sent (now)
+    claim: Claim | None = None  # the claim as it stands, if the step moved it on
 
 
 @dataclass(frozen=True)
@@ -85,19 +100,20 @@ Outcome = Next | Done | Fenced
     retry_backoff_max=30,
     max_retries=10,
 )
-def step(request_id: str) -> None:
-    """Carry request ``request_id`` one step further (the message holds only the id)."""
-    run_request(uuid.UUID(request_id))
+def step(request_id: str, continuing: int | None = None) -> None:
+    """Carry request ``request_id`` further (the message holds only the id, and the
+    attempt number when it is a parked attempt's continuation)."""
+    run_request(uuid.UUID(request_id), continuing=continuing)
 
 
-def run_request(request_id: uuid.UUID) -> None:
+def run_request(request_id: uuid.UUID, *, continuing: int | None = None) -> None:
     """Claim the request and run its due steps; a request not ours to run is left alone.
 
     :raises sqlalchemy.exc.OperationalError: the database is unreachable (the
         task retries; the sweeper re-dispatches if it stays down).
     """
     settings = get_settings()
-    c = leases.claim(request_id, settings.lease_s)
+    c = leases.claim(request_id, settings.lease_s, continuing=continuing)
     if c is None:
         log.debug("request %s not claimable (finished, leased, not due or unrunnable)", request_id)
         return
@@ -106,27 +122,54 @@ def run_request(request_id: uuid.UUID) -> None:
     except (NotImplementedError, ValueError, BmcError) as exc:
         _close(c, Done(RequestStatus.FAILED, f"cannot drive BMC {c.target.label}: {exc}"))
         return
+    with bmc_turn(c.node_id):
+        _drive(c, driver)
+
+
+def _drive(c: Claim, driver: PowerDriver) -> None:
+    """Perform steps while they are due within the horizon, then close or park."""
+    run_started = time.monotonic()
+    outcome: Outcome = Next(c.next_step, 0, c)
     for _ in range(MAX_STEPS_PER_RUN):
         outcome = perform(c, driver)
         if isinstance(outcome, Fenced):
             return
         if isinstance(outcome, Done):
-            _close(c, outcome)
+            _close(outcome.claim or c, outcome)
             return
-        advanced = leases.advance(
-            c,
-            delay_s=outcome.delay_s,
-            next_step=outcome.step,
-            acked=outcome.acked,
-            **outcome.values,
-        )
-        if advanced is None:
-            return  # a newer attempt owns the request now
+        c = outcome.claim
+        if not _stays_in_run(outcome, time.monotonic() - run_started):
+            break
         if outcome.delay_s > 0:
-            _schedule(advanced, outcome.delay_s)
-            return
-        c = advanced
-    _schedule(c, 0.01)
+            pause(outcome.delay_s)
+    assert isinstance(outcome, Next)
+    _park(c, outcome)
+
+
+def _stays_in_run(outcome: Next, ran_s: float) -> bool:
+    """Whether the next step runs in this run: now, or a check due within the horizon."""
+    if outcome.delay_s <= 0:
+        return True
+    near = outcome.step is Step.CHECK and outcome.delay_s <= IN_RUN_HORIZON_S
+    return near and ran_s + outcome.delay_s <= MAX_RUN_S
+
+
+def _park(c: Claim, outcome: Next) -> None:
+    """Write the progress, hand the lease over until the step is due, ring the lane."""
+    values: dict[str, object] = {
+        "next_step": outcome.step,
+        "checks": c.checks,
+        "transient_errors": c.transient_errors,
+        "command_acked_at": c.command_acked_at,
+        **outcome.values,
+    }
+    parked = leases.park(c, delay_s=outcome.delay_s, **values)
+    if parked is None:
+        return  # a newer attempt owns the request now
+    try:
+        send_step(c.request_id, c.node_name, countdown=outcome.delay_s, continuing=c.attempt)
+    except Exception as exc:  # broker errors of any transport
+        log.warning("could not schedule next step of %s (sweeper will): %s", c.request_id, exc)
 
 
 def _driver(c: Claim, enabled: tuple[DriverKind, ...]) -> PowerDriver:
@@ -145,24 +188,17 @@ def _driver(c: Claim, enabled: tuple[DriverKind, ...]) -> PowerDriver:
 
 def _close(c: Claim, outcome: Done) -> None:
     """Record the outcome (fenced) and let a batch waiting on it go on."""
-    leases.finish(
+    finished = leases.finish(
         c,
         outcome.status,
         error=outcome.error,
         observed=outcome.observed,
         evidence=outcome.evidence,
-        acked=outcome.acked,
+        acked_at=c.clock() if outcome.acked else c.command_acked_at,
         fault_threshold=get_settings().fault_threshold,
     )
-    batch_pump.ring(c.request_id)
-
-
-def _schedule(c: Claim, delay_s: float) -> None:
-    """Ring the lane again; if Redis is down, the sweeper finds the expired lease."""
-    try:
-        send_step(c.request_id, c.node_name, countdown=delay_s)
-    except Exception as exc:  # broker errors of any transport
-        log.warning("could not schedule next step of %s (sweeper will): %s", c.request_id, exc)
+    if finished.waiting_batch is not None:
+        batch_pump.wake(finished.waiting_batch)
 
 
 def perform(c: Claim, driver: PowerDriver) -> Outcome:
@@ -186,26 +222,22 @@ def perform(c: Claim, driver: PowerDriver) -> Outcome:
         return _bmc_error(c, step_to_run, TimeoutError(f"step timed out on {c.target.label}"))
 
 
-def _read(c: Claim, driver: PowerDriver) -> tuple[PowerState, datetime] | None:
-    """Read the power state and record it as observed; None: the attempt was fenced out."""
-    state = driver.get_power_state()
-    read_at, owned = leases.record_observation(c, state)
-    return (state, read_at) if owned else None
+def _read(c: Claim, driver: PowerDriver) -> tuple[Claim, PowerState]:
+    """Read the power state; the claim returned is stamped with the time just before."""
+    c = c.at_now()
+    return c, driver.get_power_state()
 
 
 def _query(c: Claim, driver: PowerDriver) -> Outcome:
     if c.action is Action.VALIDATE:
         driver.close()  # a credential check logs in afresh: a cached session proves nothing
-    read = _read(c, driver)
-    if read is None:
-        return Fenced()
-    state, _ = read
+    c, state = _read(c, driver)
     if c.action in (Action.QUERY, Action.VALIDATE):
-        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.READ)
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.READ, claim=c)
     if not needs_command(c.action, state):
         # already there: nothing sent
-        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.ALREADY)
-    return Next(Step.SEND, 0, {"observed_before": state, "transient_errors": 0})
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=Evidence.ALREADY, claim=c)
+    return _send(replace(c, observed_before=state, transient_errors=0), driver, read=state)
 
 
 def _set_boot(c: Claim, driver: PowerDriver, device: BootDevice) -> Outcome:
@@ -222,17 +254,24 @@ def _set_boot(c: Claim, driver: PowerDriver, device: BootDevice) -> Outcome:
     if c.action is Action.BOOT:
         evidence = Evidence.BOOT_DEVICE if shown is device else Evidence.ACKNOWLEDGED
         return Done(RequestStatus.SUCCEEDED, evidence=evidence)
-    return Next(Step.QUERY, 0, {"boot_set_at": c.now})
+    done = c.clock()
+    return Next(Step.QUERY, 0, replace(c, boot_set_at=done), {"boot_set_at": done})
 
 
-def _send(c: Claim, driver: PowerDriver, *, fallback: bool = False) -> Outcome:
+def _send(
+    c: Claim, driver: PowerDriver, *, fallback: bool = False, read: PowerState | None = None
+) -> Outcome:
     """Mark, then transmit the phase's command once; an answer is recorded as its ack.
 
-    A reset is done once the BMC answered (it cannot be read back); without
-    an answer it may or may not have happened, and that is what is reported.
+    ``read``: the state just read that called for the command (stored with the
+    mark, in the same statement). A reset is done once the BMC answered (it
+    cannot be read back); without an answer it may or may not have happened,
+    and that is what is reported.
     """
     command = Action.OFF if fallback else _phase_command(c)
-    marked = leases.mark_command_sent(c, command, fallback=fallback)
+    marked = leases.mark_command_sent(
+        c, command, fallback=fallback, read=read, lease_s=get_settings().lease_s
+    )
     if marked is None:
         return Fenced()
     try:
@@ -240,15 +279,15 @@ def _send(c: Claim, driver: PowerDriver, *, fallback: bool = False) -> Outcome:
     except BmcAckUnknown as exc:
         if command is Action.RESET:
             return Done(RequestStatus.FAILED, _reset_unknown(c, str(exc)))
-        return _first_check(marked, acked=False)  # maybe sent: settle it by reading
+        return _first_check(marked)  # maybe sent: settle it by reading
     except BmcError as exc:
         if not exc.transient:
             raise
         # nothing went out: forget the mark and try again
-        return _fallback_unsent(c, exc) if fallback else _unsent(c, exc)
+        return _fallback_unsent(marked, exc) if fallback else _unsent(marked, exc)
     if command is Action.RESET:
         return Done(RequestStatus.SUCCEEDED, evidence=Evidence.ACKNOWLEDGED, acked=True)
-    return _first_check(marked, acked=True)
+    return _first_check(replace(marked, command_acked_at=marked.clock()))
 
 
 def _phase_command(c: Claim) -> Action:
@@ -256,22 +295,30 @@ def _phase_command(c: Claim) -> Action:
     return command_for(c.action, before, off_verified=c.transition_seen_at is not None)
 
 
-def _first_check(c: Claim, *, acked: bool) -> Outcome:
-    values: dict[str, object] = {"checks": 0, "transient_errors": 0}
-    return Next(Step.CHECK, verify.check_delay(0), values, acked=acked)
+def _since_send_s(c: Claim) -> float:
+    sent_at = c.fallback_sent_at or c.command_sent_at
+    return 0.0 if sent_at is None else (c.clock() - sent_at).total_seconds()
+
+
+def _takes_s(c: Claim) -> float | None:
+    """How long this node's current command took the last times (None: not learned)."""
+    return c.takes_s.get(c.command_sent) if c.command_sent is not None else None
+
+
+def _first_check(c: Claim) -> Outcome:
+    c = replace(c, checks=0, transient_errors=0)
+    delay = verify.check_delay(since_send_s=_since_send_s(c), takes_s=_takes_s(c), first=True)
+    return Next(Step.CHECK, delay, c)
 
 
 def _unsent(c: Claim, exc: BmcError) -> Outcome:
     """The command could not be sent at all (no session): retry the send with backoff."""
     errors = c.transient_errors + 1
-    if errors > MAX_TRANSIENT_ERRORS or _db_now() >= c.deadline_at:
+    if errors > MAX_TRANSIENT_ERRORS or c.clock() >= c.deadline_at:
         return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
-    values: dict[str, object] = {
-        "transient_errors": errors,
-        "command_sent_at": None,
-        "command_sent": None,
-    }
-    return Next(Step.SEND, verify.retry_delay(errors), values)
+    values: dict[str, object] = {"command_sent_at": None, "command_sent": None}
+    c = replace(c, transient_errors=errors, command_sent_at=None, command_sent=None)
+    return Next(Step.SEND, verify.retry_delay(errors), c, values)
 
 
 def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
@@ -280,12 +327,9 @@ def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS:
         return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
-    values: dict[str, object] = {
-        "transient_errors": errors,
-        "fallback_sent_at": None,
-        "command_sent": Action.SOFT_OFF,
-    }
-    return Next(Step.CHECK, verify.retry_delay(errors), values)
+    values: dict[str, object] = {"fallback_sent_at": None, "command_sent": Action.SOFT_OFF}
+    c = replace(c, transient_errors=errors, fallback_sent_at=None, command_sent=Action.SOFT_OFF)
+    return Next(Step.CHECK, verify.retry_delay(errors), c, values)
 
 
 def _reset_unknown(c: Claim, why: str) -> str:
@@ -296,10 +340,8 @@ def _reset_unknown(c: Claim, why: str) -> str:
 
 
 def _check(c: Claim, driver: PowerDriver) -> Outcome:
-    read = _read(c, driver)
-    if read is None:
-        return Fenced()
-    state, read_at = read
+    c, state = _read(c, driver)
+    read_at = c.clock()
     verdict = verify.check_verdict(
         c.action,
         c.command_sent,
@@ -317,45 +359,54 @@ def _check(c: Claim, driver: PowerDriver) -> Outcome:
 def _follow(
     c: Claim, driver: PowerDriver, verdict: verify.Verdict, state: PowerState, read_at: datetime
 ) -> Outcome:
-    """What a check's verdict leads to."""
+    """What a check's verdict leads to (the read is stored with what follows)."""
     if verdict is verify.Verdict.VERIFIED:
         evidence = Evidence.OFF_THEN_ON if c.action is Action.CYCLE else Evidence.POWER_STATE
-        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=evidence)
+        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=evidence, claim=c)
     if verdict is verify.Verdict.NEXT_PHASE:
         # Off is verified: the on phase is a new command, marked and sent once.
-        phase_two: dict[str, object] = {
-            "transition_seen_at": read_at,
-            "command_sent_at": None,
-            "command_sent": None,
-        }
-        return Next(Step.SEND, 0, phase_two)
+        phase_two = replace(c, transition_seen_at=read_at, command_sent_at=None, command_sent=None)
+        return _send(phase_two, driver, read=state)
     if verdict is verify.Verdict.UNOBSERVABLE:
-        return Done(RequestStatus.FAILED, _reset_unknown(c, "no answer was recorded"), state)
+        return Done(
+            RequestStatus.FAILED, _reset_unknown(c, "no answer was recorded"), state, claim=c
+        )
     if verdict is verify.Verdict.FALLBACK:
-        return _send_fallback(c, driver, read_at)
+        return _send_fallback(c, driver, read_at, state)
     if verdict is verify.Verdict.RESEND:
-        return _send(c, driver)
+        return _send(c, driver, read=state)
     if verdict is verify.Verdict.EXPIRED:
         deadline_s = (c.deadline_at - c.started_at).total_seconds()
         message = verify.expired_message(c.command_sent or c.action, state, deadline_s)
-        return Done(RequestStatus.FAILED, message, state)
+        return Done(RequestStatus.FAILED, message, state, claim=c)
+    return _wait(c, state)
+
+
+def _wait(c: Claim, state: PowerState) -> Outcome:
+    """Not there yet: store the read (renewing the lease) and check again."""
+    observed = leases.record_observation(c, state, lease_s=get_settings().lease_s)
+    if observed is None:
+        return Fenced()
     # a read that worked ends a run of transient errors: only consecutive ones count
-    values: dict[str, object] = {"checks": c.checks + 1, "transient_errors": 0}
-    return Next(Step.CHECK, verify.check_delay(c.checks + 1), values)
+    c = replace(observed, checks=c.checks + 1, transient_errors=0)
+    delay = verify.check_delay(since_send_s=_since_send_s(c), takes_s=_takes_s(c), first=False)
+    return Next(Step.CHECK, delay, c)
 
 
-def _send_fallback(c: Claim, driver: PowerDriver, now: datetime) -> Outcome:
-    """soft_off ran out of time and a fallback was asked for: send a hard off once."""
-    outcome = _send(c, driver, fallback=True)
-    went_out = isinstance(outcome, Next) and "fallback_sent_at" not in outcome.values
-    if went_out:  # the hard off gets a deadline of its own
+def _send_fallback(c: Claim, driver: PowerDriver, now: datetime, state: PowerState) -> Outcome:
+    """soft_off ran out of time and a fallback was asked for: send a hard off once.
+
+    The hard off gets a deadline of its own, written with its mark; if nothing
+    went out, the soft-off's deadline stands.
+    """
+    own_deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
+    outcome = _send(replace(c, deadline_at=own_deadline), driver, fallback=True, read=state)
+    unsent = isinstance(outcome, Next) and "fallback_sent_at" in outcome.values
+    if unsent:
         assert isinstance(outcome, Next)
-        deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
+        kept = replace(outcome.claim, deadline_at=c.deadline_at)
         return Next(
-            outcome.step,
-            outcome.delay_s,
-            {**outcome.values, "deadline_at": deadline},
-            acked=outcome.acked,
+            outcome.step, outcome.delay_s, kept, {**outcome.values, "deadline_at": c.deadline_at}
         )
     return outcome
 
@@ -366,18 +417,11 @@ def _bmc_error(c: Claim, step_run: Step, exc: Exception) -> Outcome:
     if not transient:
         return Done(RequestStatus.FAILED, error=f"{c.action.value} failed: {exc}")
     errors = c.transient_errors + 1
-    if errors > MAX_TRANSIENT_ERRORS or _db_now() >= c.deadline_at:
+    if errors > MAX_TRANSIENT_ERRORS or c.clock() >= c.deadline_at:
         return Done(
             RequestStatus.FAILED,
             error=f"BMC unreachable after {errors} attempts: {exc}",
         )
     # A step cut short after its command was marked settles it by reading.
     retry_step = Step.CHECK if c.command_sent_at is not None else step_run
-    return Next(retry_step, verify.retry_delay(errors), {"transient_errors": errors})
-
-
-def _db_now() -> datetime:
-    """PostgreSQL's clock: leases and deadlines are all compared against it."""
-    with session_scope() as session:
-        now = db_now(session)
-    return now
+    return Next(retry_step, verify.retry_delay(errors), replace(c, transient_errors=errors))

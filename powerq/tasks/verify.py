@@ -18,7 +18,13 @@ from powerq.states import Action, PowerState, target_state
 # command is never resent: the BMC took it. Waiting this long first keeps a
 # repeat from landing on a transition that is merely slow.
 RESEND_AFTER = timedelta(seconds=20)
-FIRST_CHECK_DELAY_S = 0.5
+# The check schedule (see check_delay): close polls through the transition
+# window, bounded by the window, then backing off.
+POLL_S = 0.2
+POLL_FLOOR_S = 0.02
+FIRST_CHECK_SLACK_S = 0.03
+UNKNOWN_WINDOW_S = 3.0
+BACKOFF_FLOOR_S = 0.5
 MAX_CHECK_DELAY_S = 5.0
 MAX_RETRY_DELAY_S = 10.0
 
@@ -86,14 +92,22 @@ def should_resend(
     return now - command_sent_at >= RESEND_AFTER
 
 
-def check_delay(checks: int) -> float:
-    """Seconds until the next check after ``checks`` checks (0.5, 1, 2, 4, 5, 5 …)."""
-    return float(
-        get_exponential_backoff_interval(
-            FIRST_CHECK_DELAY_S, checks, MAX_CHECK_DELAY_S, full_jitter=False
-        )
-        or FIRST_CHECK_DELAY_S
-    )
+def check_delay(*, since_send_s: float, takes_s: float | None, first: bool) -> float:
+    """Seconds until the next check of a command sent ``since_send_s`` ago.
+
+    The hardware's clock sets the schedule: a node whose transitions were
+    learned (``takes_s``, the quickest of its last verified ones) is first
+    checked just after that time, then every :data:`POLL_S` through its
+    transition window (twice that time, at least one second more); a node
+    not learned yet is polled through :data:`UNKNOWN_WINDOW_S`. Past the
+    window the checks back off to at most :data:`MAX_CHECK_DELAY_S` apart.
+    """
+    if takes_s is not None and first:
+        return max(POLL_FLOOR_S, takes_s + FIRST_CHECK_SLACK_S - since_send_s)
+    window_s = UNKNOWN_WINDOW_S if takes_s is None else max(2 * takes_s, takes_s + 1.0)
+    if since_send_s < window_s:
+        return POLL_S
+    return min(MAX_CHECK_DELAY_S, max(BACKOFF_FLOOR_S, since_send_s - window_s))
 
 
 def retry_delay(transient_errors: int) -> float:

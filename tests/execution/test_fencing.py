@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from powerq.intents import request_power
-from powerq.models import Node, PowerRequest
+from powerq.models import Node, PowerEvent, PowerRequest
 from powerq.states import Action, PowerState, RequestStatus, Step
 from powerq.tasks import leases
 from tests.factories import make_node
@@ -43,11 +43,12 @@ def test_stale_attempt_writes_change_nothing(session: Session) -> None:
     fresh = leases.claim(request.id, lease_s=60)
     assert fresh is not None and fresh.attempt == stale.attempt + 1
 
-    assert leases.advance(stale, delay_s=0, next_step=Step.CHECK) is None
-    assert leases.mark_command_sent(stale, Action.OFF) is None
+    assert leases.park(stale, delay_s=1, next_step=Step.CHECK) is None
+    assert leases.mark_command_sent(stale, Action.OFF, lease_s=60) is None
+    assert leases.record_observation(stale, PowerState.OFF, lease_s=60) is None
     assert not leases.finish(
         stale, RequestStatus.SUCCEEDED, observed=PowerState.OFF, fault_threshold=3
-    )
+    ).owned
 
     session.expire_all()
     row = session.get(PowerRequest, request.id)
@@ -59,7 +60,9 @@ def test_stale_attempt_writes_change_nothing(session: Session) -> None:
     node = session.get(Node, row.node_id)
     assert node is not None and node.consecutive_failures == 0
 
-    assert leases.finish(fresh, RequestStatus.SUCCEEDED, observed=PowerState.OFF, fault_threshold=3)
+    assert leases.finish(
+        fresh, RequestStatus.SUCCEEDED, observed=PowerState.OFF, fault_threshold=3
+    ).owned
     session.expire_all()
     assert session.get(PowerRequest, request.id).status is RequestStatus.SUCCEEDED  # type: ignore[union-attr]
 
@@ -68,8 +71,30 @@ def test_a_finished_request_cannot_be_claimed(session: Session) -> None:
     request = _pending(session)
     c = leases.claim(request.id, lease_s=60)
     assert c is not None
-    assert leases.finish(c, RequestStatus.FAILED, error="x", fault_threshold=3)
+    assert leases.finish(c, RequestStatus.FAILED, error="x", fault_threshold=3).owned
     assert leases.claim(request.id, lease_s=60) is None
+
+
+def test_a_parked_attempts_continuation_keeps_the_attempt(session: Session) -> None:
+    request = _pending(session)
+    first = leases.claim(request.id, lease_s=60)
+    assert first is not None and first.attempt == 1
+    assert leases.park(first, delay_s=0.01, next_step=Step.CHECK) is not None
+    # too early for anyone else: the parked lease runs until the step is due
+    # (a continuation is accepted a little early, within the claim tolerance)
+    going_on = leases.claim(request.id, lease_s=60, continuing=first.attempt)
+    assert going_on is not None and going_on.attempt == 1 and going_on.next_step is Step.CHECK
+    # a continuation of an attempt that is not the current one is a takeover
+    _expire_lease(session, request)
+    taken = leases.claim(request.id, lease_s=60, continuing=0)
+    assert taken is not None and taken.attempt == 2
+
+
+def test_a_continuation_cannot_take_a_running_attempts_lease(session: Session) -> None:
+    request = _pending(session)
+    running = leases.claim(request.id, lease_s=60)
+    assert running is not None
+    assert leases.claim(request.id, lease_s=60, continuing=running.attempt) is None
 
 
 def test_failures_raise_a_power_fault_and_a_success_clears_it(session: Session) -> None:
@@ -93,3 +118,17 @@ def test_failures_raise_a_power_fault_and_a_success_clears_it(session: Session) 
     session.expire_all()
     healed = session.get(Node, node.id)
     assert healed is not None and not healed.power_fault and healed.last_error is None
+    kinds = session.scalars(
+        select(PowerEvent.kind).where(PowerEvent.node_id == node.id).order_by(PowerEvent.id)
+    ).all()
+    # each failure is recorded, the third raises the fault once, the success clears it
+    assert [
+        k for k in kinds if k in ("failed", "power_fault", "power_fault_cleared", "succeeded")
+    ] == [
+        "failed",
+        "failed",
+        "failed",
+        "power_fault",
+        "power_fault_cleared",
+        "succeeded",
+    ]

@@ -236,11 +236,10 @@ def test_a_stale_attempts_observation_changes_nothing(
     fresh = leases.claim(request_id, lease_s=60)
     assert fresh is not None
 
-    _, owned = leases.record_observation(fresh, OFF)
-    assert owned
-    _, stale_owned = leases.record_observation(stale, ON)  # a zombie's late read
+    assert leases.record_observation(fresh, OFF, lease_s=60) is not None
+    # a zombie's late read
+    assert leases.record_observation(stale.at_now(), ON, lease_s=60) is None
 
-    assert not stale_owned
     session.refresh(node)
     assert node.power_state is OFF
 

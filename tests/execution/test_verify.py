@@ -8,7 +8,11 @@ import pytest
 
 from powerq.states import Action, PowerState
 from powerq.tasks.verify import (
+    MAX_CHECK_DELAY_S,
+    POLL_FLOOR_S,
+    POLL_S,
     RESEND_AFTER,
+    UNKNOWN_WINDOW_S,
     Verdict,
     check_delay,
     check_verdict,
@@ -81,11 +85,21 @@ def test_check_verdict(
     )
 
 
-def test_check_delay_backs_off_and_is_capped() -> None:
-    delays = [check_delay(n) for n in range(8)]
-    assert delays == sorted(delays)
-    assert delays[0] == 0.5
-    assert max(delays) == 5.0
+def test_a_learned_node_is_first_checked_just_after_its_transition() -> None:
+    assert check_delay(since_send_s=0.01, takes_s=0.5, first=True) == pytest.approx(0.52)
+    # the first check is never scheduled in the past, however late the run
+    assert check_delay(since_send_s=3.0, takes_s=0.5, first=True) == POLL_FLOOR_S
+
+
+def test_checks_poll_through_the_window_then_back_off_to_a_cap() -> None:
+    elapsed = [0.1 * n for n in range(400)]
+    learned = [check_delay(since_send_s=t, takes_s=0.5, first=False) for t in elapsed]
+    unknown = [check_delay(since_send_s=t, takes_s=None, first=False) for t in elapsed]
+    for delays, window_s in ((learned, 1.5), (unknown, UNKNOWN_WINDOW_S)):
+        polls = [d for t, d in zip(elapsed, delays, strict=True) if t < window_s - 1e-9]
+        assert set(polls) == {POLL_S}
+        after = [d for t, d in zip(elapsed, delays, strict=True) if t >= window_s]
+        assert after == sorted(after) and after[0] == 0.5 and max(after) == MAX_CHECK_DELAY_S
 
 
 @pytest.mark.parametrize(
