@@ -98,9 +98,7 @@ class Node(Base):
     ca_bundle: Mapped[str | None] = mapped_column(Text)
     # IPMI: cipher suite ("auto", "3", "17"), privilege, and the BMC key Kg
     # (encrypted like the password; None: no Kg).
-    ipmi_cipher_suite: Mapped[str] = mapped_column(
-        String(8), default="auto", server_default="auto"
-    )
+    ipmi_cipher_suite: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
     ipmi_privilege: Mapped[str] = mapped_column(
         String(16), default="administrator", server_default="administrator"
     )

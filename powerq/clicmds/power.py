@@ -84,8 +84,11 @@ def _wait_requests(api: Client, rows: list[dict[str, Any]], timeout: float, quie
 @click.option("--soft-fallback", is_flag=True, help="soft_off: hard off at the deadline.")
 @click.option("--timeout", type=click.FloatRange(1), default=900.0, show_default=True,
               help="With --wait: give up waiting after this many seconds.")  # fmt: skip
-@click.option("--boot-device", type=BOOT_DEVICE,
-              help="on/cycle/reset: set this boot device first, in the same request.")
+@click.option(
+    "--boot-device",
+    type=BOOT_DEVICE,
+    help="on/cycle/reset: set this boot device first, in the same request.",
+)
 @click.option("--persistent-boot", is_flag=True, help="With --boot-device: for every boot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def power(

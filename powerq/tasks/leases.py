@@ -42,6 +42,7 @@ from powerq.states import (
     RequestStatus,
     Step,
 )
+from powerq.tasks.verify import Learned
 
 E = TypeVar("E", bound=Enum)
 
@@ -51,8 +52,8 @@ ACTOR = "executor"
 CLAIM_TOLERANCE = timedelta(seconds=2)
 # A configuration problem is not the BMC's: it never raises power_fault.
 _NOT_A_BMC_FAULT = 2**31
-# How a node's transitions are learned: the quickest of its last few verified ones.
-LEARN_FROM = 5
+# A node's transitions are learned from its last few verified ones.
+LEARN_FROM = 10
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,10 @@ class Claim:
     boot_persistent: bool = False
     boot_set_at: datetime | None = None
     batch_id: uuid.UUID | None = None
-    # seconds the node's last verified off / on took (None: not learned yet)
-    takes_s: dict[Action, float | None] = field(default_factory=dict)
+    # what the node's last verified offs / ons took (absent: not learned yet)
+    learned: dict[Action, Learned] = field(default_factory=dict)
+    # seconds after the send when a read last saw the old state (this run)
+    waited_s: float = 0.0
     now_mono: float = field(default_factory=time.monotonic)
 
     def clock(self) -> datetime:
@@ -167,17 +170,20 @@ _CLAIM = text(
            n.id AS node_id, n.name, n.driver, n.bmc_address, n.bmc_port, n.bmc_username,
            n.bmc_password_encrypted, n.bmc_system, n.verify_tls, n.ca_bundle,
            n.ipmi_cipher_suite, n.ipmi_privilege, n.ipmi_kg_encrypted,
-           (SELECT min(extract(epoch FROM h.finished_at - h.command_sent_at))
-            FROM (SELECT finished_at, command_sent_at FROM power_requests
-                  WHERE node_id = c.node_id AND status = 'succeeded' AND command_sent = 'off'
-                    AND evidence = 'power_state'
-                  ORDER BY created_at DESC LIMIT :learn_from) h) AS off_takes_s,
-           (SELECT min(extract(epoch FROM h.finished_at - h.command_sent_at))
-            FROM (SELECT finished_at, command_sent_at FROM power_requests
-                  WHERE node_id = c.node_id AND status = 'succeeded' AND command_sent = 'on'
-                    AND evidence IN ('power_state', 'off_then_on')
-                  ORDER BY created_at DESC LIMIT :learn_from) h) AS on_takes_s
+           learned.off_lower, learned.off_upper, learned.on_lower, learned.on_upper
     FROM claimed c JOIN nodes n ON n.id = c.node_id
+    LEFT JOIN LATERAL (
+        SELECT max(lower) FILTER (WHERE command = 'off') AS off_lower,
+               min(upper) FILTER (WHERE command = 'off') AS off_upper,
+               max(lower) FILTER (WHERE command = 'on') AS on_lower,
+               min(upper) FILTER (WHERE command = 'on') AS on_upper
+        FROM (SELECT detail->>'command' AS command,
+                     (detail->'took_s'->>0)::float8 AS lower,
+                     (detail->'took_s'->>1)::float8 AS upper
+              FROM power_events
+              WHERE node_id = c.node_id AND kind = 'succeeded' AND detail ? 'took_s'
+              ORDER BY created_at DESC LIMIT :learn_from) recent
+    ) learned ON true
     """
 ).bindparams(learn_from=LEARN_FROM)
 
@@ -251,8 +257,20 @@ def _snapshot(row: Row[Any], target: BmcTarget) -> Claim:
         boot_persistent=row.boot_persistent,
         boot_set_at=row.boot_set_at,
         batch_id=row.batch_id,
-        takes_s={Action.OFF: row.off_takes_s, Action.ON: row.on_takes_s},
+        learned=_learned(row),
     )
+
+
+def _learned(row: Row[Any]) -> dict[Action, Learned]:
+    bounds = {
+        Action.OFF: (row.off_lower, row.off_upper),
+        Action.ON: (row.on_lower, row.on_upper),
+    }
+    return {
+        command: Learned(lower=min(lower, upper), upper=upper)
+        for command, (lower, upper) in bounds.items()
+        if lower is not None and upper is not None
+    }
 
 
 def park(c: Claim, *, delay_s: float, **values: Any) -> Claim | None:
@@ -500,6 +518,7 @@ def finish(
     observed: PowerState | None = None,
     evidence: Evidence | None = None,
     acked_at: datetime | None = None,
+    took_s: tuple[float, float] | None = None,
     fault_threshold: int,
 ) -> Finished:
     """Close the request as succeeded or failed and update the node's health.
@@ -509,12 +528,16 @@ def finish(
     once the node has failed ``fault_threshold`` requests in a row.
     ``observed`` (a read made at ``c.now``) is stored as the node's observed
     state; ``evidence`` says what showed the outcome; ``acked_at``: when the
-    BMC answered the command (kept if one was recorded already).
+    BMC answered the command (kept if one was recorded already); ``took_s``:
+    the bounds a verified on/off showed on its transition time (kept in the
+    success event, where the next claims learn the node's timing from).
 
     :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
     succeeded = status is RequestStatus.SUCCEEDED
-    detail = {"evidence": evidence.value} if succeeded and evidence else {}
+    detail: dict[str, object] = {"evidence": evidence.value} if succeeded and evidence else {}
+    if succeeded and took_s is not None and c.command_sent is not None:
+        detail.update(command=c.command_sent.value, took_s=[round(t, 3) for t in took_s])
     row = run_statement(
         _FINISH,
         {

@@ -79,6 +79,7 @@ class Done:
     observed: PowerState | None = None  # read at the claim's ``now``; stored on the node
     evidence: Evidence | None = None  # what showed a success; never more than was seen
     acked: bool = False  # the BMC answered the command this step sent (now)
+    took_s: tuple[float, float] | None = None  # a verified transition took more, at most
     claim: Claim | None = None  # the claim as it stands, if the step moved it on
 
 
@@ -195,6 +196,7 @@ def _close(c: Claim, outcome: Done) -> None:
         observed=outcome.observed,
         evidence=outcome.evidence,
         acked_at=c.clock() if outcome.acked else c.command_acked_at,
+        took_s=outcome.took_s,
         fault_threshold=get_settings().fault_threshold,
     )
     if finished.waiting_batch is not None:
@@ -295,19 +297,22 @@ def _phase_command(c: Claim) -> Action:
     return command_for(c.action, before, off_verified=c.transition_seen_at is not None)
 
 
+def _sent_at(c: Claim) -> datetime:
+    return c.fallback_sent_at or c.command_sent_at or c.now
+
+
 def _since_send_s(c: Claim) -> float:
-    sent_at = c.fallback_sent_at or c.command_sent_at
-    return 0.0 if sent_at is None else (c.clock() - sent_at).total_seconds()
+    return (c.clock() - _sent_at(c)).total_seconds()
 
 
-def _takes_s(c: Claim) -> float | None:
-    """How long this node's current command took the last times (None: not learned)."""
-    return c.takes_s.get(c.command_sent) if c.command_sent is not None else None
+def _learned(c: Claim) -> verify.Learned | None:
+    """What this node's current command took the last times (None: not learned)."""
+    return c.learned.get(c.command_sent) if c.command_sent is not None else None
 
 
 def _first_check(c: Claim) -> Outcome:
-    c = replace(c, checks=0, transient_errors=0)
-    delay = verify.check_delay(since_send_s=_since_send_s(c), takes_s=_takes_s(c), first=True)
+    c = replace(c, checks=0, transient_errors=0, waited_s=_since_send_s(c))
+    delay = verify.check_delay(since_send_s=_since_send_s(c), learned=_learned(c), first=True)
     return Next(Step.CHECK, delay, c)
 
 
@@ -362,7 +367,8 @@ def _follow(
     """What a check's verdict leads to (the read is stored with what follows)."""
     if verdict is verify.Verdict.VERIFIED:
         evidence = Evidence.OFF_THEN_ON if c.action is Action.CYCLE else Evidence.POWER_STATE
-        return Done(RequestStatus.SUCCEEDED, observed=state, evidence=evidence, claim=c)
+        took = (c.waited_s, (read_at - _sent_at(c)).total_seconds())
+        return Done(RequestStatus.SUCCEEDED, state, evidence=evidence, claim=c, took_s=took)
     if verdict is verify.Verdict.NEXT_PHASE:
         # Off is verified: the on phase is a new command, marked and sent once.
         phase_two = replace(c, transition_seen_at=read_at, command_sent_at=None, command_sent=None)
@@ -388,8 +394,9 @@ def _wait(c: Claim, state: PowerState) -> Outcome:
     if observed is None:
         return Fenced()
     # a read that worked ends a run of transient errors: only consecutive ones count
-    c = replace(observed, checks=c.checks + 1, transient_errors=0)
-    delay = verify.check_delay(since_send_s=_since_send_s(c), takes_s=_takes_s(c), first=False)
+    waited_s = (c.now - _sent_at(c)).total_seconds()
+    c = replace(observed, checks=c.checks + 1, transient_errors=0, waited_s=waited_s)
+    delay = verify.check_delay(since_send_s=_since_send_s(c), learned=_learned(c), first=False)
     return Next(Step.CHECK, delay, c)
 
 

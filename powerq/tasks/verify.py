@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from celery.utils.time import get_exponential_backoff_interval
 
@@ -23,6 +24,7 @@ RESEND_AFTER = timedelta(seconds=20)
 POLL_S = 0.2
 POLL_FLOOR_S = 0.02
 FIRST_CHECK_SLACK_S = 0.03
+CLOSE_BOUNDS_S = 0.05
 UNKNOWN_WINDOW_S = 3.0
 BACKOFF_FLOOR_S = 0.5
 MAX_CHECK_DELAY_S = 5.0
@@ -92,19 +94,38 @@ def should_resend(
     return now - command_sent_at >= RESEND_AFTER
 
 
-def check_delay(*, since_send_s: float, takes_s: float | None, first: bool) -> float:
+class Learned(NamedTuple):
+    """What a node's last verified transitions of one command showed: it took
+    longer than ``lower`` seconds (a read still saw the old state) and at most
+    ``upper`` (a read saw the new one)."""
+
+    lower: float
+    upper: float
+
+    def first_check_s(self) -> float:
+        """When to look first: the middle of what is still unknown, or, once the
+        bounds are close, just after the upper one."""
+        if self.upper - self.lower <= CLOSE_BOUNDS_S:
+            return self.upper + FIRST_CHECK_SLACK_S
+        return (self.lower + self.upper) / 2 + FIRST_CHECK_SLACK_S
+
+
+def check_delay(*, since_send_s: float, learned: Learned | None, first: bool) -> float:
     """Seconds until the next check of a command sent ``since_send_s`` ago.
 
     The hardware's clock sets the schedule: a node whose transitions were
-    learned (``takes_s``, the quickest of its last verified ones) is first
-    checked just after that time, then every :data:`POLL_S` through its
-    transition window (twice that time, at least one second more); a node
-    not learned yet is polled through :data:`UNKNOWN_WINDOW_S`. Past the
-    window the checks back off to at most :data:`MAX_CHECK_DELAY_S` apart.
+    learned is first checked where they say it will be done (narrowing the
+    bounds each time), then at its upper bound, then every :data:`POLL_S`
+    through its transition window (twice the upper bound, at least one second
+    more); a node not learned yet is polled through :data:`UNKNOWN_WINDOW_S`.
+    Past the window the checks back off to at most :data:`MAX_CHECK_DELAY_S`.
     """
-    if takes_s is not None and first:
-        return max(POLL_FLOOR_S, takes_s + FIRST_CHECK_SLACK_S - since_send_s)
-    window_s = UNKNOWN_WINDOW_S if takes_s is None else max(2 * takes_s, takes_s + 1.0)
+    if learned is not None and first:
+        return max(POLL_FLOOR_S, learned.first_check_s() - since_send_s)
+    if learned is not None and since_send_s < learned.upper + FIRST_CHECK_SLACK_S:
+        return max(POLL_FLOOR_S, min(POLL_S, learned.upper + FIRST_CHECK_SLACK_S - since_send_s))
+    upper = None if learned is None else learned.upper
+    window_s = UNKNOWN_WINDOW_S if upper is None else max(2 * upper, upper + 1.0)
     if since_send_s < window_s:
         return POLL_S
     return min(MAX_CHECK_DELAY_S, max(BACKOFF_FLOOR_S, since_send_s - window_s))

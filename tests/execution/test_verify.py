@@ -13,6 +13,7 @@ from powerq.tasks.verify import (
     POLL_S,
     RESEND_AFTER,
     UNKNOWN_WINDOW_S,
+    Learned,
     Verdict,
     check_delay,
     check_verdict,
@@ -85,19 +86,25 @@ def test_check_verdict(
     )
 
 
-def test_a_learned_node_is_first_checked_just_after_its_transition() -> None:
-    assert check_delay(since_send_s=0.01, takes_s=0.5, first=True) == pytest.approx(0.52)
+def test_a_learned_node_is_first_checked_where_its_transitions_say() -> None:
+    known = Learned(lower=0.48, upper=0.51)
+    assert check_delay(since_send_s=0.01, learned=known, first=True) == pytest.approx(0.53)
+    # wide bounds are narrowed: look in the middle first, then at the upper bound
+    wide = Learned(lower=0.2, upper=0.6)
+    assert check_delay(since_send_s=0.0, learned=wide, first=True) == pytest.approx(0.43)
+    assert check_delay(since_send_s=0.43, learned=wide, first=False) == pytest.approx(0.2)
     # the first check is never scheduled in the past, however late the run
-    assert check_delay(since_send_s=3.0, takes_s=0.5, first=True) == POLL_FLOOR_S
+    assert check_delay(since_send_s=3.0, learned=known, first=True) == POLL_FLOOR_S
 
 
 def test_checks_poll_through_the_window_then_back_off_to_a_cap() -> None:
     elapsed = [0.1 * n for n in range(400)]
-    learned = [check_delay(since_send_s=t, takes_s=0.5, first=False) for t in elapsed]
-    unknown = [check_delay(since_send_s=t, takes_s=None, first=False) for t in elapsed]
+    known = Learned(lower=0.45, upper=0.5)
+    learned = [check_delay(since_send_s=t, learned=known, first=False) for t in elapsed]
+    unknown = [check_delay(since_send_s=t, learned=None, first=False) for t in elapsed]
     for delays, window_s in ((learned, 1.5), (unknown, UNKNOWN_WINDOW_S)):
         polls = [d for t, d in zip(elapsed, delays, strict=True) if t < window_s - 1e-9]
-        assert set(polls) == {POLL_S}
+        assert max(polls) == POLL_S and min(polls) >= POLL_FLOOR_S
         after = [d for t, d in zip(elapsed, delays, strict=True) if t >= window_s]
         assert after == sorted(after) and after[0] == 0.5 and max(after) == MAX_CHECK_DELAY_S
 

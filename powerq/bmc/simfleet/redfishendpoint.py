@@ -132,6 +132,7 @@ class RedfishBmc(SharedState):
             "system": self.system_path,
             "listening": self._listening,
         }
+
     def close(self) -> None:
         """Stop listening and abort every open connection."""
         self._stop_listening()
