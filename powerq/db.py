@@ -7,14 +7,16 @@ database work, leave. Never hold one across a BMC call.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, MetaData, Row, create_engine, func, select
+from sqlalchemy import Executable, MetaData, Row, create_engine, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from powerq.config import get_settings, sqlalchemy_url
 from powerq.errors import ConfigError
@@ -47,18 +49,50 @@ def engine_for(url: str) -> Engine:
     """One pooled engine per URL per process (``POWERQ_DB_POOL_SIZE`` and
     ``POWERQ_DB_MAX_OVERFLOW`` connections).
 
-    No pre-ping: it would cost a round trip per transaction. A connection that
-    died with a PostgreSQL restart fails once; SQLAlchemy then invalidates the
-    whole pool, and :func:`run_statement` (the executor's hot path) retries once.
+    No pre-ping on every checkout: it would cost a round trip per transaction.
+    Only a connection that sat idle for :data:`IDLE_PING_S` is pinged when it
+    is taken (:func:`_ping_when_idle`), so one that died with a PostgreSQL
+    restart is replaced before use. One used within that second before the
+    restart fails once; SQLAlchemy then replaces the whole pool, and
+    :func:`run_statement` (the executor's hot path) retries that statement.
     """
     if url not in _engines:
         settings = get_settings()
-        _engines[url] = create_engine(
+        engine = create_engine(
             sqlalchemy_url(url),
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
         )
+        _ping_when_idle(engine)
+        _engines[url] = engine
     return _engines[url]
+
+
+# A pooled connection idle this long is pinged before use; busier ones are not.
+IDLE_PING_S = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Make ``engine``'s pool ping a connection that sat idle before handing it out."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def note_idle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        """:raises DisconnectionError: the connection is dead (the pool discards it
+        and checks out a fresh one)."""
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_S:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc
+            raise
 
 
 def get_engine() -> Engine:
