@@ -28,6 +28,11 @@ Flags, and why (see BENCHMARKS.md, benchmark 1):
   loopback address; ipmipower's ``host:port`` syntax names each one.
 * No ``--workaround-flags``: the sim needs none.
 
+ipmipower resends an unanswered request after ``--retransmission-timeout``
+(400 ms) under a new rqSeq and ignores late answers to earlier copies: a BMC
+that answers later than that executes the power command once per copy
+(tests/bmc/test_ipmipower.py). That is what the duplicate counts catch.
+
 Nothing here starts the fleet or counts executions: bench/batch.py does both,
 so ipmipower and powerq are measured by the same code.
 """

@@ -128,6 +128,35 @@ def test_many_bmcs_by_host_and_port_in_one_run(make_bmc: Callable[[], SimBmc]) -
         assert _power_commands(bmc) == ["power_down"]
 
 
+def test_a_bmc_slower_than_its_retransmission_timeout_executes_every_resend(
+    bmc: SimBmc,
+) -> None:
+    """What the benchmark's duplicate column counts for ipmipower: it resends an unanswered
+    request after ``--retransmission-timeout`` under a new rqSeq and ignores late answers
+    to the earlier copies, so a BMC slower than that runs the power command once per
+    copy (overlapping its own transition) while ipmipower reports a plain ``ok``.
+
+    (Defaults are 400 ms and a longer timeout after 8 resends; shortened here.
+    Issue 15 saw this at 1,000 BMCs, when the fleet's event loop fell behind.)
+    """
+    bmc.control.set_power(bmc.name, "on")
+    bmc.control.set_fault(bmc.name, "slow", delay=0.15)
+    result = _ipmipower(
+        [bmc],
+        "--off",
+        "--wait-until-off",
+        "--retransmission-timeout=100",
+        "--retransmission-backoff-count=3",
+    )
+    bmc.control.clear_fault(bmc.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert tool.outcomes(result.stdout) == {"ok": 1}
+    log = bmc.control.log(bmc.name)
+    assert executed(log) > 1, "every resend is a new command to the BMC"
+    assert not [e for e in log if e["command"] == "retransmission"]  # none identical
+    assert bmc.control.bmc(bmc.name)["overlaps"] >= 1
+
+
 def test_ipmi_1_5_default_driver_is_refused(bmc: SimBmc) -> None:
     """Why ``-D LAN_2_0``: the sim advertises RMCP+ only, so ipmipower's IPMI 1.5 default
     stops at the capabilities answer, before any session and any command."""
