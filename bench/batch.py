@@ -1,22 +1,29 @@
-"""Benchmark 1 (batch power-off of a simulated fleet) and 6 (lane worker memory after it).
+"""Benchmark 1 (batch power-off/on of a simulated fleet) and 6 (lane worker memory after it).
 
-For each lane count L, on the same fleet (transition 2 s, real IPMI on loopback):
+For each lane count L, on the same fleet (transition 0.5 s, real IPMI on loopback):
 
+* ``ipmipower`` (FreeIPMI, bench/ipmipower.py), one process, ``-F 64`` BMCs in
+  flight: ``--off`` (unverified), ``--off --wait-until-off`` and ``--on
+  --wait-until-on`` (verified); the baseline powerq's verified batches are
+  compared with;
 * ``ipmitool, unverified``: ``xargs -P L ipmitool -I lanplus -C 3 … chassis power off``,
   one process and one RMCP+ session per BMC; done when every command was accepted;
 * ``ipmitool, verified``: ``xargs -P L sh bench/ipmi_off_verified.sh PORT``: send
   off, then poll status every 0.5 s until off;
 * ``powerq``: L lane workers (``powerq worker --lane K``, as shipped), one off
-  request per node submitted the way the API does it (``intents.request_power``
-  in a transaction, ``dispatch_request`` after commit; or ``POST /v1/batches``
-  once it exists, see ``--submit``), timed from the first submission to the
-  last ``finished_at`` (every request verified off by a BMC read).
+  (then one on, see ``--actions``) request per node in one ``POST /v1/batches``
+  (or through ``intents.request_power`` + ``dispatch_request``, see
+  ``--submit``), timed from the submission to the last ``finished_at`` (every
+  request verified by a BMC read).
 
 Also the physical limit estimate ``transition + N * t_cmd / L`` with ``t_cmd``
 the median round trip of one Chassis Control on a warm pyghmi session, and
 the RSS/PSS of every lane worker process after each powerq run (benchmark 6).
-Every machine is powered on (control API) before each run; at the end the
-fleet must report every BMC off and no overlapping power commands.
+Every machine is powered on (off before an ``on`` run; control API, not timed)
+before each run; at the end the fleet must report every BMC in the target state.
+After every ipmipower and powerq run the BMCs' own command logs say how many
+power commands they executed (``executions_at_bmcs``): beyond one per node,
+and overlapping an earlier command's transition.
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench import ipmipower as ipmipower_tool
 from bench.common import Result, Row, say
 
-TRANSITION_S = 2.0
+TRANSITION_S = 2.0  # the Redfish variant's (bench/batch_redfish.py)
+IPMI_TRANSITION_S = 0.5  # the IPMI fleet's default (--transition), as in issue 15
 RUN_TIMEOUT_S = 600.0
 VERIFIED_SCRIPT = common.BENCH_DIR / "ipmi_off_verified.sh"
 VERIFIED_SAMPLE_PER_LANE = 5
+IPMITOOL_HINT = "ipmitool is not installed: apt-get install -y ipmitool"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +64,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the sim fleet's personality: ipmi (ipmitool baselines, default) or redfish "
         "(HTTPS, curl baseline; bench/batch_redfish.py; results file batch-redfish)",
     )
-    parser.add_argument("--no-baselines", action="store_true", help="skip the ipmitool baselines")
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the ipmipower and ipmitool baselines"
+    )
+    parser.add_argument(
+        "--transition",
+        type=float,
+        default=IPMI_TRANSITION_S,
+        help=f"seconds a simulated power transition takes (IPMI; default {IPMI_TRANSITION_S})",
+    )
+    parser.add_argument(
+        "--actions",
+        default="off,on",
+        help="powerq batches to run at each lane count, each against ipmipower's verified "
+        "run of the same action (default off,on)",
+    )
+    parser.add_argument(
+        "--fanout",
+        type=int,
+        default=ipmipower_tool.FANOUT,
+        help=f"ipmipower -F (default {ipmipower_tool.FANOUT})",
+    )
     parser.add_argument(
         "--output", default="batch", help="results file name under bench/results (default batch)"
     )
@@ -114,6 +144,37 @@ def wait_fleet_settled(fleet: Any, timeout: float = 60.0) -> dict[str, Any]:
     return summary
 
 
+def executions_at_bmcs(fleet: Any) -> dict[str, int]:
+    """What the BMCs executed since their logs were last reset, from their own logs.
+
+    ``executions``: power-changing Chassis Controls accepted (completion code 0,
+    ``powerq.bmc.simfleet.executions.executed``), whatever the client believes it
+    sent; ``beyond_one_per_node``: executions past the first on each BMC (a batch
+    asks each node for one); ``overlapping_a_transition``: commands that arrived
+    while an earlier one was still in its transition (the fleet's overlap
+    detector); ``retransmissions_not_run``: identical resends (same rqSeq) the
+    BMC answered again without running them. Call it after the fleet settled.
+    """
+    from powerq.bmc.simfleet.executions import executed
+
+    control = fleet.control
+    names = [row["name"] for row in fleet.manifest]
+    with ThreadPoolExecutor(8) as pool:
+        logs = list(pool.map(control.log, names))
+    per_node = [executed(log) for log in logs]
+    return {
+        "executions": sum(per_node),
+        "beyond_one_per_node": sum(max(0, count - 1) for count in per_node),
+        "nodes_beyond_one": sum(1 for count in per_node if count > 1),
+        "nodes_without_execution": sum(1 for count in per_node if count == 0),
+        "overlapping_a_transition": control.overlaps()["total"],
+        "retransmissions_not_run": sum(
+            1 for log in logs for entry in log if entry["command"] == "retransmission"
+        ),
+        "sessions_opened": sum(b["sessions_opened"] for b in control.bmcs()),
+    }
+
+
 # --- single-command time --------------------------------------------------------------------
 
 
@@ -131,6 +192,14 @@ def single_command_times(fleet: Any) -> dict[str, float]:
         driver.send_power_action(Action.OFF)  # already off: accepted, nothing happens
         samples.append(time.perf_counter() - start)
     close_all()
+    if shutil.which("ipmitool") is None:
+        say(f"NO IPMITOOL BASELINES: {IPMITOOL_HINT}")
+        nan = float("nan")
+        return {
+            "pyghmi_warm_s": statistics.median(samples),
+            "ipmitool_s": nan,
+            "ipmitool_cpu_s": nan,
+        }
     tool = []
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for _ in range(10):
@@ -242,6 +311,38 @@ def baseline_verified(group: Any, fleet: Any, lanes: int, ports: Path) -> dict[s
     }
 
 
+def ipmipower_baselines(
+    group: Any, fleet: Any, lanes: int, fanout: int
+) -> dict[str, dict[str, Any]]:
+    """Every ipmipower variant once over the whole fleet (bench/ipmipower.py), each from
+    the opposite state; timed, its CPU, and what the BMCs executed."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant in ipmipower_tool.VARIANTS:
+        power_all(fleet, variant.start_state)
+        name = f"ipmipower-{variant.name}-L{lanes}"
+        busy0, total0 = system_cpu()
+        run = ipmipower_tool.run(group, name, fleet.manifest, variant, fanout)
+        busy1, total1 = system_cpu()
+        run["machine_cpu_s"] = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
+        run["machine_busy_fraction"] = (busy1 - busy0) / max(1, total1 - total0)
+        run["fleet_after"] = wait_fleet_settled(fleet)
+        run["at_bmcs"] = executions_at_bmcs(fleet)
+        run["all_done"] = (
+            run["exit_code"] == 0
+            and run["hosts_ok"] == len(fleet.manifest)
+            and run["fleet_after"][variant.target_state] == len(fleet.manifest)
+        )
+        at = run["at_bmcs"]
+        say(
+            f"L={lanes} ipmipower {' '.join(variant.flags)} -F {fanout}: {run['wall_s']:.2f} s, "
+            f"CPU {run['cpu_s']:.2f} s, exit {run['exit_code']}, {run['outcomes']}, "
+            f"executions {at['executions']} ({at['beyond_one_per_node']} beyond one per node, "
+            f"{at['overlapping_a_transition']} overlapping)"
+        )
+        out[variant.name] = run
+    return out
+
+
 # --- powerq ---------------------------------------------------------------------------------
 
 
@@ -252,8 +353,8 @@ def batches_available() -> bool:
     return importlib.util.find_spec("powerq.batches") is not None
 
 
-def submit_per_node(names: list[str], actor: str) -> float:
-    """One off request per node, exactly as ``POST /v1/nodes/{name}/power`` records it."""
+def submit_per_node(names: list[str], actor: str, action: str = "off") -> float:
+    """One request per node, exactly as ``POST /v1/nodes/{name}/power`` records it."""
     from powerq.db import session_scope
     from powerq.intents import find_node, request_power
     from powerq.states import Action
@@ -263,14 +364,16 @@ def submit_per_node(names: list[str], actor: str) -> float:
     for name in names:
         with session_scope() as session:
             node = find_node(session, name)
-            intent = request_power(session, node, Action.OFF, actor=actor)
+            intent = request_power(session, node, Action(action), actor=actor)
             request_id, created = intent.request.id, intent.created
         if created:
             dispatch_request(request_id, name)
     return time.perf_counter() - start
 
 
-def start_api_stack(group: Any, lanes: int, whatif: bool = False) -> dict[str, str]:
+def start_api_stack(
+    group: Any, lanes: int, whatif: bool = False, action: str = "off"
+) -> dict[str, str]:
     """gunicorn (as shipped), the control worker and beat, all at ``lanes`` lanes.
 
     The monitor is pushed out of the run (POWERQ_MONITOR_INTERVAL_S=3600) so
@@ -283,11 +386,20 @@ def start_api_stack(group: Any, lanes: int, whatif: bool = False) -> dict[str, s
     else:
         common.start_control_and_beat(group, env)
     url = common.start_gunicorn(group, "api", "powerq.api.wsgi:app", extra_env=env)
-    actor = f"bench-batch-L{lanes}" + ("-whatif" if whatif else "")
+    actor = _actor(lanes, action, whatif)
     return {"url": url, "token": common.create_api_token("operator", actor), "actor": actor}
 
 
-def submit_batch_api(api: dict[str, str], names: list[str]) -> float:
+def _actor(lanes: int, action: str, whatif: bool = False) -> str:
+    """Who the run's requests are from (each run counts only its own requests)."""
+    return (
+        f"bench-batch-L{lanes}"
+        + ("" if action == "off" else f"-{action}")
+        + ("-whatif" if whatif else "")
+    )
+
+
+def submit_batch_api(api: dict[str, str], names: list[str], action: str = "off") -> float:
     """One ``POST /v1/batches`` naming every node; return its latency.
 
     :raises RuntimeError: the API did not answer 201.
@@ -297,7 +409,7 @@ def submit_batch_api(api: dict[str, str], names: list[str]) -> float:
     start = time.perf_counter()
     response = requests.post(
         api["url"] + "/v1/batches",
-        json={"action": "off", "nodes": names, "name": "bench"},
+        json={"action": action, "nodes": names, "name": f"bench-{action}"},
         headers={"Authorization": f"Bearer {api['token']}"},
         timeout=300,
     )
@@ -356,16 +468,18 @@ def run_powerq(
     profile: bool,
     use_api: bool,
     whatif: bool = False,
+    action: str = "off",
 ) -> dict[str, Any]:
-    """One powerq batch power-off at ``lanes`` lanes; returns timings, checks and memory."""
+    """One powerq batch power-``action`` at ``lanes`` lanes, every machine in the opposite
+    state first; returns timings, checks, memory and what the BMCs executed."""
     common.set_lanes(lanes)
     common.flush_broker()
     group = services.processes
-    api = start_api_stack(group, lanes, whatif) if use_api else None
+    api = start_api_stack(group, lanes, whatif, action) if use_api else None
     workers = common.LaneWorkers(group, lanes, whatif)
     startup = workers.start()
-    power_all(fleet, "on")
-    actor = api["actor"] if api else f"bench-batch-L{lanes}"
+    power_all(fleet, "off" if action == "on" else "on")
+    actor = api["actor"] if api else _actor(lanes, action, whatif)
     spies = _start_profilers(services, workers) if profile else []
     trees = workers.pids()
     pids = [pid for tree in trees.values() for pid, _ in tree]
@@ -376,7 +490,9 @@ def run_powerq(
     role_cpu0 = {d: common.cpu_seconds(p) for d, p in by_role.items()}
     cpu0, (busy0, total0) = common.cpu_seconds(pids), system_cpu()
     t0 = time.time()
-    submit_s = submit_batch_api(api, names) if api else submit_per_node(names, actor)
+    submit_s = (
+        submit_batch_api(api, names, action) if api else submit_per_node(names, actor, action)
+    )
     state: dict[str, Any] = {}
 
     def finished() -> bool:
@@ -393,6 +509,7 @@ def run_powerq(
         spy.wait(30)
     memory = workers.memory()
     summary = wait_fleet_settled(fleet)
+    at_bmcs = executions_at_bmcs(fleet)
     workers.stop()
     for name in ("beat", "control", "api"):
         group.stop(name, timeout=10)
@@ -405,7 +522,9 @@ def run_powerq(
         "lane_worker_cpu_s_by_role": role_cpu,
         "lane_worker_cpu_ms_per_node": (cpu1 - cpu0) * 1000 / len(names),
         "machine_busy_fraction": (busy1 - busy0) / max(1, total1 - total0),
+        "machine_cpu_s": (busy1 - busy0) / os.sysconf("SC_CLK_TCK"),
         "fleet_after": summary,
+        "at_bmcs": at_bmcs,
         "memory": memory,
     }
 
@@ -474,7 +593,9 @@ def run(args: argparse.Namespace) -> Result:
         {
             "nodes": args.nodes,
             "lanes": lane_counts,
-            "transition_s": TRANSITION_S,
+            "transition_s": args.transition,
+            "actions": _actions(args),
+            "ipmipower_fanout": args.fanout,
             "submit": args.submit,
             "batches_available": batches_available(),
         },
@@ -482,7 +603,7 @@ def run(args: argparse.Namespace) -> Result:
     with common.bench_services(max(lane_counts), redis_url=args.redis_url) as services:
         from powerq.tasks.app import app  # noqa: F401  (imported with the largest lane count)
 
-        with common.sim_fleet(args.nodes, transition=TRANSITION_S) as fleet:
+        with common.sim_fleet(args.nodes, transition=args.transition) as fleet:
             names = common.register_nodes(fleet.manifest)
             ports = services.data_dir / "ports.txt"
             ports.write_text("".join(f"{row['port']}\n" for row in fleet.manifest))
@@ -518,6 +639,8 @@ def one_lane_count(
         say(f"L={lanes} ipmitool unverified: {detail['unverified']['wall_s']:.1f} s")
         detail["verified"] = baseline_verified(services.processes, fleet, lanes, ports)
         say(f"L={lanes} ipmitool verified: {detail['verified']['wall_s']:.1f} s")
+    if not args.no_baselines:
+        detail["ipmipower"] = ipmipower_or_hint(services.processes, fleet, lanes, args.fanout)
     use_api = args.submit == "api" or (args.submit == "auto" and batches_available())
     pq = run_powerq(services, fleet, names, lanes, args.profile, use_api)
     pq["submitted_with"] = "POST /v1/batches" if use_api else "per-node intents + dispatch"
@@ -528,7 +651,7 @@ def one_lane_count(
         f"{pq['requests']['ok']}/{n} succeeded, fleet {pq['fleet_after']}, "
         f"machine busy {pq['machine_busy_fraction']:.0%}"
     )
-    limit = TRANSITION_S + n * single["pyghmi_warm_s"] / lanes
+    limit = args.transition + n * single["pyghmi_warm_s"] / lanes
     detail["physical_limit_s"] = limit
     note = "" if ok else f"NOT ALL VERIFIED: {pq['requests']['ok']}/{n}, fleet {pq['fleet_after']}"
     if "unverified" in detail:
@@ -588,13 +711,112 @@ def one_lane_count(
             cpu,
             cpu / (single["ipmitool_cpu_s"] * 1000),
             None,
-            "lane workers only; PostgreSQL, Redis, fleet not counted",
+            "lane workers only; PostgreSQL, Redis, fleet not counted"
+            + ("" if shutil.which("ipmitool") else f"; {IPMITOOL_HINT}"),
         )
     )
+    ipmipower_rows(result, n, lanes, "off", pq, ok, note, detail.get("ipmipower"), args.fanout)
+    if "on" in _actions(args):
+        pq_on = run_powerq(services, fleet, names, lanes, False, use_api, action="on")
+        pq_on.pop("memory")
+        pq_on["submitted_with"] = pq["submitted_with"]
+        detail["powerq_on"] = pq_on
+        ok_on = pq_on["requests"]["ok"] == n and pq_on["fleet_after"]["on"] == n
+        say(
+            f"L={lanes} powerq on: {pq_on['wall_s']:.1f} s (submit {pq_on['submit_s']:.1f} s), "
+            f"{pq_on['requests']['ok']}/{n} succeeded, fleet {pq_on['fleet_after']}, "
+            f"at the BMCs {pq_on['at_bmcs']}"
+        )
+        note_on = (
+            ""
+            if ok_on
+            else f"NOT ALL VERIFIED: {pq_on['requests']['ok']}/{n}, fleet {pq_on['fleet_after']}"
+        )
+        ipmipower_rows(
+            result, n, lanes, "on", pq_on, ok_on, note_on, detail.get("ipmipower"), args.fanout
+        )
     detail["memory_summary"] = lane_memory_summary(pq["memory"])
     if getattr(args, "whatif", False):
         detail["whatif"] = whatif_rows(services, fleet, names, lanes, use_api, detail, result)
     return detail
+
+
+def _actions(args: argparse.Namespace) -> list[str]:
+    """The powerq batches to run (``--actions``): off always, on when asked."""
+    actions = [a.strip() for a in getattr(args, "actions", "off").split(",") if a.strip()]
+    unknown = set(actions) - {"off", "on"}
+    if unknown or "off" not in actions:
+        raise SystemExit(f"--actions: off, or off,on (got {actions})")
+    return ["off", *(["on"] if "on" in actions else [])]
+
+
+def ipmipower_or_hint(group: Any, fleet: Any, lanes: int, fanout: int) -> dict[str, Any]:
+    """The ipmipower runs, or, when it is not installed, a loud line and a record of it."""
+    if ipmipower_tool.binary() is None:
+        say(f"NO IPMIPOWER BASELINE: {ipmipower_tool.INSTALL_HINT}")
+        return {"missing": ipmipower_tool.INSTALL_HINT}
+    return ipmipower_baselines(group, fleet, lanes, fanout)
+
+
+def ipmipower_rows(
+    result: Result,
+    n: int,
+    lanes: int,
+    action: str,
+    pq: dict[str, Any],
+    ok: bool,
+    note: str,
+    runs: dict[str, Any] | None,
+    fanout: int,
+) -> None:
+    """powerq's batch ``action`` against ipmipower's runs in the same lane count's turn:
+    wall and CPU ratios, and duplicate executions counted at the BMCs."""
+    if runs is None:  # --no-baselines
+        return
+    bench = f"1 batch {action}"
+    metric = f"N={n} L={lanes}"
+    if "missing" in runs:
+        result.add(
+            Row(bench, f"{metric} wall vs ipmipower, verified", "s", "<= 1.0x",
+                "ipmipower (not installed)", None, pq["wall_s"], None, None,
+                f"NOT MEASURED: {runs['missing']}")
+        )  # fmt: skip
+        return
+    verified = runs[f"{action}_wait"]
+    label = f"ipmipower --{action} --wait-until-{action} -F {fanout}"
+    at, base_at = pq["at_bmcs"], verified["at_bmcs"]
+    clean = at["beyond_one_per_node"] == 0 and at["overlapping_a_transition"] == 0
+    incomplete = [
+        f"{name} {run['outcomes']} exit {run['exit_code']} fleet {run['fleet_after']}"
+        for name, run in runs.items()
+        if not run["all_done"] and name in (f"{action}_wait", action)
+    ]
+    base_note = f"NOT A FULL BASELINE: ipmipower did not finish: {incomplete}" if incomplete else ""
+    wall_note = "; ".join(x for x in (note, base_note) if x)
+    ratio = pq["wall_s"] / verified["wall_s"]
+    result.add(
+        Row(bench, f"{metric} wall vs ipmipower, verified", "s", "<= 1.0x", label,
+            verified["wall_s"], pq["wall_s"], ratio, ok and clean and ratio <= 1.0, wall_note)
+    )  # fmt: skip
+    if action in runs:
+        unverified = runs[action]
+        result.add(
+            Row(bench, f"{metric} wall vs ipmipower, unverified", "s", "(info)",
+                f"ipmipower --{action} -F {fanout}", unverified["wall_s"], pq["wall_s"],
+                pq["wall_s"] / unverified["wall_s"], None, wall_note)
+        )  # fmt: skip
+    result.add(
+        Row(bench, f"{metric} CPU vs ipmipower, verified", "s", "(info)", label,
+            verified["cpu_s"], pq["lane_worker_cpu_s"],
+            pq["lane_worker_cpu_s"] / max(verified["cpu_s"], 1e-3), None,
+            "powerq: lane workers only (not API, PostgreSQL, Redis); ipmipower: its process")
+    )  # fmt: skip
+    result.add(
+        Row(bench, f"{metric} duplicate executions at the BMCs", "commands", "0", label,
+            base_at["beyond_one_per_node"], at["beyond_one_per_node"], None, ok and clean,
+            f"beyond one per node; overlapping a transition: ipmipower "
+            f"{base_at['overlapping_a_transition']}, powerq {at['overlapping_a_transition']}")
+    )  # fmt: skip
 
 
 def whatif_rows(

@@ -214,6 +214,7 @@ def machine_info() -> dict[str, Any]:
         "git_head": commit,
         "packages": _package_versions(),
         "ipmitool": _command_version(["ipmitool", "-V"]),
+        "ipmipower": _command_version([shutil.which("ipmipower") or "/usr/sbin/ipmipower", "-V"]),
         "wrk": _command_version(["wrk", "--version"]),
         "redis_server": _command_version([_redis_server() or "redis-server", "--version"]),
     }
