@@ -306,7 +306,7 @@ _MARK = text(
             command_sent_at = CASE WHEN :fallback THEN command_sent_at ELSE now() END,
             fallback_sent_at = CASE WHEN :fallback THEN now() ELSE fallback_sent_at END,
             command_acked_at = NULL,
-            observed_before = coalesce(CAST(:state AS power_state), observed_before),
+            observed_before = coalesce(observed_before, CAST(:before AS power_state)),
             transition_seen_at = coalesce(:transition_seen_at, transition_seen_at),
             boot_set_at = coalesce(:boot_set_at, boot_set_at),
             deadline_at = :deadline_at,
@@ -340,10 +340,10 @@ def mark_command_sent(
     """Write ``command_sent_at`` (``fallback_sent_at`` for a soft_off's hard-off
     fallback) *before* the command goes out: the send-once rule.
 
-    One statement, which also stores ``read`` (the query read that showed the
-    command is needed) as the node's observed state and the request's
-    ``observed_before``, and the claim's progress not yet written
-    (``transition_seen_at`` of a cycle's off phase, ``boot_set_at``, the
+    One statement, which also stores ``read`` (the read that called for the
+    command, made at ``c.now``) as the node's observed state, and the claim's
+    progress not yet written (``observed_before`` from the query step,
+    ``transition_seen_at`` of a cycle's off phase, ``boot_set_at``, the
     deadline a hard-off fallback brings).
     Returns the updated claim, or None if this attempt was fenced out.
 
@@ -358,6 +358,7 @@ def mark_command_sent(
             "command": command.value,
             "fallback": fallback,
             "state": read.value if read is not None else None,
+            "before": c.observed_before.value if c.observed_before is not None else None,
             "read_started": c.now,
             "transition_seen_at": c.transition_seen_at,
             "boot_set_at": c.boot_set_at,
@@ -372,8 +373,7 @@ def mark_command_sent(
     if not row.owned:
         return None
     c = replace(c, now=now, now_mono=time.monotonic(), command_sent=command, command_acked_at=None)
-    c = replace(c, fallback_sent_at=now) if fallback else replace(c, command_sent_at=now)
-    return c if read is None else replace(c, observed_before=read)
+    return replace(c, fallback_sent_at=now) if fallback else replace(c, command_sent_at=now)
 
 
 _OBSERVE = text(

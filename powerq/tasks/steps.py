@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -75,6 +75,7 @@ class Done:
     """Close the request."""
 
     status: RequestStatus
+    _: KW_ONLY
     error: str | None = None
     observed: PowerState | None = None  # read at the claim's ``now``; stored on the node
     evidence: Evidence | None = None  # what showed a success; never more than was seen
@@ -121,7 +122,7 @@ def run_request(request_id: uuid.UUID, *, continuing: int | None = None) -> None
     try:
         driver = _driver(c, settings.drivers)
     except (NotImplementedError, ValueError, BmcError) as exc:
-        _close(c, Done(RequestStatus.FAILED, f"cannot drive BMC {c.target.label}: {exc}"))
+        _close(c, Done(RequestStatus.FAILED, error=f"cannot drive BMC {c.target.label}: {exc}"))
         return
     with bmc_turn(c.node_id):
         _drive(c, driver)
@@ -252,7 +253,7 @@ def _set_boot(c: Claim, driver: PowerDriver, device: BootDevice) -> Outcome:
     shown = driver.get_boot_device()
     if shown is not None and shown is not device:
         error = f"the BMC reports boot device {shown.value} after {device.value} was set"
-        return Done(RequestStatus.FAILED, error)
+        return Done(RequestStatus.FAILED, error=error)
     if c.action is Action.BOOT:
         evidence = Evidence.BOOT_DEVICE if shown is device else Evidence.ACKNOWLEDGED
         return Done(RequestStatus.SUCCEEDED, evidence=evidence)
@@ -280,7 +281,7 @@ def _send(
         driver.send_power_action(command)
     except BmcAckUnknown as exc:
         if command is Action.RESET:
-            return Done(RequestStatus.FAILED, _reset_unknown(c, str(exc)))
+            return Done(RequestStatus.FAILED, error=_reset_unknown(c, str(exc)))
         return _first_check(marked)  # maybe sent: settle it by reading
     except BmcError as exc:
         if not exc.transient:
@@ -320,7 +321,7 @@ def _unsent(c: Claim, exc: BmcError) -> Outcome:
     """The command could not be sent at all (no session): retry the send with backoff."""
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS or c.clock() >= c.deadline_at:
-        return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
+        return Done(RequestStatus.FAILED, error=f"BMC unreachable after {errors} attempts: {exc}")
     values: dict[str, object] = {"command_sent_at": None, "command_sent": None}
     c = replace(c, transient_errors=errors, command_sent_at=None, command_sent=None)
     return Next(Step.SEND, verify.retry_delay(errors), c, values)
@@ -331,7 +332,7 @@ def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
     (past the deadline, no fallback sent) asks for the fallback again (bounded)."""
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS:
-        return Done(RequestStatus.FAILED, f"BMC unreachable after {errors} attempts: {exc}")
+        return Done(RequestStatus.FAILED, error=f"BMC unreachable after {errors} attempts: {exc}")
     values: dict[str, object] = {"fallback_sent_at": None, "command_sent": Action.SOFT_OFF}
     c = replace(c, transient_errors=errors, fallback_sent_at=None, command_sent=Action.SOFT_OFF)
     return Next(Step.CHECK, verify.retry_delay(errors), c, values)
@@ -368,15 +369,16 @@ def _follow(
     if verdict is verify.Verdict.VERIFIED:
         evidence = Evidence.OFF_THEN_ON if c.action is Action.CYCLE else Evidence.POWER_STATE
         took = (c.waited_s, (read_at - _sent_at(c)).total_seconds())
-        return Done(RequestStatus.SUCCEEDED, state, evidence=evidence, claim=c, took_s=took)
+        return Done(
+            RequestStatus.SUCCEEDED, observed=state, evidence=evidence, claim=c, took_s=took
+        )
     if verdict is verify.Verdict.NEXT_PHASE:
         # Off is verified: the on phase is a new command, marked and sent once.
         phase_two = replace(c, transition_seen_at=read_at, command_sent_at=None, command_sent=None)
         return _send(phase_two, driver, read=state)
     if verdict is verify.Verdict.UNOBSERVABLE:
-        return Done(
-            RequestStatus.FAILED, _reset_unknown(c, "no answer was recorded"), state, claim=c
-        )
+        error = _reset_unknown(c, "no answer was recorded")
+        return Done(RequestStatus.FAILED, error=error, observed=state, claim=c)
     if verdict is verify.Verdict.FALLBACK:
         return _send_fallback(c, driver, read_at, state)
     if verdict is verify.Verdict.RESEND:
@@ -384,7 +386,7 @@ def _follow(
     if verdict is verify.Verdict.EXPIRED:
         deadline_s = (c.deadline_at - c.started_at).total_seconds()
         message = verify.expired_message(c.command_sent or c.action, state, deadline_s)
-        return Done(RequestStatus.FAILED, message, state, claim=c)
+        return Done(RequestStatus.FAILED, error=message, observed=state, claim=c)
     return _wait(c, state)
 
 

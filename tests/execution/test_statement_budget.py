@@ -109,3 +109,32 @@ def test_a_query_is_two_statements(
     assert request.status is RequestStatus.SUCCEEDED and request.observed_after is PowerState.ON
     assert executed(sim) == []
     assert len(seen) == 2, "\n".join(seen)  # claim, finish (with the read)
+
+
+def test_the_verifying_read_is_the_nodes_observed_state(
+    session: Session, slow_machine: tuple[int, SimPowerDriver]
+) -> None:
+    from powerq.models import Node
+
+    node_id, _ = slow_machine
+    for action, state in ((Action.OFF, PowerState.OFF), (Action.ON, PowerState.ON)):
+        request, _ = _run(session, node_id, action)
+        node = session.get(Node, node_id)
+        assert node is not None and request.observed_after is state
+        assert node.power_state is state, (action, node.power_state_at, request.finished_at)
+
+
+def test_a_cycle_keeps_the_state_it_started_from(
+    session: Session, slow_machine: tuple[int, SimPowerDriver]
+) -> None:
+    from powerq.models import Node
+
+    node_id, sim = slow_machine
+    request, _ = _run(session, node_id, Action.CYCLE)
+
+    assert request.status is RequestStatus.SUCCEEDED, request.error
+    assert executed(sim) == [Action.OFF, Action.ON]
+    assert request.observed_before is PowerState.ON  # not the off seen between the phases
+    assert request.observed_after is PowerState.ON
+    node = session.get(Node, node_id)
+    assert node is not None and node.power_state is PowerState.ON
