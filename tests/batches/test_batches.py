@@ -49,8 +49,8 @@ def test_reuses_identical_refuses_conflicting_and_disturbs_nothing(session: Sess
     outcomes = {m.node: m.outcome for m in created.members}
     assert outcomes == {n1: "existing", n2: "refused", n3: "created"}
     by_node = {m.node: m for m in created.members}
-    assert by_node[n1].request.id == same.id
-    assert by_node[n2].request.id == other.id
+    assert by_node[n1].request_id == same.id
+    assert by_node[n2].request_id == other.id
     assert "outstanding 'on' request" in (by_node[n2].detail or "")
     with session_scope() as s:
         untouched = s.get(PowerRequest, other.id)
