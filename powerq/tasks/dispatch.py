@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from sqlalchemy import update
 
@@ -80,3 +82,43 @@ def mark_dispatched(request_ids: list[uuid.UUID]) -> None:
                 dispatch_count=PowerRequest.dispatch_count + 1,
             )
         )
+
+
+class StepMessage(NamedTuple):
+    """One ``powerq.step`` to publish: the request, its node (for the lane), and
+    seconds to hold it back (None: at once)."""
+
+    request_id: uuid.UUID
+    node_name: str
+    countdown: float | None = None
+
+
+def send_steps(messages: Iterable[StepMessage]) -> int:
+    """Publish many ``powerq.step`` messages, in order, through one producer (one
+    broker connection for all of them); return how many went out.
+
+    Never raises: at the first broker error the rest are left (logged) for the
+    sweeper, which re-rings a request once its ``dispatched_at`` is stale. Call
+    only after the requests have committed.
+    """
+    lanes = get_settings().lanes
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for message in messages:
+                queue = lane_queue(lane_for(message.node_name, lanes))
+                app.send_task(
+                    STEP_TASK,
+                    args=[str(message.request_id)],
+                    queue=queue,
+                    routing_key=queue,
+                    countdown=message.countdown,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=_PUBLISH_RETRY,
+                )
+                sent += 1
+    except Exception as exc:  # any broker or transport error: the intents are durable
+        log.warning("broker unreachable after %d step(s), the rest left for the sweeper: %s",
+                    sent, exc)  # fmt: skip
+    return sent

@@ -232,3 +232,47 @@ def test_invalid_batches_are_refused_and_write_nothing(
     session.rollback()
     with session_scope() as s:
         assert s.query(PowerRequest).count() == 0
+
+
+def test_releases_are_published_after_commit_through_one_producer(
+    session: Session, services: SuiteServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from powerq.config import get_settings
+    from powerq.tasks.app import app
+    from powerq.tasks.routing import lane_queue
+
+    broker = redis.Redis.from_url(services.broker_url)
+    created = create(session, spec(Action.OFF, _nodes(session, 3)))
+    acquired = []
+    original = app.producer_or_acquire
+
+    def producer_or_acquire(producer: object = None) -> object:
+        if producer is None:  # send_task passes the one it was given back in
+            acquired.append(1)
+        return original(producer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "producer_or_acquire", producer_or_acquire)
+
+    assert batch_pump.dispatch_releases(created.releases) == 3
+    queued = sum(broker.llen(lane_queue(k)) for k in range(get_settings().lanes))
+    assert (queued, len(acquired)) == (3, 1)
+
+
+def test_a_broker_failure_leaves_the_rest_of_the_releases_to_the_sweeper(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from powerq.tasks.app import app
+
+    created = create(session, spec(Action.OFF, _nodes(session, 3)))
+    sent: list[object] = []
+
+    def send_task(*args: object, **kwargs: object) -> None:
+        if sent:
+            raise OperationalError("broker gone")
+        sent.append(args)
+
+    monkeypatch.setattr(app, "send_task", send_task)
+
+    assert batch_pump.dispatch_releases(created.releases) == 1
