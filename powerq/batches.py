@@ -551,15 +551,15 @@ _RELEASE = text(
     """
 WITH held AS (
     SELECT r.id, r.node_id, r.start_by, m.position
-    FROM batch_members m JOIN power_requests r ON r.id = m.request_id
-    WHERE m.batch_id = :batch_id AND r.batch_id = :batch_id
-      AND r.held AND r.status = 'pending'
+    FROM power_requests r
+    JOIN batch_members m
+      ON m.batch_id = :batch_id AND m.node_id = r.node_id AND m.request_id = r.id
+    WHERE r.batch_id = :batch_id AND r.held AND r.status = 'pending'
     ORDER BY m.position
     LIMIT :room
     FOR UPDATE OF r
-), base AS (
-    SELECT coalesce(greatest(now(), max(not_before) + make_interval(secs => :stagger_s)),
-                    now()) AS at
+), base AS MATERIALIZED (
+    SELECT greatest(now(), max(not_before) + make_interval(secs => :stagger_s)) AS at
     FROM power_requests WHERE batch_id = :batch_id AND NOT held
 ), slots AS (
     SELECT held.*, base.at + make_interval(secs => :stagger_s)

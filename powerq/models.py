@@ -174,7 +174,8 @@ class BatchMember(Base):
         ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
     )
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    # The request's node (no foreign key of its own: the request's cascades).
+    node_id: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("power_requests.id", ondelete="CASCADE")
     )

@@ -74,9 +74,6 @@ def upgrade() -> None:
             ondelete='CASCADE',
         ),
         sa.ForeignKeyConstraint(
-            ['node_id'], ['nodes.id'], name='fk_batch_members_node_id_nodes', ondelete='CASCADE'
-        ),
-        sa.ForeignKeyConstraint(
             ['request_id'], ['power_requests.id'],
             name='fk_batch_members_request_id_power_requests', ondelete='CASCADE',
         ),
