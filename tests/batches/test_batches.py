@@ -281,3 +281,25 @@ def test_a_broker_failure_leaves_the_releases_to_the_sweeper(
         redispatch = {request_id for request_id, _ in _claim_redispatch(s, 100)}
         s.rollback()
     assert redispatch == set()  # not stale yet: the sweeper rings them later
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "boot"), [(Action.ON, None), (Action.ON, "pxe"), (Action.OFF, "disk")]
+)
+def test_a_refused_node_says_what_a_single_request_would_be_told(
+    session: Session, outstanding: Action, boot: str | None
+) -> None:
+    from powerq.errors import ConflictingRequest
+    from powerq.states import BootDevice
+
+    (name,) = _nodes(session, 1)
+    device = BootDevice(boot) if boot else None
+    request_power(session, find_node(session, name), outstanding, actor="bob", boot_device=device)
+    session.commit()
+    with pytest.raises(ConflictingRequest) as single:
+        request_power(session, find_node(session, name), Action.OFF, actor="ops")
+    session.rollback()
+
+    (member,) = create(session, spec(Action.OFF, [name])).members
+
+    assert (member.outcome, member.detail) == ("refused", single.value.detail)
