@@ -21,6 +21,7 @@ from bench import common
 
 BENCHMARKS = (
     "batch",
+    "batch_create",
     "overhead",
     "api",
     "sweeper",
@@ -32,6 +33,7 @@ BENCHMARKS = (
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
     "batch": ["--nodes", "1000", "--lanes", "8"],
+    "batch_create": ["--nodes", "1000,10000"],
     "overhead": ["--repeats", "20"],
     "api": [],
     "sweeper": [],

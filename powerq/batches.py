@@ -2,14 +2,15 @@
 
 No Flask, no Celery: the rules and the database, like :mod:`powerq.intents`.
 
-**Creating.** :func:`create_batch` writes the ``batches`` row and asks
-:func:`powerq.intents.request_power` for each selected node, all in the
-caller's transaction, so the same rules as for single requests hold: a node
-whose identical request is outstanding gets that request (``existing``), a
-node with a conflicting one is ``refused`` (with that request), and nothing
-else is disturbed. Requests are inserted in node-id order (two overlapping
-batches cannot deadlock on the one-outstanding index) but keep the order the
-nodes were given in: ``created_at`` is spaced by a microsecond per position.
+**Creating.** :func:`create_batch` writes the ``batches`` row and one request
+per selected node in the caller's transaction, set-based (a constant number of
+statements, whatever the number of nodes), with the rules of
+:func:`powerq.intents.request_power`: a node whose identical request is
+outstanding gets that request (``existing``), a node with a conflicting one is
+``refused`` (with that request), and nothing else is disturbed. Requests are
+inserted in node-id order (two overlapping batches cannot deadlock on the
+one-outstanding index); the order the nodes were given in is each member's
+``position``.
 
 **Pacing.** Every request a batch creates starts *held*: it is the node's
 outstanding request (nothing else can be asked of the node), but no worker
@@ -38,10 +39,10 @@ stagger_s`` seconds at the least) is refused, and no batch waits more than
 **Cancelling.** :func:`cancel_batch` cancels, in one statement, every request
 of the batch no worker has claimed (held or pending); running ones finish.
 
-**Membership.** Requests the batch created carry its ``batch_id``. Reused and
-refused nodes point at requests that are not the batch's own; they are listed
-in ``batches.selector["linked"]`` (node, outcome, request id, reason) next to
-the selector as given, so the batch's results can name them.
+**Membership.** Every node of a batch is a ``batch_members`` row: its
+position, its outcome, and the request that answers it (the batch's own, the
+identical one reused, or the conflicting one). Requests the batch created also
+carry its ``batch_id``. Results are read a page at a time, in batch order.
 """
 
 from __future__ import annotations
@@ -49,19 +50,32 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple, get_args
 
-from sqlalchemy import ColumnElement, Select, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from powerq.db import db_now
-from powerq.errors import ConflictingRequest, InvalidInput, NotFound
-from powerq.intents import request_power, validate_deadline, withdraw_desired
-from powerq.models import Batch, Node, PowerEvent, PowerRequest
-from powerq.states import Action, RequestStatus
+from powerq.errors import Conflict, InvalidInput, NotFound
+from powerq.intents import validate_deadline, withdraw_desired
+from powerq.models import Batch, BatchMember, Node, PowerEvent, PowerRequest
+from powerq.states import Action, RequestStatus, desired_after
 
 MAX_BATCH_NODES = 10_000
 MAX_STAGGER_S = 3600.0
@@ -74,8 +88,14 @@ RELEASE_HORIZON = timedelta(seconds=60)
 MAX_BATCH_DEADLINE_S = 7 * 24 * 3600.0
 # Added to the default deadline: lane queueing, a lost message re-rung by the sweeper.
 DEADLINE_GRACE_S = 300.0
+# Per-node results per page of a batch's view, by default and at most.
+RESULTS_PAGE = 1000
+MAX_RESULTS_PAGE = MAX_BATCH_NODES
 # Bound on the requests one sweep fails for their batch's deadline.
 EXPIRE_LIMIT = 500
+# Rounds of creation for nodes whose insert lost to a request that then finished
+# before it could be read (as in powerq.intents); the index still decides.
+_INSERT_ROUNDS = 5
 
 Outcome = Literal["created", "existing", "refused"]
 # How a node of a batch stands: its request's status, "held" or "refused".
@@ -121,7 +141,7 @@ class Member:
     node: str
     outcome: Outcome
     # The batch's own request, the identical one reused, or the conflicting one.
-    request: PowerRequest
+    request_id: uuid.UUID
     detail: str | None = None
 
 
@@ -162,7 +182,10 @@ class BatchView:
     batch: Batch
     counts: dict[State, int]
     outcomes: dict[str, int]
+    # One page of per-node results, in batch order, when asked for.
     results: list[NodeResult] | None = field(default=None)
+    limit: int | None = None
+    offset: int | None = None
 
     @property
     def total(self) -> int:
@@ -253,9 +276,19 @@ def glob_to_like(glob: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
+class Target(NamedTuple):
+    """A node a batch is for, as :func:`select_nodes` found it."""
+
+    id: int
+    name: str
+
+
+def select_nodes(session: Session, spec: BatchSpec) -> list[Target]:
     """The batch's nodes: the named ones in the order given (duplicates dropped),
-    or the selector's matches by name.
+    or the selector's matches by name. Each is held (FOR KEY SHARE) until the
+    transaction ends, as :func:`powerq.intents.request_power` holds its node: a
+    delete that locked a node first makes this wait and then not find it, one
+    that comes later sees the batch's request.
 
     :raises NotFound: a named node does not exist, or the selector matches none.
     :raises InvalidInput: the selector matches more than :data:`MAX_BATCH_NODES`.
@@ -263,14 +296,12 @@ def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
     if spec.nodes is not None:
         return _named_nodes(session, spec.nodes)
     assert spec.selector is not None
-    query = (
-        select(Node).where(Node.deleted_at.is_(None)).order_by(Node.name).limit(MAX_BATCH_NODES + 1)
-    )
+    query = _live_targets().order_by(Node.name).limit(MAX_BATCH_NODES + 1)
     if spec.selector.tags:
         query = query.where(Node.tags.contains(list(spec.selector.tags)))
     if spec.selector.name_glob:
         query = query.where(Node.name.like(glob_to_like(spec.selector.name_glob), escape="\\"))
-    nodes = list(session.scalars(query))
+    nodes = [Target(row.id, row.name) for row in session.execute(query)]
     if not nodes:
         raise NotFound(f"no node matches the selector {_describe(spec.selector)}")
     if len(nodes) > MAX_BATCH_NODES:
@@ -278,10 +309,19 @@ def select_nodes(session: Session, spec: BatchSpec) -> list[Node]:
     return nodes
 
 
-def _named_nodes(session: Session, names: Sequence[str]) -> list[Node]:
+def _live_targets() -> Select[int, str]:
+    """Live nodes' ids and names, locked FOR KEY SHARE."""
+    return (
+        select(Node.id, Node.name)
+        .where(Node.deleted_at.is_(None))
+        .with_for_update(read=True, key_share=True)
+    )
+
+
+def _named_nodes(session: Session, names: Sequence[str]) -> list[Target]:
     wanted = list(dict.fromkeys(names))
-    live = select(Node).where(Node.name.in_(wanted), Node.deleted_at.is_(None))
-    found = {node.name: node for node in session.scalars(live)}
+    named = _live_targets().where(Node.name == any_(bindparam("names", wanted, ARRAY(Text))))
+    found = {row.name: Target(row.id, row.name) for row in session.execute(named)}
     missing = [name for name in wanted if name not in found]
     if missing:
         shown = ", ".join(repr(name) for name in missing[:10])
@@ -301,6 +341,9 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
     """Record a batch and its requests in the caller's transaction, and release
     what may start at once. Publish ``releases`` only after commit.
 
+    A constant number of statements whatever the number of nodes (see
+    :func:`_join_all`).
+
     :raises InvalidInput: see :func:`validate_spec` and :func:`batch_window_s`.
     :raises NotFound: see :func:`select_nodes`.
     :raises Conflict: a node stayed too busy to accept a request (rare; retry).
@@ -308,57 +351,134 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
     validate_spec(spec)
     nodes = select_nodes(session, spec)
     window = batch_window_s(spec, len(nodes))
-    base = db_now(session)
     given = {"nodes": list(dict.fromkeys(spec.nodes))} if spec.nodes else {}
-    batch = Batch(
-        name=spec.name,
-        action=spec.action,
-        stagger_s=spec.stagger_s,
-        max_in_flight=spec.max_in_flight,
-        selector=spec.selector.as_json() if spec.selector else given,
-        requested_by=actor,
-        deadline_at=base + timedelta(seconds=window),
-    )
-    session.add(batch)
-    session.flush()
-    by_position: dict[int, Member] = {}
-    for position, node in sorted(enumerate(nodes), key=lambda pair: pair[1].id):
-        spacing = base + timedelta(microseconds=position)
-        by_position[position] = _join(session, batch, node, spec, actor, spacing)
-    members = [by_position[position] for position in range(len(nodes))]
-    batch.selector = {**batch.selector, "linked": _linked(members)}
+    batch = session.scalars(
+        insert(Batch)
+        .values(
+            name=spec.name,
+            action=spec.action,
+            stagger_s=spec.stagger_s,
+            max_in_flight=spec.max_in_flight,
+            selector=spec.selector.as_json() if spec.selector else given,
+            requested_by=actor,
+            deadline_at=func.now() + timedelta(seconds=window),
+        )
+        .returning(Batch)
+    ).one()
+    members = _join_all(session, batch, nodes, spec, actor)
     return CreatedBatch(batch, members, pump(session, only=[batch.id]))
 
 
-def _join(
-    session: Session, batch: Batch, node: Node, spec: BatchSpec, actor: str, created_at: datetime
-) -> Member:
-    """Ask for the batch's action on one node; a new request starts held."""
-    try:
-        intent = request_power(
-            session, node, spec.action, actor=actor, deadline_s=spec.deadline_s, batch_id=batch.id
+def _join_all(
+    session: Session, batch: Batch, nodes: Sequence[Target], spec: BatchSpec, actor: str
+) -> list[Member]:
+    """Ask for the batch's action on every node (:data:`_JOIN`), in batch order.
+
+    A node whose insert lost to a request committed after the statement's
+    snapshot is neither created nor seen as conflicting: it is asked again in a
+    new statement (as :func:`powerq.intents.request_power` retries).
+
+    :raises Conflict: some node stayed too busy for :data:`_INSERT_ROUNDS` rounds.
+    """
+    deadline = validate_deadline(spec.action, spec.deadline_s)
+    desired = desired_after(spec.action)
+    params: dict[str, Any] = {
+        "batch_id": batch.id,
+        "action": spec.action.value,
+        "deadline_s": deadline,
+        "actor": actor,
+        "start_by": batch.deadline_at,
+        "desired": desired.value if desired is not None else None,
+        "message": f"{spec.action.value} requested",
+        "candidate": repr(spec.action.value),
+    }
+    members: dict[int, Member] = {}
+    waiting = dict(enumerate(nodes))
+    for _ in range(_INSERT_ROUNDS):
+        rows = session.execute(
+            _JOIN,
+            {**params, "node_ids": [n.id for n in waiting.values()], "positions": list(waiting)},
         )
-    except ConflictingRequest as exc:
-        return Member(node.name, "refused", exc.extra["outstanding"], exc.detail)
-    if not intent.created:
-        return Member(node.name, "existing", intent.request)
-    intent.request.held = True
-    intent.request.created_at = created_at
-    intent.request.start_by = batch.deadline_at
-    return Member(node.name, "created", intent.request)
+        for row in rows:
+            node = waiting.pop(row.position)
+            members[row.position] = Member(node.name, row.outcome, row.request_id, row.detail)
+        if not waiting:
+            return [members[position] for position in range(len(nodes))]
+    busy = ", ".join(repr(node.name) for node in list(waiting.values())[:10])
+    raise Conflict(f"nodes {busy} are too busy to accept a request now; try again")
 
 
-def _linked(members: Iterable[Member]) -> list[dict[str, str | None]]:
-    return [
-        {
-            "node": m.node,
-            "outcome": m.outcome,
-            "request_id": str(m.request.id),
-            "detail": m.detail,
-        }
-        for m in members
-        if m.outcome != "created"
-    ]
+# One statement for every node of a batch, as request_power does for one:
+# insert each node's request (held, to start by the batch's deadline) unless the
+# node has one outstanding (the partial unique index decides: ON CONFLICT … DO
+# NOTHING, in node-id order so overlapping batches cannot deadlock); lock the
+# nodes it created requests for (FOR NO KEY UPDATE, as _lock_for_desired does)
+# and set their desired state from the locked row; write one "requested" event
+# each; answer every other node with its outstanding request (identical:
+# "existing", else "refused" and why); and record every node as a member.
+_JOIN = text(
+    """
+WITH given AS (
+    SELECT g.node_id, g.position
+    FROM unnest(CAST(:node_ids AS integer[]), CAST(:positions AS integer[]))
+         AS g(node_id, position)
+), created AS (
+    INSERT INTO power_requests
+        (node_id, action, status, deadline_s, requested_by, batch_id, held, start_by)
+    SELECT node_id, CAST(:action AS power_action), 'pending', :deadline_s, :actor, :batch_id,
+           true, :start_by
+    FROM given ORDER BY node_id
+    ON CONFLICT (node_id) WHERE status IN ('pending', 'running') DO NOTHING
+    RETURNING id, node_id
+), locked AS (
+    SELECT n.id, n.desired_power_state AS before
+    FROM nodes n JOIN created ON created.node_id = n.id
+    ORDER BY n.id
+    FOR NO KEY UPDATE OF n
+), desire AS (
+    UPDATE nodes n
+    SET desired_power_state = CAST(:desired AS desired_power_state),
+        desired_power_state_at = now(), updated_at = now()
+    FROM locked
+    WHERE n.id = locked.id AND CAST(:desired AS desired_power_state) IS NOT NULL
+      AND locked.before IS DISTINCT FROM CAST(:desired AS desired_power_state)
+    RETURNING n.id
+), events AS (
+    INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
+    SELECT created.node_id, created.id, 'requested', :actor, :message,
+           jsonb_build_object('action', CAST(:action AS text),
+                              'desired_power_state', CAST(:desired AS text),
+                              'desired_before', CAST(locked.before AS text))
+    FROM created JOIN locked ON locked.id = created.node_id
+    RETURNING id
+), outstanding AS (
+    SELECT g.node_id, g.position, r.id,
+           r.action = CAST(:action AS power_action) AND NOT r.soft_fallback
+               AND r.boot_device IS NULL AND NOT r.boot_persistent AS identical,
+           format('node %L has an outstanding %s request (%s); a %s request cannot be '
+                  'accepted until it finishes, and in-flight requests are never cancelled',
+                  n.name,
+                  CASE WHEN r.boot_device IS NULL THEN quote_literal(r.action::text)
+                       ELSE format('%L (boot %s)', r.action::text, r.boot_device) END,
+                  r.status, CAST(:candidate AS text)) AS why
+    FROM given g
+    JOIN power_requests r ON r.node_id = g.node_id AND r.status IN ('pending', 'running')
+    JOIN nodes n ON n.id = g.node_id
+    WHERE g.node_id NOT IN (SELECT node_id FROM created)
+), members AS (
+    INSERT INTO batch_members (batch_id, position, node_id, request_id, outcome, detail)
+    SELECT :batch_id, g.position, g.node_id, created.id, 'created', NULL
+    FROM created JOIN given g ON g.node_id = created.node_id
+    UNION ALL
+    SELECT :batch_id, position, node_id, id,
+           CASE WHEN identical THEN 'existing' ELSE 'refused' END,
+           CASE WHEN identical THEN NULL ELSE why END
+    FROM outstanding
+    RETURNING position, request_id, outcome, detail
+)
+SELECT position, request_id, outcome, detail FROM members
+"""
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
 
 
 # --- pacing -------------------------------------------------------------------
@@ -366,14 +486,14 @@ def _linked(members: Iterable[Member]) -> list[dict[str, str | None]]:
 
 def pump(session: Session, only: Collection[uuid.UUID] | None = None) -> list[Release]:
     """Release held requests of active batches (or of the ``only`` ones) as far as
-    ``max_in_flight`` and ``stagger_s`` allow, in the caller's transaction.
+    ``max_in_flight`` and ``stagger_s`` allow, in batch order, in the caller's
+    transaction.
 
     Each batch's row is locked (in id order) while it is pumped, so concurrent
     pumps (and :func:`cancel_batch`) take turns instead of releasing the same
     room twice. A cancelled batch is never pumped, and no request is released
     to start at or after its ``start_by``. Returns what to publish after commit.
     """
-    now = db_now(session)
     waiting = select(PowerRequest.batch_id).where(
         PowerRequest.held,
         PowerRequest.status == RequestStatus.PENDING,
@@ -385,7 +505,7 @@ def pump(session: Session, only: Collection[uuid.UUID] | None = None) -> list[Re
     batches = session.scalars(query.order_by(Batch.id).limit(PUMP_BATCH_LIMIT).with_for_update())
     releases: list[Release] = []
     for batch in batches.all():
-        releases += _release(session, batch, now)
+        releases += _release(session, batch)
     return releases
 
 
@@ -403,40 +523,66 @@ def _room(session: Session, batch: Batch) -> int:
     return min(batch.max_in_flight - int(in_flight or 0), RELEASE_LIMIT)
 
 
-def _release(session: Session, batch: Batch, now: datetime) -> list[Release]:
+def _release(session: Session, batch: Batch) -> list[Release]:
+    """Release up to the batch's room of its held requests, in position order, in
+    one statement (:data:`_RELEASE`)."""
     room = _room(session, batch)
     if room <= 0:
         return []
-    held = session.scalars(
-        select(PowerRequest)
-        .where(
-            PowerRequest.batch_id == batch.id,
-            PowerRequest.held,
-            PowerRequest.status == RequestStatus.PENDING,
-        )
-        .order_by(PowerRequest.created_at, PowerRequest.id)
-        .limit(room)
-        .with_for_update(of=PowerRequest)
+    rows = session.execute(
+        _RELEASE,
+        {
+            "batch_id": batch.id,
+            "room": room,
+            "stagger_s": batch.stagger_s,
+            "horizon_s": RELEASE_HORIZON.total_seconds(),
+        },
     ).all()
-    last: datetime | None = session.scalar(
-        select(func.max(PowerRequest.not_before)).where(
-            PowerRequest.batch_id == batch.id, ~PowerRequest.held
-        )
-    )
-    stagger = timedelta(seconds=batch.stagger_s)
-    releases: list[Release] = []
-    for request in held:
-        at = now if last is None else max(now, last + stagger)
-        if at > now + RELEASE_HORIZON or (request.start_by is not None and at >= request.start_by):
-            break  # later, or never: the sweeper fails it at its start_by
-        request.held = False
-        request.not_before = at
-        request.dispatched_at = at  # the sweeper re-rings it only once this is stale
-        request.dispatch_count += 1
-        releases.append(Release(request.id, request.node.name, at, (at - now).total_seconds()))
-        last = at
-    session.flush()
-    return releases
+    ordered = sorted(rows, key=lambda row: row.position)
+    return [Release(r.id, r.name, r.at, (r.at - r.now).total_seconds()) for r in ordered]
+
+
+# The next ``room`` held requests of a batch, by position, each ``stagger_s`` after
+# the previous release (the first no earlier than now): released with
+# ``not_before = dispatched_at`` = that time (the sweeper re-rings one only once
+# that is stale), up to the first that would start beyond the horizon or at or
+# after its start_by (later, or never: the sweeper fails it at its start_by).
+_RELEASE = text(
+    """
+WITH held AS (
+    SELECT r.id, r.node_id, r.start_by, m.position
+    FROM power_requests r
+    JOIN batch_members m
+      ON m.batch_id = :batch_id AND m.node_id = r.node_id AND m.request_id = r.id
+    WHERE r.batch_id = :batch_id AND r.held AND r.status = 'pending'
+    ORDER BY m.position
+    LIMIT :room
+    FOR UPDATE OF r
+), base AS MATERIALIZED (
+    SELECT greatest(now(), max(not_before) + make_interval(secs => :stagger_s)) AS at
+    FROM power_requests WHERE batch_id = :batch_id AND NOT held
+), slots AS (
+    SELECT held.*, base.at + make_interval(secs => :stagger_s)
+                             * (row_number() OVER (ORDER BY held.position) - 1) AS at
+    FROM held, base
+), due AS (
+    SELECT * FROM (
+        SELECT slots.*,
+               bool_and(at <= now() + make_interval(secs => :horizon_s)
+                        AND (start_by IS NULL OR at < start_by))
+                   OVER (ORDER BY position) AS ok
+        FROM slots
+    ) checked
+    WHERE ok
+)
+UPDATE power_requests r
+SET held = false, not_before = due.at, dispatched_at = due.at,
+    dispatch_count = r.dispatch_count + 1, updated_at = now()
+FROM due JOIN nodes n ON n.id = due.node_id
+WHERE r.id = due.id
+RETURNING r.id, n.name, due.at, due.position, now() AS now
+"""
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
 
 
 def waiting_batch_of(session: Session, request_id: uuid.UUID) -> uuid.UUID | None:
@@ -618,82 +764,80 @@ def state_of(request: PowerRequest) -> State:
     return request.status.value
 
 
-def _links(batch: Batch) -> list[dict[str, Any]]:
-    linked = batch.selector.get("linked", [])
-    return list(linked) if isinstance(linked, list) else []
-
-
-def _linked_requests(session: Session, batches: Iterable[Batch]) -> dict[uuid.UUID, PowerRequest]:
-    ids = [uuid.UUID(link["request_id"]) for batch in batches for link in _links(batch)]
-    if not ids:
-        return {}
-    rows = session.scalars(select(PowerRequest).where(PowerRequest.id.in_(ids)))
-    return {row.id: row for row in rows}
-
-
-def _own_counts(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, Counter[str]]:
+def _counts(session: Session, batch_ids: list[uuid.UUID]) -> dict[uuid.UUID, Counter[str]]:
+    """Per batch: members per outcome, and per state (what their requests are now)."""
     counts: dict[uuid.UUID, Counter[str]] = {batch_id: Counter() for batch_id in batch_ids}
+    if not batch_ids:
+        return counts
     rows = session.execute(
-        select(PowerRequest.batch_id, PowerRequest.status, PowerRequest.held, func.count())
-        .where(PowerRequest.batch_id.in_(batch_ids))
-        .group_by(PowerRequest.batch_id, PowerRequest.status, PowerRequest.held)
+        select(
+            BatchMember.batch_id,
+            BatchMember.outcome,
+            PowerRequest.status,
+            PowerRequest.held,
+            func.count(),
+        )
+        .join(PowerRequest, PowerRequest.id == BatchMember.request_id)
+        .where(BatchMember.batch_id.in_(batch_ids))
+        .group_by(BatchMember.batch_id, BatchMember.outcome, PowerRequest.status, PowerRequest.held)
     ).all()
-    for batch_id, status, held, count in rows:
-        assert batch_id is not None
-        state = "held" if held and status is RequestStatus.PENDING else status.value
+    for batch_id, outcome, status, held, count in rows:
+        if outcome == "refused":
+            state = "refused"
+        else:
+            state = "held" if held and status is RequestStatus.PENDING else status.value
         counts[batch_id][state] += count
-        counts[batch_id]["created"] += count
+        counts[batch_id][f"outcome:{outcome}"] += count
     return counts
 
 
-def _view(batch: Batch, own: Counter[str], linked: dict[uuid.UUID, PowerRequest]) -> BatchView:
-    counts = {state: own[state] for state in STATES}
-    outcomes = {"created": own["created"], "existing": 0, "refused": 0}
-    for link in _links(batch):
-        outcome = link["outcome"]
-        request = linked.get(uuid.UUID(link["request_id"]))
-        if outcome == "refused":
-            outcomes["refused"] += 1
-            counts["refused"] += 1
-        elif request is not None:  # gone only if its node was deleted
-            outcomes["existing"] += 1
-            counts[state_of(request)] += 1
+def _view(batch: Batch, counted: Counter[str]) -> BatchView:
+    counts = {state: counted[state] for state in STATES}
+    outcomes = {outcome: counted[f"outcome:{outcome}"] for outcome in get_args(Outcome)}
     return BatchView(batch, counts, outcomes)
 
 
-def batch_view(session: Session, batch_id: uuid.UUID, *, results: bool = True) -> BatchView:
-    """The batch, its counts per state, and (with ``results``) each node's result.
+def batch_view(
+    session: Session,
+    batch_id: uuid.UUID,
+    *,
+    results: bool = True,
+    limit: int = RESULTS_PAGE,
+    offset: int = 0,
+) -> BatchView:
+    """The batch, its counts per state and (with ``results``) one page of its
+    nodes' results, in batch order: ``limit`` of them from ``offset``.
 
     :raises NotFound: no such batch.
     """
     batch = session.get(Batch, batch_id)
     if batch is None:
         raise NotFound(f"no batch {batch_id}")
-    linked = _linked_requests(session, [batch])
-    view = _view(batch, _own_counts(session, [batch.id])[batch.id], linked)
+    view = _view(batch, _counts(session, [batch.id])[batch.id])
     if not results:
         return view
-    return BatchView(view.batch, view.counts, view.outcomes, _results(session, batch, linked))
+    page = _results(session, batch.id, limit, offset)
+    return BatchView(view.batch, view.counts, view.outcomes, page, limit, offset)
 
 
-def _results(
-    session: Session, batch: Batch, linked: dict[uuid.UUID, PowerRequest]
-) -> list[NodeResult]:
-    own = session.scalars(select(PowerRequest).where(PowerRequest.batch_id == batch.id))
-    results = [NodeResult(r.node.name, "created", state_of(r), r, None, r.error) for r in own]
-    for link in _links(batch):
-        request = linked.get(uuid.UUID(link["request_id"]))
-        if link["outcome"] == "refused":
-            results.append(
-                NodeResult(link["node"], "refused", "refused", None, request, link["detail"])
-            )
-        elif request is not None:
-            results.append(
-                NodeResult(
-                    link["node"], "existing", state_of(request), request, None, request.error
-                )
-            )
-    return sorted(results, key=lambda result: result.node)
+def _results(session: Session, batch_id: uuid.UUID, limit: int, offset: int) -> list[NodeResult]:
+    rows = session.execute(
+        select(BatchMember.outcome, BatchMember.detail, Node.name, PowerRequest)
+        .join(Node, Node.id == BatchMember.node_id)
+        .join(PowerRequest, PowerRequest.id == BatchMember.request_id)
+        .where(BatchMember.batch_id == batch_id)
+        .order_by(BatchMember.position)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [_result(outcome, detail, name, request) for outcome, detail, name, request in rows]
+
+
+def _result(outcome: str, detail: str | None, node: str, request: PowerRequest) -> NodeResult:
+    if outcome == "refused":
+        return NodeResult(node, "refused", "refused", None, request, detail)
+    reused: Outcome = "existing" if outcome == "existing" else "created"
+    return NodeResult(node, reused, state_of(request), request, None, request.error)
 
 
 def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[list[BatchView], int]:
@@ -704,6 +848,5 @@ def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[list
             select(Batch).order_by(Batch.created_at.desc(), Batch.id).limit(limit).offset(offset)
         )
     )
-    own = _own_counts(session, [batch.id for batch in page])
-    linked = _linked_requests(session, page)
-    return [_view(batch, own[batch.id], linked) for batch in page], total
+    counts = _counts(session, [batch.id for batch in page])
+    return [_view(batch, counts[batch.id]) for batch in page], total

@@ -22,6 +22,8 @@ from powerq.errors import ConfigError, PowerqError, ServiceUnavailable
 
 DEFAULT_TIMEOUT_S = 30.0
 PAGE_SIZE = 500
+# Per-node results per page of GET /v1/batches/{id} (the server allows up to 10,000).
+BATCH_PAGE_SIZE = 2000
 # Hang guard for paging through lists (PAGE_SIZE x MAX_PAGES items).
 MAX_PAGES = 1000
 TOKEN_FILE = "admin-token"
@@ -220,9 +222,20 @@ class Client:
         return dict(self.call("POST", "/v1/batches", json=dict(body)))
 
     def batch(self, batch_id: str, *, results: bool = True) -> dict[str, Any]:
-        """One batch (with per-node results unless ``results`` is False)."""
-        params = {"results": "true" if results else "false"}
-        return dict(self.call("GET", f"/v1/batches/{quote(batch_id, safe='')}", params=params))
+        """One batch (with every node's result, page by page, unless ``results`` is False)."""
+        path = f"/v1/batches/{quote(batch_id, safe='')}"
+        if not results:
+            return dict(self.call("GET", path, params={"results": "false"}))
+        first = dict(self.call("GET", path, params={"limit": BATCH_PAGE_SIZE, "offset": 0}))
+        nodes = list(first["nodes"])
+        for _ in range(MAX_PAGES):
+            if len(nodes) >= first["total"]:
+                break
+            page = self.call("GET", path, params={"limit": BATCH_PAGE_SIZE, "offset": len(nodes)})
+            if not page["nodes"]:
+                break
+            nodes += page["nodes"]
+        return {**first, "nodes": nodes, "limit": len(nodes), "offset": 0}
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """Cancel what a batch has not started (running requests finish)."""

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -156,6 +157,37 @@ class Batch(Base):
 
     def __repr__(self) -> str:
         return f"<Batch {self.id} {self.action} by={self.requested_by}>"
+
+
+class BatchMember(Base):
+    """One node of a batch, at its place in the batch's order (``position``, from 0),
+    and what creating the batch did for it: ``created`` its own request, reused
+    the identical outstanding one (``existing``), or was ``refused`` because of
+    the conflicting outstanding one (``request_id`` is that request, ``detail``
+    says why)."""
+
+    __tablename__ = "batch_members"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The request's node (no foreign key of its own: the request's cascades).
+    node_id: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("power_requests.id", ondelete="CASCADE")
+    )
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("uq_batch_members_node", "batch_id", "node_id", unique=True),
+        Index("ix_batch_members_request", "request_id"),
+        CheckConstraint("outcome IN ('created', 'existing', 'refused')", name="outcome"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<BatchMember {self.batch_id}#{self.position} node={self.node_id} {self.outcome}>"
 
 
 class PowerRequest(Base):

@@ -43,7 +43,9 @@ from powerq.api.session import transaction
 from powerq.batches import (
     MAX_BATCH_DEADLINE_S,
     MAX_BATCH_NODES,
+    MAX_RESULTS_PAGE,
     MAX_STAGGER_S,
+    RESULTS_PAGE,
     BatchSpec,
     BatchView,
     CancelledBatch,
@@ -171,9 +173,15 @@ class BatchIn(JsonBody):
 
 
 class BatchQuery(QueryString):
-    """Whether to include each node's result."""
+    """Whether to include each node's result, and which page of them."""
 
     results: bool = Field(default=True, description="false: counts only (cheap to poll)")
+    limit: int = Field(
+        default=RESULTS_PAGE, ge=1, le=MAX_RESULTS_PAGE, description="Nodes per page of results"
+    )
+    offset: int = Field(
+        default=0, ge=0, le=MAX_BATCH_NODES, description="Results to skip (batch order)"
+    )
 
 
 class BatchNodeOut(OutModel):
@@ -231,7 +239,12 @@ class BatchOut(OutModel):
     finished: bool = Field(description="No node of the batch has work outstanding")
     outcomes: BatchOutcomes
     counts: BatchCounts
-    nodes: list[BatchNodeOut] | None
+    nodes: list[BatchNodeOut] | None = Field(
+        description="One page of the nodes' results, in batch order (the order the nodes "
+        "were given, or by name for a selector); `total` nodes in all"
+    )
+    limit: int | None = Field(description="Most nodes in `nodes` (null without results)")
+    offset: int | None = Field(description="Position of the first of `nodes` in the batch")
 
 
 class EndedOut(OutModel):
@@ -281,14 +294,13 @@ def _node_out(result: NodeResult) -> BatchNodeOut:
 def batch_out(view: BatchView) -> BatchOut:
     """The outside view of a batch."""
     batch = view.batch
-    given = {key: value for key, value in batch.selector.items() if key != "linked"}
     return BatchOut(
         id=batch.id,
         name=batch.name,
         action=batch.action,
         stagger_s=batch.stagger_s,
         max_in_flight=batch.max_in_flight,
-        selector=given,
+        selector=batch.selector,
         requested_by=batch.requested_by,
         created_at=batch.created_at,
         deadline_at=batch.deadline_at,
@@ -298,13 +310,19 @@ def batch_out(view: BatchView) -> BatchOut:
         outcomes=BatchOutcomes(**view.outcomes),
         counts=BatchCounts(**view.counts),
         nodes=None if view.results is None else [_node_out(r) for r in view.results],
+        limit=view.limit,
+        offset=view.offset,
     )
 
 
 @bp.post("")
 @bp.auth_required(auth, roles=[OPERATOR])
 @bp.input(BatchIn, arg_name="body")
-@bp.output(BatchOut, status_code=201, description="The batch; refused nodes are listed in it")
+@bp.output(
+    BatchOut,
+    status_code=201,
+    description="The batch and the first page of its nodes' results (refused ones included)",
+)
 @bp.doc(responses={404: "A named node does not exist, or the selector matches none"})
 def post_batch(body: BatchIn) -> ViewResult:
     """Run a power action on many nodes
@@ -360,9 +378,16 @@ def delete_batch(batch_id: uuid.UUID) -> ViewResult:
 @bp.input(BatchQuery, location="query", arg_name="query")
 @bp.output(BatchOut)
 def get_batch(batch_id: uuid.UUID, query: BatchQuery) -> ViewResult:
-    """One batch: counts per state and each node's result"""
+    """One batch: counts per state and a page of its nodes' results
+
+    Results come in batch order, `limit` at a time from `offset`; `total` says
+    how many nodes the batch has.
+    """
     with transaction() as session:
-        return batch_out(batch_view(session, batch_id, results=query.results))
+        view = batch_view(
+            session, batch_id, results=query.results, limit=query.limit, offset=query.offset
+        )
+        return batch_out(view)
 
 
 @bp.get("")

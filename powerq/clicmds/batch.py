@@ -117,13 +117,18 @@ def batch(
     body.update({key: value for key, value in options.items() if value is not None})
     api = client()
     created = api.create_batch(body)
-    result = wait_for(api, created, timeout, quiet=as_json) if wait else created
+    if wait:
+        result = wait_for(api, created, timeout, quiet=as_json)
+    elif len(created["nodes"] or []) < created["total"]:
+        result = api.batch(str(created["id"]))  # the answer holds one page of results
+    else:
+        result = created
     report(result, as_json=as_json)
 
 
 def wait_for(api: Client, created: dict[str, Any], timeout: float, quiet: bool) -> dict[str, Any]:
     """Poll the batch until it has finished (progress bar unless ``quiet``); return it
-    with its per-node results.
+    with every node's result (all pages).
 
     :raises WaitTimeout: not finished after ``timeout`` seconds.
     """

@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from powerq.batches import EXPIRE_LIMIT, Release, expire_unstarted, pump, waiting_batch_of
 from powerq.db import session_scope
 from powerq.tasks.app import app
-from powerq.tasks.dispatch import send_step
+from powerq.tasks.dispatch import StepMessage, send_steps
 from powerq.tasks.routing import CONTROL_QUEUE
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,20 @@ def pump_and_dispatch(only: Iterable[uuid.UUID] | None = None) -> int:
 
 
 def dispatch_releases(releases: Iterable[Release]) -> int:
-    """Publish released requests on their lanes (after commit); return how many went out.
+    """Publish released requests on their lanes (after commit), all through one
+    producer connection; return how many went out.
 
     Stops at the first broker error: the releases are recorded with
     ``dispatched_at = not_before``, so the sweeper re-rings them once that is stale.
     """
-    sent = 0
-    for release in releases:
-        countdown = release.delay_s + COUNTDOWN_SLACK_S if release.delay_s > 0 else None
-        try:
-            send_step(release.request_id, release.node_name, countdown=countdown)
-        except Exception as exc:  # broker errors of any transport
-            log.warning("could not publish released batch requests (sweeper will): %s", exc)
-            break
-        sent += 1
-    return sent
+    return send_steps(
+        StepMessage(
+            release.request_id,
+            release.node_name,
+            release.delay_s + COUNTDOWN_SLACK_S if release.delay_s > 0 else None,
+        )
+        for release in releases
+    )
 
 
 def ring(request_id: uuid.UUID) -> None:

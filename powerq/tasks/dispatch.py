@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from sqlalchemy import update
 
@@ -87,3 +89,46 @@ def mark_dispatched(request_ids: list[uuid.UUID]) -> None:
                 dispatch_count=PowerRequest.dispatch_count + 1,
             )
         )
+
+
+class StepMessage(NamedTuple):
+    """One ``powerq.step`` to publish: the request, its node (for the lane), and
+    seconds to hold it back (None: at once)."""
+
+    request_id: uuid.UUID
+    node_name: str
+    countdown: float | None = None
+
+
+def send_steps(messages: Iterable[StepMessage]) -> int:
+    """Publish many ``powerq.step`` messages through one producer, buffered and
+    sent as one Redis pipeline (kombu's ``Producer.batch``; transports without
+    batches publish one by one); return how many went out.
+
+    Never raises: when the broker fails, nothing is counted as sent (a failed
+    pipeline may have delivered part of it: a duplicate ring is harmless, the
+    claim is fenced) and the requests are left, logged, to the sweeper, which
+    re-rings a request once its ``dispatched_at`` is stale. Call only after the
+    requests have committed.
+    """
+    lanes = get_settings().lanes
+    queued = 0
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for message in messages:
+                queue = lane_queue(lane_for(message.node_name, lanes))
+                app.send_task(
+                    STEP_TASK,
+                    args=[str(message.request_id)],
+                    queue=queue,
+                    routing_key=queue,
+                    countdown=message.countdown,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=_PUBLISH_RETRY,
+                )
+                queued += 1
+    except Exception as exc:  # any broker or transport error: the intents are durable
+        log.warning("broker failed publishing %d step(s), left for the sweeper: %s", queued, exc)
+        return 0
+    return queued

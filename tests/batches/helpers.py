@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from powerq.batches import BatchSpec, CreatedBatch, create_batch, pump
 from powerq.db import session_scope
-from powerq.models import PowerRequest
+from powerq.models import BatchMember, PowerRequest
 from powerq.states import Action, RequestStatus
 
 
@@ -32,13 +32,14 @@ def create(session: Session, batch_spec: BatchSpec, actor: str = "ops") -> Creat
 
 
 def requests_of(batch_id: uuid.UUID) -> list[PowerRequest]:
-    """The batch's own requests, in batch order."""
+    """The batch's own requests, in batch order (by member position)."""
     with session_scope() as s:
         return list(
             s.scalars(
                 select(PowerRequest)
-                .where(PowerRequest.batch_id == batch_id)
-                .order_by(PowerRequest.created_at)
+                .join(BatchMember, BatchMember.request_id == PowerRequest.id)
+                .where(PowerRequest.batch_id == batch_id, BatchMember.batch_id == batch_id)
+                .order_by(BatchMember.position)
             )
         )
 

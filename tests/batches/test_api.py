@@ -178,3 +178,55 @@ def test_cancelling_an_unknown_batch_is_404(
 ) -> None:
     problem = assert_problem(client.delete(f"/v1/batches/{uuid.uuid4()}", headers=operator), 404)
     assert "no batch" in problem["detail"]
+
+
+def test_results_come_a_page_at_a_time_in_batch_order(
+    client: FlaskClient, operator: dict[str, str], reader: dict[str, str], fleet: list[str]
+) -> None:
+    order = ["n3", "n1", "n4", "n2"]
+    created = client.post(
+        "/v1/batches", json={"action": "on", "nodes": order}, headers=operator
+    ).get_json()
+    url = f"/v1/batches/{created['id']}"
+
+    pages = [client.get(f"{url}?limit=3&offset={o}", headers=reader).get_json() for o in (0, 3)]
+    past_the_end = client.get(f"{url}?limit=3&offset=4", headers=reader).get_json()
+    too_big = client.get(f"{url}?limit=10001", headers=reader)
+
+    assert [n["node"] for n in created["nodes"]] == order
+    assert (created["limit"], created["offset"], created["total"]) == (1000, 0, 4)
+    assert [[n["node"] for n in page["nodes"]] for page in pages] == [order[:3], order[3:]]
+    assert [(p["limit"], p["offset"], p["total"]) for p in pages] == [(3, 0, 4), (3, 3, 4)]
+    assert past_the_end["nodes"] == [] and past_the_end["counts"]["pending"] == 4
+    assert_problem(too_big, 422)
+
+
+def test_the_cli_client_follows_every_page(
+    client: FlaskClient,
+    operator: dict[str, str],
+    fleet: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from powerq import client as client_module
+
+    api = client_module.Client("http://powerq.invalid", operator["Authorization"].split()[1])
+    calls: list[dict[str, object]] = []
+
+    def call(method: str, path: str, **kwargs: object) -> object:
+        calls.append(dict(kwargs.get("params") or {}))  # type: ignore[call-overload]
+        flask_call = client.open(
+            path, method=method, json=kwargs.get("json"), query_string=kwargs.get("params"),
+            headers=operator,
+        )  # fmt: skip
+        return flask_call.get_json()
+
+    monkeypatch.setattr(api, "call", call)
+    monkeypatch.setattr(client_module, "BATCH_PAGE_SIZE", 3)
+    created = api.create_batch({"action": "off", "nodes": fleet})
+
+    whole = api.batch(str(created["id"]))
+    counts_only = api.batch(str(created["id"]), results=False)
+
+    assert [n["node"] for n in whole["nodes"]] == fleet
+    assert calls[1:3] == [{"limit": 3, "offset": 0}, {"limit": 3, "offset": 3}]
+    assert counts_only["nodes"] is None and counts_only["total"] == 4

@@ -49,8 +49,8 @@ def test_reuses_identical_refuses_conflicting_and_disturbs_nothing(session: Sess
     outcomes = {m.node: m.outcome for m in created.members}
     assert outcomes == {n1: "existing", n2: "refused", n3: "created"}
     by_node = {m.node: m for m in created.members}
-    assert by_node[n1].request.id == same.id
-    assert by_node[n2].request.id == other.id
+    assert by_node[n1].request_id == same.id
+    assert by_node[n2].request_id == other.id
     assert "outstanding 'on' request" in (by_node[n2].detail or "")
     with session_scope() as s:
         untouched = s.get(PowerRequest, other.id)
@@ -232,3 +232,74 @@ def test_invalid_batches_are_refused_and_write_nothing(
     session.rollback()
     with session_scope() as s:
         assert s.query(PowerRequest).count() == 0
+
+
+def test_releases_are_published_after_commit_in_one_pipeline(
+    session: Session, services: SuiteServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.client import Pipeline
+
+    from powerq.config import get_settings
+    from powerq.tasks.routing import lane_queue
+
+    broker = redis.Redis.from_url(services.broker_url)
+    created = create(session, spec(Action.OFF, _nodes(session, 3)))
+    pushes: list[int] = []  # LPUSHes per pipeline executed (queue declarations have none)
+    original = Pipeline.execute
+
+    def execute(self: Pipeline, *args: object, **kwargs: object) -> object:
+        names = [str(command[0][0]).upper() for command in self.command_stack]
+        if "LPUSH" in names:
+            pushes.append(names.count("LPUSH"))
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Pipeline, "execute", execute)
+
+    assert batch_pump.dispatch_releases(created.releases) == 3
+    queued = sum(broker.llen(lane_queue(k)) for k in range(get_settings().lanes))
+    assert queued == 3
+    assert pushes == [3]
+
+
+def test_a_broker_failure_leaves_the_releases_to_the_sweeper(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from powerq.tasks.app import app
+
+    created = create(session, spec(Action.OFF, _nodes(session, 3)))
+
+    def send_task(*args: object, **kwargs: object) -> None:
+        raise OperationalError("broker gone")
+
+    monkeypatch.setattr(app, "send_task", send_task)
+
+    assert batch_pump.dispatch_releases(created.releases) == 0
+    with session_scope() as s:
+        assert {r.dispatch_count for r in requests_of(created.batch.id)} == {1}
+        redispatch = {request_id for request_id, _ in _claim_redispatch(s, 100)}
+        s.rollback()
+    assert redispatch == set()  # not stale yet: the sweeper rings them later
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "boot"), [(Action.ON, None), (Action.ON, "pxe"), (Action.OFF, "disk")]
+)
+def test_a_refused_node_says_what_a_single_request_would_be_told(
+    session: Session, outstanding: Action, boot: str | None
+) -> None:
+    from powerq.errors import ConflictingRequest
+    from powerq.states import BootDevice
+
+    (name,) = _nodes(session, 1)
+    device = BootDevice(boot) if boot else None
+    request_power(session, find_node(session, name), outstanding, actor="bob", boot_device=device)
+    session.commit()
+    with pytest.raises(ConflictingRequest) as single:
+        request_power(session, find_node(session, name), Action.OFF, actor="ops")
+    session.rollback()
+
+    (member,) = create(session, spec(Action.OFF, [name])).members
+
+    assert (member.outcome, member.detail) == ("refused", single.value.detail)
