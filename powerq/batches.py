@@ -69,7 +69,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
-from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm import Session, joinedload
 
 from powerq.db import db_now
 from powerq.errors import Conflict, InvalidInput, NotFound
@@ -583,23 +583,6 @@ WHERE r.id = due.id
 RETURNING r.id, n.name, due.at, due.position, now() AS now
 """
 ).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
-
-
-def waiting_batch_of(session: Session, request_id: uuid.UUID) -> uuid.UUID | None:
-    """The batch of ``request_id`` if that batch still holds requests back."""
-    finished = aliased(PowerRequest)
-    held = aliased(PowerRequest)
-    batch_id: uuid.UUID | None = session.scalar(
-        select(finished.batch_id)
-        .join(held, held.batch_id == finished.batch_id)
-        .where(
-            finished.id == request_id,
-            held.held,
-            held.status == RequestStatus.PENDING,
-        )
-        .limit(1)
-    )
-    return batch_id
 
 
 # --- ending what has not started ------------------------------------------------

@@ -4,9 +4,10 @@ The pump itself (:func:`powerq.batches.pump`) is one short transaction that
 releases held batch requests; what it released is published here, after
 commit, with a countdown until each request's ``not_before``. It runs:
 
-* when a batch request finishes: the executor calls :func:`ring`, which sends
-  ``powerq.batch_pump`` (the batch id as its only argument) to the control
-  queue if that batch still holds requests back;
+* when a batch request finishes and its batch still holds requests back (the
+  executor's finish statement says so): the executor calls :func:`wake`,
+  which sends ``powerq.batch_pump`` (the batch id as its only argument) to
+  the control queue;
 * from every sweep (:func:`pump_in_sweep`), so a lost ring or a restart only
   delays the batch by one sweep interval;
 * right after a batch is created (the API calls :func:`dispatch_releases`).
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 
 from sqlalchemy.exc import OperationalError
 
-from powerq.batches import EXPIRE_LIMIT, Release, expire_unstarted, pump, waiting_batch_of
+from powerq.batches import EXPIRE_LIMIT, Release, expire_unstarted, pump
 from powerq.db import session_scope
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import StepMessage, send_steps
@@ -77,21 +78,6 @@ def dispatch_releases(releases: Iterable[Release]) -> int:
         )
         for release in releases
     )
-
-
-def ring(request_id: uuid.UUID) -> None:
-    """After ``request_id`` finished: wake the pump if its batch holds requests back.
-
-    Never raises: the request is already finished, and the sweeper pumps anyway.
-    """
-    try:
-        with session_scope() as session:
-            batch_id = waiting_batch_of(session, request_id)
-    except Exception as exc:
-        log.warning("could not ring the batch pump after %s (sweeper will): %s", request_id, exc)
-        return
-    if batch_id is not None:
-        wake(batch_id)
 
 
 def wake(batch_id: uuid.UUID) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -16,14 +17,13 @@ from powerq.batches import (
     batch_view,
     glob_to_like,
     pump,
-    waiting_batch_of,
 )
 from powerq.db import session_factory, session_scope
 from powerq.errors import InvalidInput, NotFound
 from powerq.intents import find_node, request_power
 from powerq.models import PowerRequest
-from powerq.states import Action, DesiredPowerState, RequestStatus
-from powerq.tasks import batch_pump, leases
+from powerq.states import Action, DesiredPowerState, Evidence, RequestStatus
+from powerq.tasks import batch_pump, leases, steps
 from powerq.tasks.routing import CONTROL_QUEUE
 from powerq.tasks.sweeper import _claim_redispatch, sweep_once
 from tests.batches.helpers import create, finish, pump_now, released, requests_of, spec
@@ -151,25 +151,26 @@ def test_every_sweep_pumps_so_batches_survive_restarts(session: Session) -> None
     assert released(created.batch.id) == ["n1", "n2"]
 
 
-def test_the_executor_rings_the_pump_only_while_the_batch_holds_requests(
+def test_the_executor_wakes_the_pump_only_while_the_batch_holds_requests(
     session: Session, services: SuiteServices
 ) -> None:
     broker = redis.Redis.from_url(services.broker_url)
     names = _nodes(session, 2)
     created = create(session, spec(Action.OFF, names, max_in_flight=1))
     first, second = requests_of(created.batch.id)
-    with session_scope() as s:
-        assert waiting_batch_of(s, first.id) == created.batch.id
 
-    batch_pump.ring(first.id)
+    _close_as_the_executor_does(first.id)
     assert broker.llen(CONTROL_QUEUE) == 1
 
-    finish([first.id])
     pump_now()
-    with session_scope() as s:
-        assert waiting_batch_of(s, second.id) is None
-    batch_pump.ring(second.id)
-    assert broker.llen(CONTROL_QUEUE) == 1  # nothing held: no ring
+    _close_as_the_executor_does(second.id)
+    assert broker.llen(CONTROL_QUEUE) == 1  # nothing held: no wake
+
+
+def _close_as_the_executor_does(request_id: uuid.UUID) -> None:
+    claimed = leases.claim(request_id, lease_s=60)
+    assert claimed is not None
+    steps._close(claimed, steps.Done(RequestStatus.SUCCEEDED, evidence=Evidence.ALREADY))
 
 
 def test_concurrent_pumps_never_release_more_than_max_in_flight(session: Session) -> None:
