@@ -173,12 +173,18 @@ def _plan_update(plan: ImportPlan, known: Known, node: Node, spec: NodeSpec) -> 
 
 def load_known(session: Session, specs: Sequence[NodeSpec], *, lock: bool) -> Known:
     """The live nodes named by ``specs`` (locked, in id order, with ``lock``) and the
-    holders of their BMC endpoints: two statements."""
+    holders of their BMC endpoints: two statements.
+
+    The nodes are detached from ``session``: planning changes them, and only the
+    plan's own statements may write.
+    """
     names = bindparam("names", sorted({spec.name for spec in specs}), type_=ARRAY(String))
-    query = select(*Node.__table__.c).where(LIVE, Node.name == any_(names)).order_by(Node.id)
+    query = select(Node).where(LIVE, Node.name == any_(names)).order_by(Node.id)
     if lock:
         query = query.with_for_update()
-    nodes = {row.name: Node(**row._asdict()) for row in session.execute(query)}
+    nodes = {node.name: node for node in session.scalars(query)}
+    for node in nodes.values():
+        session.expunge(node)
     known = Known(nodes=nodes)
     for node in nodes.values():
         known.holders[endpoint_key(node.bmc_address, node.bmc_port, node.bmc_system)] = node.name
@@ -332,6 +338,9 @@ def import_nodes(
     Seven statements for any number of rows (two reads, a savepoint, three
     writes, its release); row by row only if a concurrent registration
     overtook the plan.
+
+    The session must not hold these nodes already (a fresh one, as the API's):
+    they are read into it and detached for planning.
 
     :raises ConfigError: the secret key is malformed.
     """
