@@ -192,24 +192,22 @@ def load_known(session: Session, specs: Sequence[NodeSpec], *, lock: bool) -> Kn
     return known
 
 
+# By address and port only: a row that gives no system path keeps its node's, so
+# every system path on those BMCs may be the one a row ends up on.
 _HOLDERS = text(
     "SELECT lower(bmc_address) AS address, bmc_port AS port,"
     " coalesce(bmc_system, '') AS system, name FROM nodes"
-    " WHERE deleted_at IS NULL AND (lower(bmc_address), bmc_port, coalesce(bmc_system, '')) IN"
-    " (SELECT lower(a), p, coalesce(s, '') FROM unnest("
-    "CAST(:addresses AS text[]), CAST(:ports AS int[]), CAST(:systems AS text[])) AS e(a, p, s))"
+    " WHERE deleted_at IS NULL AND (lower(bmc_address), bmc_port) IN"
+    " (SELECT lower(a), p FROM unnest(CAST(:addresses AS text[]), CAST(:ports AS int[]))"
+    " AS e(a, p))"
 )
 
 
 def _holders(session: Session, specs: Sequence[NodeSpec]) -> dict[EndpointKey, str]:
-    """Who holds each BMC endpoint ``specs`` name (endpoints nobody holds are absent)."""
+    """Who holds each endpoint (any system path) on the BMCs ``specs`` name."""
     if not specs:
         return {}
-    params = {
-        "addresses": [spec.address for spec in specs],
-        "ports": [spec.port for spec in specs],
-        "systems": [spec.options.system for spec in specs],
-    }
+    params = {"addresses": [spec.address for spec in specs], "ports": [spec.port for spec in specs]}
     return {
         (row.address, row.port, row.system): row.name for row in session.execute(_HOLDERS, params)
     }

@@ -326,3 +326,26 @@ def test_a_concurrent_registration_on_a_planned_endpoint_is_reported_like_row_by
     assert outcomes[1].detail == "BMC wanted:623 is already registered as node 'intruder'"
     live = session.scalars(select(Node.name).where(Node.deleted_at.is_(None))).all()
     assert sorted(live) == ["a", "b", "c", "intruder", "n1", "n2"]
+
+
+def test_a_redfish_node_moved_without_a_system_path_keeps_its_own_which_may_be_taken(
+    all_drivers: None, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    system = NodeOptions(system="/redfish/v1/Systems/1")
+    first = [
+        _spec("r1", "rf-old", 443, driver=DriverKind.REDFISH, options=system),
+        _spec("r2", "RF-new", 443, driver=DriverKind.REDFISH, options=system),
+    ]
+    imports.import_nodes(session, _numbered(first), update=False, actor="t")
+    session.commit()
+    rows = _numbered([_spec("r1", "rf-new", 443, driver=DriverKind.REDFISH)])
+
+    expected = _outcome_and_state(session, row_by_row, rows, True)
+    with caplog.at_level(logging.INFO, logger="powerq.imports"):
+        got = _outcome_and_state(session, set_based, rows, True)
+
+    assert got == expected
+    assert got[0][0].detail == (
+        "BMC rf-new:443 system /redfish/v1/Systems/1 is already registered as node 'r2'"
+    )
+    assert "row by row" not in caplog.text
