@@ -1,4 +1,4 @@
-"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc|recovery [options]``.
+"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc|recovery|import_nodes``.
 
 ``all`` runs each benchmark in its own process, one after the other (each sets
 its ``POWERQ_*`` environment before powerq's Celery app is imported), then
@@ -29,6 +29,7 @@ BENCHMARKS = (
     "memory",
     "dead_bmc",
     "recovery",
+    "import_nodes",
 )
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
@@ -41,6 +42,7 @@ ALL_DEFAULTS: dict[str, list[str]] = {
     "memory": ["--from-batch"],
     "dead_bmc": [],
     "recovery": [],
+    "import_nodes": [],
 }
 FULL_DEFAULTS: dict[str, list[str]] = {
     **ALL_DEFAULTS,

@@ -135,9 +135,10 @@ def endpoint_holder(
     return session.scalars(query).first()
 
 
-def _endpoint_taken(
+def endpoint_taken(
     address: str, port: int, system: str | None, holder: str | None
 ) -> BmcEndpointTaken:
+    """The error refusing BMC ``address:port`` (and system path) held by node ``holder``."""
     endpoint = f"BMC {address}:{port}" + (f" system {system}" if system else "")
     if holder is None:  # the holder went away again after refusing us
         return BmcEndpointTaken(f"{endpoint} is already registered as another node")
@@ -158,7 +159,7 @@ def _require_free_endpoint(
     (and the same system path)."""
     holder = endpoint_holder(session, address, port, system, other_than=other_than)
     if holder is not None:
-        raise _endpoint_taken(address, port, system, holder.name)
+        raise endpoint_taken(address, port, system, holder.name)
 
 
 def _constraint_name(error: IntegrityError) -> str | None:
@@ -200,7 +201,7 @@ def _node_write(
         if constraint == ENDPOINT_INDEX:
             with session.no_autoflush:
                 holder = endpoint_holder(session, address, port, system, other_than=node_id)
-            raise _endpoint_taken(address, port, system, holder.name if holder else None) from None
+            raise endpoint_taken(address, port, system, holder.name if holder else None) from None
         raise
 
 
@@ -208,24 +209,25 @@ def _name_taken(session: Session, name: str) -> bool:
     return session.scalar(select(Node.id).where(LIVE, Node.name == name)) is not None
 
 
-def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
-    """Register a node in the caller's transaction.
+def check_spec(spec: NodeSpec) -> None:
+    """Accept ``spec`` as a new node, as far as can be told without the database.
 
-    :raises InvalidInput: a field is out of range, or an option does not apply
-        to the driver.
+    :raises InvalidInput: an invalid name or port, or an option that does not
+        apply to the driver.
     :raises DriverNotEnabled: the driver is not enabled.
-    :raises Conflict: a live node with that name exists.
-    :raises BmcEndpointTaken: a live node is registered on the same BMC endpoint.
     """
     validate_name(spec.name)
     if not 1 <= spec.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {spec.port}")
     require_driver(spec.driver)
     node_options.check(spec.options, spec.driver)
-    if _name_taken(session, spec.name):
-        raise Conflict(f"a node named {spec.name!r} already exists")
-    system = spec.options.system
-    _require_free_endpoint(session, spec.address, spec.port, system)
+
+
+def new_node(spec: NodeSpec) -> Node:
+    """A transient node as ``spec`` (already checked) registers it, password encrypted.
+
+    :raises ConfigError: the secret key is malformed.
+    """
     node = Node(
         name=spec.name,
         driver=spec.driver,
@@ -239,6 +241,24 @@ def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
         ipmi_privilege="administrator",
     )
     node_options.apply(node, spec.options)
+    return node
+
+
+def create_node(session: Session, spec: NodeSpec, *, actor: str) -> Node:
+    """Register a node in the caller's transaction.
+
+    :raises InvalidInput: a field is out of range, or an option does not apply
+        to the driver.
+    :raises DriverNotEnabled: the driver is not enabled.
+    :raises Conflict: a live node with that name exists.
+    :raises BmcEndpointTaken: a live node is registered on the same BMC endpoint.
+    """
+    check_spec(spec)
+    if _name_taken(session, spec.name):
+        raise Conflict(f"a node named {spec.name!r} already exists")
+    system = spec.options.system
+    _require_free_endpoint(session, spec.address, spec.port, system)
+    node = new_node(spec)
     with _node_write(session, spec.name, spec.address, spec.port, system):
         session.add(node)
     record_event(session, node_id=node.id, kind="registered", actor=actor, message="node added")
@@ -383,7 +403,7 @@ def _apply_fields(node: Node, changes: NodeChanges) -> list[str]:
     return changed
 
 
-def _endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int, str | None]:
+def endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int, str | None]:
     """The BMC address, port and system ``node`` will have once ``changes`` are applied
     (a node leaving Redfish loses its system path)."""
     address = changes.address if changes.address is not None else node.bmc_address
@@ -394,13 +414,13 @@ def _endpoint_after(node: Node, changes: NodeChanges) -> tuple[str, int, str | N
     return address, port, system
 
 
-def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeChanges:
-    """``changes`` with tags normalised, if they may be applied to ``node``.
+def checked_changes(node: Node, changes: NodeChanges) -> NodeChanges:
+    """``changes`` with tags normalised, if (the database aside) they may be applied
+    to ``node``.
 
     :raises InvalidInput: a port or tag is out of range, or an option does not
         apply to the node's (new) driver.
     :raises DriverNotEnabled: the new driver is not enabled.
-    :raises BmcEndpointTaken: the new address/port/system is another live node's BMC.
     """
     if changes.port is not None and not 1 <= changes.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {changes.port}")
@@ -409,7 +429,19 @@ def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeCh
     if changes.driver is not None:
         require_driver(changes.driver)
     node_options.check(changes.options, changes.driver or node.driver)
-    address, port, system = _endpoint_after(node, changes)
+    return changes
+
+
+def _check_changes(session: Session, node: Node, changes: NodeChanges) -> NodeChanges:
+    """``changes`` with tags normalised, if they may be applied to ``node``.
+
+    :raises InvalidInput: a port or tag is out of range, or an option does not
+        apply to the node's (new) driver.
+    :raises DriverNotEnabled: the new driver is not enabled.
+    :raises BmcEndpointTaken: the new address/port/system is another live node's BMC.
+    """
+    changes = checked_changes(node, changes)
+    address, port, system = endpoint_after(node, changes)
     if (address, port, system) != (node.bmc_address, node.bmc_port, node.bmc_system):
         _require_free_endpoint(session, address, port, system, other_than=node.id)
     return changes
@@ -430,18 +462,9 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
         (also when a concurrent change took it first).
     """
     changes = _check_changes(session, node, changes)
-    address, port, system = _endpoint_after(node, changes)
+    address, port, system = endpoint_after(node, changes)
     with _node_write(session, node.name, address, port, system, node_id=node.id):
-        changed = _apply_fields(node, changes)
-        changed += node_options.reset_foreign(node, node.driver)
-        changed += node_options.apply(node, changes.options)
-    if changes.password is not None:
-        set_password(node, changes.password)
-        changed.append("password")
-    if changes.clear_desired and node.desired_power_state is not None:
-        node.desired_power_state = None
-        node.desired_power_state_at = utcnow()
-        changed.append("desired_power_state")
+        changed = apply_changes(node, changes)
     if changed:
         record_event(
             session,
@@ -451,6 +474,22 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
             message="changed " + ", ".join(changed),
             detail={"fields": changed},
         )
+    return changed
+
+
+def apply_changes(node: Node, changes: NodeChanges) -> list[str]:
+    """Apply checked ``changes`` to ``node`` (in memory); return what changed, in the
+    order an ``updated`` event names it."""
+    changed = _apply_fields(node, changes)
+    changed += node_options.reset_foreign(node, node.driver)
+    changed += node_options.apply(node, changes.options)
+    if changes.password is not None:
+        set_password(node, changes.password)
+        changed.append("password")
+    if changes.clear_desired and node.desired_power_state is not None:
+        node.desired_power_state = None
+        node.desired_power_state_at = utcnow()
+        changed.append("desired_power_state")
     return changed
 
 
@@ -523,13 +562,14 @@ def import_node(
                 return ImportOutcome(row, spec.name, "created", "node added")
             if not update:
                 return ImportOutcome(row, spec.name, "skipped", "a node with this name exists")
-            changed = update_node(session, existing, _changes_from(spec), actor=actor)
-            return ImportOutcome(row, spec.name, "updated", _changed_text(changed))
+            changed = update_node(session, existing, changes_from(spec), actor=actor)
+            return ImportOutcome(row, spec.name, "updated", changed_text(changed))
     except (InvalidInput, Conflict) as exc:
         return ImportOutcome(row, spec.name, "invalid", exc.detail)
 
 
-def _changes_from(spec: NodeSpec) -> NodeChanges:
+def changes_from(spec: NodeSpec) -> NodeChanges:
+    """What importing ``spec`` over an existing node changes (everything it gives)."""
     return NodeChanges(
         driver=spec.driver,
         address=spec.address,
@@ -541,5 +581,6 @@ def _changes_from(spec: NodeSpec) -> NodeChanges:
     )
 
 
-def _changed_text(changed: list[str]) -> str:
+def changed_text(changed: list[str]) -> str:
+    """An ``updated`` row's detail: the fields that changed, or that none did."""
     return "changed " + ", ".join(changed) if changed else "nothing changed"

@@ -14,8 +14,8 @@ from typing import Any
 from apiflask import APIBlueprint, APIFlask
 from flask import Response, request, url_for
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
+from powerq import imports
 from powerq.api import openapi
 from powerq.api.auth import ADMIN, READER, auth, current_actor
 from powerq.api.results import ViewResult
@@ -36,7 +36,6 @@ from powerq.inventory import (
     ImportOutcome,
     create_node,
     delete_node,
-    import_node,
     list_nodes,
     outstanding_by_node,
     update_node,
@@ -177,21 +176,17 @@ def import_nodes(query: ImportQuery) -> ViewResult:
     """
     rows = _manifest_rows()
     actor, update = current_actor(), query.mode == "update"
+    parsed = {number: _row_spec(row) for number, row in enumerate(rows, start=1)}
+    valid = [(n, spec.spec()) for n, spec in parsed.items() if isinstance(spec, NodeIn)]
     with transaction() as session:
-        outcomes = [
-            _import_row(session, number, row, update=update, actor=actor)
-            for number, row in enumerate(rows, start=1)
-        ]
-    return _report(outcomes)
-
-
-def _import_row(
-    session: Session, number: int, row: dict[str, Any], *, update: bool, actor: str
-) -> ImportOutcome:
-    spec_or_error = _row_spec(row)
-    if isinstance(spec_or_error, str):
-        return ImportOutcome(number, _row_name(row), "invalid", spec_or_error)
-    return import_node(session, number, spec_or_error.spec(), update=update, actor=actor)
+        imported = imports.import_nodes(session, valid, update=update, actor=actor)
+    outcomes = {outcome.row: outcome for outcome in imported}
+    outcomes.update(
+        (n, ImportOutcome(n, _row_name(rows[n - 1]), "invalid", why))
+        for n, why in parsed.items()
+        if isinstance(why, str)
+    )
+    return _report([outcomes[n] for n in parsed])
 
 
 def _manifest_rows() -> list[dict[str, Any]]:
