@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy every lane worker's prefork child during the powerq runs",
+        help="py-spy every lane's Celery worker during the powerq runs",
     )
 
 
@@ -535,7 +535,8 @@ def _start_profilers(services: common.Services, workers: common.LaneWorkers) -> 
         return []
     out = []
     for lane, tree in workers.pids().items():
-        children = [pid for pid, depth in tree if depth == 2]
+        # the process that runs the steps: the deepest of the lane's tree
+        children = [pid for pid, depth in sorted(tree, key=lambda node: -node[1])]
         if not children:
             continue
         path = common.RESULTS_DIR / f"profile-batch-lane{lane}-of-{workers.lanes}.txt"

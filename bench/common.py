@@ -520,7 +520,8 @@ def register_nodes(manifest: Sequence[dict[str, Any]]) -> list[str]:
 
 @dataclass
 class LaneWorkers:
-    """``powerq worker --lane K`` for K in 0..lanes-1, as shipped (supervised prefork c=1)."""
+    """``powerq worker --lane K`` for K in 0..lanes-1, as shipped (a supervisor and a
+    Celery worker with a thread pool of ``POWERQ_LANE_FANOUT``)."""
 
     group: Any
     lanes: int
@@ -531,7 +532,7 @@ class LaneWorkers:
         """Process role by depth in a lane's process tree."""
         if self.whatif:
             return {0: "celery main", 1: "prefork child"}
-        return {0: "supervisor", 1: "celery main", 2: "prefork child"}
+        return {0: "supervisor", 1: "celery main"}
 
     def _argv(self, lane: int) -> list[str]:
         if self.whatif:
@@ -563,7 +564,7 @@ class LaneWorkers:
         return time.monotonic() - started
 
     def pids(self) -> dict[int, list[tuple[int, int]]]:
-        """Each lane's process tree (supervisor, celery main, prefork child)."""
+        """Each lane's process tree (supervisor, celery main)."""
         return {
             lane: descendants(self.group.children[f"lane{lane}"].process.pid)
             for lane in range(self.lanes)

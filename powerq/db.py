@@ -139,17 +139,21 @@ def session_scope() -> Iterator[Session]:
 def run_statement(
     statement: Executable, params: Mapping[str, Any] | None = None
 ) -> Row[Any] | None:
-    """Run one statement in its own transaction and return its first row.
+    """Run one statement as its own transaction and return its first row.
 
+    One round trip: the statement runs in autocommit mode, which for a single
+    statement is the same transaction without the BEGIN and COMMIT round trips.
     A connection found dead (PostgreSQL restarted since it was pooled) is
-    replaced and the statement retried once: it never ran, so that is safe.
+    replaced and the statement retried once. Callers' statements are fenced
+    or conditional, so one that ran before its connection broke changes
+    nothing more the second time.
 
     :raises sqlalchemy.exc.DBAPIError: the database refused or is unreachable.
     :raises ConfigError: no database URL is configured.
     """
     for retry in (False, True):
         try:
-            with get_engine().begin() as conn:
+            with _autocommit(get_engine()).connect() as conn:
                 return conn.execute(statement, params or {}).first()
         except DBAPIError as exc:
             if retry or not exc.connection_invalidated:
@@ -157,9 +161,21 @@ def run_statement(
     raise AssertionError("unreachable")
 
 
+_autocommit_engines: dict[int, Engine] = {}
+
+
+def _autocommit(engine: Engine) -> Engine:
+    """``engine`` in autocommit mode (same pool)."""
+    key = id(engine)
+    if key not in _autocommit_engines:
+        _autocommit_engines[key] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _autocommit_engines[key]
+
+
 def reset_engines() -> None:
     """Dispose and forget every engine (tests that switch databases, forked workers)."""
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+    _autocommit_engines.clear()
     _factories.clear()
