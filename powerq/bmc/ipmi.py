@@ -161,7 +161,20 @@ def disconnect(command: Any) -> None:
         _log.debug("IPMI logout failed", exc_info=True)
 
 
-SESSIONS = SessionCache(connect, disconnect, suite_of=negotiated_suite)
+def keep_sessions_alive() -> None:
+    """One turn of pyghmi's event loop, without waiting (its public ``wait_for_rsp``).
+
+    pyghmi sends its keep-alive (Get Device ID) on every session idle for
+    ~25-29 s only inside that loop, which otherwise turns only while a command
+    waits; run from the session cache's keep-alive thread, it keeps sessions
+    alive at BMCs across quiet minutes between monitor ticks.
+    """
+    Command.wait_for_rsp(0)
+
+
+SESSIONS = SessionCache(
+    connect, disconnect, suite_of=negotiated_suite, keepalive=keep_sessions_alive
+)
 
 
 class IpmiDriver(PowerDriver):

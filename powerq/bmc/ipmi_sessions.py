@@ -11,9 +11,19 @@ options). With ``cipher_suite`` "auto", the suite that worked is remembered per
 BMC and proposed alone at the next login (if it stops working, the next login
 negotiates again), so a suite-3 BMC costs the fallback once. Sessions idle longer than
 ``idle_timeout`` are logged out (checked on every use, and swept across the
-cache at most every ``idle_timeout / 2``), staying below the BMC's own
-inactivity timeout (typically 60 s) and returning its session slots; a
-session that failed is dropped and the next use logs in again.
+cache at most every ``idle_timeout / 2``), returning the BMC's session slots;
+a session that failed is dropped and the next use logs in again.
+
+Kept warm across monitor ticks: a BMC forgets a session idle longer than its
+own inactivity timeout (typically 60 s), so a cache that holds sessions longer
+must keep them alive at the BMC. Given a ``keepalive`` callable (the IPMI
+driver passes one turn of pyghmi's event loop, which sends its keep-alive on
+every session idle for ~25-29 s), the cache runs it every
+:data:`KEEPALIVE_PERIOD_S` from a daemon thread while it holds sessions, and
+its idle timeout defaults to two monitor intervals (a session survives a
+tick and a late one). Without one it stays below the BMC's timeout
+(:data:`DEFAULT_IDLE_TIMEOUT`). At most ``max_sessions`` sessions are held;
+a login beyond that first logs out the least recently used idle one.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,9 +40,15 @@ from typing import Any
 
 from powerq.bmc.base import BmcProtocolError, BmcTarget, BmcUnreachable
 
-DEFAULT_IDLE_TIMEOUT = 20.0
+DEFAULT_IDLE_TIMEOUT = 20.0  # without keep-alives: below the BMC's own (typically 60 s)
 DEFAULT_LOCK_TIMEOUT = 120.0  # a queue of bounded calls ahead of us; beyond this, give up
 SWEEP_BATCH = 16  # idle sessions one caller logs out at most
+# Sessions one process holds at most: a lane worker of a 10,000-node fleet on
+# 8 lanes holds 1,250; the cap bounds memory and BMC slots if lanes are few.
+DEFAULT_MAX_SESSIONS = 4096
+KEEPALIVE_PERIOD_S = 5.0  # how often the keep-alive runs (pyghmi sends after ~25-29 s idle)
+
+_log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -40,6 +57,18 @@ Endpoint = tuple[str, int]
 Connect = Callable[[BmcTarget], Any]
 Disconnect = Callable[[Any], None]
 SuiteOf = Callable[[Any], str | None]
+Keepalive = Callable[[], None]
+
+
+def kept_alive_idle_timeout() -> float:
+    """Idle timeout of a cache that keeps its sessions alive: two monitor intervals
+    (``POWERQ_MONITOR_INTERVAL_S``), and never less than :data:`DEFAULT_IDLE_TIMEOUT`.
+
+    :raises ConfigError: a ``POWERQ_*`` variable is malformed.
+    """
+    from powerq.config import get_settings
+
+    return max(DEFAULT_IDLE_TIMEOUT, 2 * get_settings().monitor_interval_s)
 
 
 def key_of(target: BmcTarget) -> Key:
@@ -99,23 +128,51 @@ class SessionCache:
         connect: Connect,
         disconnect: Disconnect,
         *,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        idle_timeout: float | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         suite_of: SuiteOf = _no_suite,
+        keepalive: Keepalive | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
-        """``suite_of(session)`` names the cipher suite a fresh session uses (None: unknown)."""
+        """``suite_of(session)`` names the cipher suite a fresh session uses (None: unknown).
+
+        ``keepalive()`` keeps every held session alive at its BMC (see the module
+        docstring); ``idle_timeout`` None: :func:`kept_alive_idle_timeout` with
+        one, :data:`DEFAULT_IDLE_TIMEOUT` without (read at first use).
+        """
         self._connect = connect
         self._disconnect = disconnect
         self._suite_of = suite_of
-        self.idle_timeout = idle_timeout
+        self._idle_timeout = idle_timeout
+        self._keepalive = keepalive
+        self._keeper: threading.Thread | None = None
+        self.max_sessions = max_sessions
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._slots: dict[Key, _Slot] = {}
         self._locks: dict[Endpoint, threading.Lock] = {}
         self._suites: dict[Endpoint, str] = {}
         self._guard = threading.Lock()
+        self._held = 0  # live sessions (under _guard)
         self._last_sweep = clock()
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a session may stay unused before it is logged out."""
+        if self._idle_timeout is None:
+            keeps = self._keepalive is not None
+            self._idle_timeout = kept_alive_idle_timeout() if keeps else DEFAULT_IDLE_TIMEOUT
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, seconds: float) -> None:
+        self._idle_timeout = seconds
+
+    def held(self) -> int:
+        """How many live sessions the cache holds now."""
+        with self._guard:
+            return self._held
 
     @contextlib.contextmanager
     def lease(self, target: BmcTarget) -> Iterator[Lease]:
@@ -195,9 +252,64 @@ class SessionCache:
         if slot.session is None:
             for sibling in self._siblings(slot):  # one session per BMC at a time
                 self._drop(sibling)
+            self._make_room(slot)
             slot.session = self._login(target)
             slot.logins += 1
+            with self._guard:
+                self._held += 1
+            self._keep_alive()
         return slot.session
+
+    def _make_room(self, wanted: _Slot) -> None:
+        """Log out least recently used idle sessions until a new one fits the cap.
+
+        Sessions in use right now (their lock is taken) are passed over, so the
+        cap may be exceeded briefly while every held session is busy.
+        """
+        if self.held() < self.max_sessions:
+            return
+        held = [s for s in self._all_slots() if s.session is not None and s is not wanted]
+        excess = len(held) + 1 - self.max_sessions
+        for slot in sorted(held, key=lambda s: s.last_used):
+            if excess <= 0:
+                return
+            excess -= self._drop_unless_busy(slot)
+
+    def _drop_unless_busy(self, slot: _Slot) -> bool:
+        if not slot.lock.acquire(blocking=False):
+            return False
+        try:
+            if slot.session is None:
+                return False
+            self._drop(slot)
+            return True
+        finally:
+            slot.lock.release()
+
+    def _keep_alive(self) -> None:
+        """Start the keep-alive thread of this process, if the cache has a keep-alive
+        and the thread is not running (a forked child starts its own)."""
+        if self._keepalive is None:
+            return
+        with self._guard:
+            if self._keeper is not None and self._keeper.is_alive():
+                return
+            self._keeper = threading.Thread(
+                target=self._keep_alive_loop, name="powerq-bmc-keepalive", daemon=True
+            )
+            self._keeper.start()
+
+    def _keep_alive_loop(self) -> None:
+        """Run the keep-alive every :data:`KEEPALIVE_PERIOD_S` while sessions are held."""
+        assert self._keepalive is not None
+        while True:
+            time.sleep(KEEPALIVE_PERIOD_S)
+            if not self.held():
+                continue
+            try:
+                self._keepalive()
+            except Exception:  # a failed keep-alive shows as a failed session at next use
+                _log.debug("IPMI keep-alive failed", exc_info=True)
 
     def _login(self, target: BmcTarget) -> Any:
         """Log in; with "auto", propose the suite that worked last time first.
@@ -254,4 +366,6 @@ class SessionCache:
     def _drop(self, slot: _Slot) -> None:
         session, slot.session = slot.session, None
         if session is not None:
+            with self._guard:
+                self._held -= 1
             self._disconnect(session)

@@ -1,0 +1,104 @@
+"""IPMI sessions kept warm across monitor ticks: a longer idle timeout only with
+keep-alives, a cap on held sessions (least recently used out first), and
+pyghmi's keep-alive reaching an idle BMC between ticks (sim fleet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyghmi.ipmi.private import session as pyghmi_session
+
+from powerq.bmc import ipmi_sessions
+from powerq.bmc.base import BmcTarget
+from powerq.bmc.ipmi import IpmiDriver, connect, disconnect, keep_sessions_alive, negotiated_suite
+from powerq.bmc.ipmi_sessions import DEFAULT_IDLE_TIMEOUT, SessionCache
+from powerq.bmc.sim import ManualClock
+from powerq.config import get_settings
+from tests.bmc.helpers import SimBmc, wait_until, within
+
+pytestmark = pytest.mark.ipmi
+
+
+def _target(i: int) -> BmcTarget:
+    return BmcTarget("ipmi", f"10.0.1.{i}", 623, "admin", "pw")
+
+
+class Fake:
+    """connect/disconnect that record what they were given."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    def connect(self, target: BmcTarget) -> str:
+        return target.address
+
+    def disconnect(self, session: str) -> None:
+        self.closed.append(session)
+
+
+def test_without_keepalive_sessions_stay_below_the_bmc_timeout() -> None:
+    cache = SessionCache(Fake().connect, Fake().disconnect)
+    assert cache.idle_timeout == DEFAULT_IDLE_TIMEOUT < 60.0
+
+
+def test_with_keepalive_a_session_outlives_a_monitor_interval() -> None:
+    cache = SessionCache(Fake().connect, Fake().disconnect, keepalive=lambda: None)
+    assert cache.idle_timeout == 2 * get_settings().monitor_interval_s
+    assert cache.idle_timeout > get_settings().monitor_interval_s
+
+
+def test_a_session_is_reused_across_a_monitor_interval() -> None:
+    fake, clock = Fake(), ManualClock()
+    cache = SessionCache(fake.connect, fake.disconnect, keepalive=lambda: None, clock=clock)
+    with cache.lease(_target(1)):
+        pass
+    clock.advance(get_settings().monitor_interval_s + 5.0)
+    with cache.lease(_target(1)):
+        pass
+    assert cache.logins(_target(1)) == 1
+    assert fake.closed == []
+
+
+def test_the_cap_logs_out_the_least_recently_used_session() -> None:
+    fake, clock = Fake(), ManualClock()
+    cache = SessionCache(fake.connect, fake.disconnect, clock=clock, max_sessions=2)
+    for i in (1, 2):
+        with cache.lease(_target(i)):
+            clock.advance(1.0)
+    with cache.lease(_target(1)):  # 1 is now the more recently used
+        clock.advance(1.0)
+    with cache.lease(_target(3)):
+        pass
+    assert fake.closed == ["10.0.1.2"]
+    assert cache.held() == 2
+
+
+def test_a_session_in_use_is_never_evicted() -> None:
+    fake = Fake()
+    cache = SessionCache(fake.connect, fake.disconnect, max_sessions=1)
+    with cache.lease(_target(1)), cache.lease(_target(2)):
+        assert fake.closed == []  # over the cap for a moment, rather than break a call
+    assert cache.held() == 2
+
+
+def _device_ids(bmc: SimBmc) -> int:
+    return sum(1 for e in bmc.control.log(bmc.name) if e["command"] == "get_device_id")
+
+
+def test_keepalives_reach_an_idle_bmc(bmc: SimBmc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing asks the BMC anything after the read, yet pyghmi's keep-alive
+    (Get Device ID) reaches it: the cache's thread turns pyghmi's event loop."""
+    monkeypatch.setattr(ipmi_sessions, "KEEPALIVE_PERIOD_S", 0.2)
+    monkeypatch.setattr(pyghmi_session, "MAX_IDLE", 1.0)  # pyghmi: keep-alive after ~29 s idle
+    cache: Any = SessionCache(
+        connect, disconnect, suite_of=negotiated_suite, keepalive=keep_sessions_alive
+    )
+    try:
+        within(IpmiDriver(bmc.target, cache).get_power_state)
+        before = _device_ids(bmc)
+        wait_until(lambda: _device_ids(bmc) > before, 15.0, "a keep-alive at the BMC")
+        within(IpmiDriver(bmc.target, cache).get_power_state)
+        assert cache.logins(bmc.target) == 1
+    finally:
+        cache.close_all()
