@@ -16,14 +16,16 @@ a session that failed is dropped and the next use logs in again.
 
 Kept warm across monitor ticks: a BMC forgets a session idle longer than its
 own inactivity timeout (typically 60 s), so a cache that holds sessions longer
-must keep them alive at the BMC. Given a ``keepalive`` callable (the IPMI
-driver passes one turn of pyghmi's event loop, which sends its keep-alive on
-every session idle for ~25-29 s), the cache runs it every
-:data:`KEEPALIVE_PERIOD_S` from a daemon thread while it holds sessions, and
-its idle timeout defaults to two monitor intervals (a session survives a
-tick and a late one). Without one it stays below the BMC's timeout
-(:data:`DEFAULT_IDLE_TIMEOUT`). At most ``max_sessions`` sessions are held;
-a login beyond that first logs out the least recently used idle one.
+must keep them alive at the BMC. Given a ``keepalive(session)`` callable (the
+IPMI driver passes one Get Device ID, sent once), a daemon thread of the cache
+runs it, every :data:`KEEPALIVE_PERIOD_S`, on each session nobody has used on
+the wire for :data:`KEEPALIVE_AFTER_S`, under that BMC's lock like any call
+(a session in use is skipped: it is alive); a keep-alive that fails drops
+the session. The same thread logs out sessions idle past ``idle_timeout``,
+which then defaults to two monitor intervals (a session survives a tick and a
+late one). Without a keep-alive the idle timeout stays below the BMC's own
+(:data:`DEFAULT_IDLE_TIMEOUT`). At most ``max_sessions`` sessions are held; a
+login beyond that first logs out the least recently used idle one.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ SWEEP_BATCH = 16  # idle sessions one caller logs out at most
 # Sessions one process holds at most: a lane worker of a 10,000-node fleet on
 # 8 lanes holds 1,250; the cap bounds memory and BMC slots if lanes are few.
 DEFAULT_MAX_SESSIONS = 4096
-KEEPALIVE_PERIOD_S = 5.0  # how often the keep-alive runs (pyghmi sends after ~25-29 s idle)
+KEEPALIVE_PERIOD_S = 5.0  # how often the keep-alive thread looks for quiet sessions
+KEEPALIVE_AFTER_S = 25.0  # quiet on the wire this long: keep alive (BMC forgets after ~60 s)
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ Endpoint = tuple[str, int]
 Connect = Callable[[BmcTarget], Any]
 Disconnect = Callable[[Any], None]
 SuiteOf = Callable[[Any], str | None]
-Keepalive = Callable[[], None]
+Keepalive = Callable[[Any], None]
 
 
 def kept_alive_idle_timeout() -> float:
@@ -116,7 +119,8 @@ class _Slot:
     lock: threading.Lock
     endpoint: Endpoint
     session: Any = None
-    last_used: float = 0.0
+    last_used: float = 0.0  # last lease (the idle timeout counts from here)
+    last_wire: float = 0.0  # last lease or keep-alive (what the BMC saw last)
     logins: int = 0
 
 
@@ -137,9 +141,10 @@ class SessionCache:
     ) -> None:
         """``suite_of(session)`` names the cipher suite a fresh session uses (None: unknown).
 
-        ``keepalive()`` keeps every held session alive at its BMC (see the module
-        docstring); ``idle_timeout`` None: :func:`kept_alive_idle_timeout` with
-        one, :data:`DEFAULT_IDLE_TIMEOUT` without (read at first use).
+        ``keepalive(session)`` keeps a session alive at its BMC, raising when it
+        cannot (see the module docstring); ``idle_timeout`` None:
+        :func:`kept_alive_idle_timeout` with one, :data:`DEFAULT_IDLE_TIMEOUT`
+        without (read at first use).
         """
         self._connect = connect
         self._disconnect = disconnect
@@ -194,7 +199,7 @@ class SessionCache:
                 if lease.broken:
                     self._drop(slot)
         finally:
-            slot.last_used = self._clock()
+            slot.last_used = slot.last_wire = self._clock()
             slot.lock.release()
 
     def close(self, target: BmcTarget) -> None:
@@ -300,16 +305,39 @@ class SessionCache:
             self._keeper.start()
 
     def _keep_alive_loop(self) -> None:
-        """Run the keep-alive every :data:`KEEPALIVE_PERIOD_S` while sessions are held."""
-        assert self._keepalive is not None
+        """Every :data:`KEEPALIVE_PERIOD_S`: keep quiet sessions alive, log out idle ones."""
         while True:
             time.sleep(KEEPALIVE_PERIOD_S)
-            if not self.held():
-                continue
-            try:
-                self._keepalive()
-            except Exception:  # a failed keep-alive shows as a failed session at next use
-                _log.debug("IPMI keep-alive failed", exc_info=True)
+            self.keep_alive_once()
+
+    def keep_alive_once(self) -> int:
+        """Keep alive every held session quiet for :data:`KEEPALIVE_AFTER_S` and not in
+        use, and log out those idle past ``idle_timeout``; how many were kept alive."""
+        kept = 0
+        for slot in self._all_slots():
+            if slot.session is not None and slot.lock.acquire(blocking=False):
+                try:
+                    kept += self._keep_or_drop(slot)
+                finally:
+                    slot.lock.release()
+        return kept
+
+    def _keep_or_drop(self, slot: _Slot) -> bool:
+        """Under the slot's lock: log out if idle, keep alive if quiet; whether kept alive."""
+        if slot.session is None or self._idle(slot):
+            self._drop(slot)
+            return False
+        if self._clock() - slot.last_wire < KEEPALIVE_AFTER_S:
+            return False
+        assert self._keepalive is not None
+        try:
+            self._keepalive(slot.session)
+        except Exception:  # no answer or a refusal: the next use logs in again
+            _log.debug("keep-alive failed; session dropped", exc_info=True)
+            self._drop(slot)
+            return False
+        slot.last_wire = self._clock()
+        return True
 
     def _login(self, target: BmcTarget) -> Any:
         """Log in; with "auto", propose the suite that worked last time first.

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pyghmi.ipmi.private import session as pyghmi_session
 
 from powerq.bmc import ipmi_sessions
 from powerq.bmc.base import BmcTarget
-from powerq.bmc.ipmi import IpmiDriver, connect, disconnect, keep_sessions_alive, negotiated_suite
+from powerq.bmc.ipmi import IpmiDriver, connect, disconnect, keep_alive, negotiated_suite
 from powerq.bmc.ipmi_sessions import DEFAULT_IDLE_TIMEOUT, SessionCache
 from powerq.bmc.sim import ManualClock
 from powerq.config import get_settings
@@ -82,18 +81,38 @@ def test_a_session_in_use_is_never_evicted() -> None:
     assert cache.held() == 2
 
 
+def test_quiet_sessions_are_kept_alive_and_a_failed_one_dropped() -> None:
+    fake, clock, kept = Fake(), ManualClock(), []
+
+    def keepalive(session: str) -> None:
+        if session == "10.0.1.2":
+            raise OSError("no answer")
+        kept.append(session)
+
+    cache = SessionCache(fake.connect, fake.disconnect, keepalive=keepalive, clock=clock)
+    for i in (1, 2):
+        with cache.lease(_target(i)):
+            pass
+    assert cache.keep_alive_once() == 0  # not quiet yet
+    clock.advance(ipmi_sessions.KEEPALIVE_AFTER_S + 1)
+    assert cache.keep_alive_once() == 1
+    assert (kept, fake.closed) == (["10.0.1.1"], ["10.0.1.2"])
+    assert cache.keep_alive_once() == 0  # just kept alive
+    clock.advance(cache.idle_timeout)  # never used again: logged out, not kept alive
+    cache.keep_alive_once()
+    assert fake.closed == ["10.0.1.2", "10.0.1.1"] and cache.held() == 0
+
+
 def _device_ids(bmc: SimBmc) -> int:
     return sum(1 for e in bmc.control.log(bmc.name) if e["command"] == "get_device_id")
 
 
 def test_keepalives_reach_an_idle_bmc(bmc: SimBmc, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing asks the BMC anything after the read, yet pyghmi's keep-alive
-    (Get Device ID) reaches it: the cache's thread turns pyghmi's event loop."""
+    """Nothing asks the BMC anything after the read, yet a keep-alive (Get Device
+    ID) reaches it from the cache's thread, and the session is used again."""
     monkeypatch.setattr(ipmi_sessions, "KEEPALIVE_PERIOD_S", 0.2)
-    monkeypatch.setattr(pyghmi_session, "MAX_IDLE", 1.0)  # pyghmi: keep-alive after ~29 s idle
-    cache: Any = SessionCache(
-        connect, disconnect, suite_of=negotiated_suite, keepalive=keep_sessions_alive
-    )
+    monkeypatch.setattr(ipmi_sessions, "KEEPALIVE_AFTER_S", 0.5)
+    cache: Any = SessionCache(connect, disconnect, suite_of=negotiated_suite, keepalive=keep_alive)
     try:
         within(IpmiDriver(bmc.target, cache).get_power_state)
         before = _device_ids(bmc)
