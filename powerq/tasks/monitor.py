@@ -76,16 +76,21 @@ class Reading:
 def monitor() -> int:
     """Beat entry point: ring the lanes of every node whose refresh is due.
 
-    Returns how many nodes were marked. A message the broker refused is logged
-    (its nodes are due again after the interval).
+    Returns how many nodes were marked. When the broker refuses a message the
+    rest are not tried (it is down): those nodes are due again next interval.
     """
     settings = get_settings()
     due = due_for_refresh(settings.monitor_interval_s)
-    for queue, node_ids in refresh_messages(due, settings.lanes):
+    messages = refresh_messages(due, settings.lanes)
+    for sent, (queue, node_ids) in enumerate(messages):
         try:
             refresh_chunk.apply_async(args=[node_ids], queue=queue, routing_key=queue)
-        except Exception:  # any broker error: PostgreSQL still says they are due next time
-            log.warning("could not ring %s for %d refreshes", queue, len(node_ids), exc_info=True)
+        except Exception:  # any broker error: PostgreSQL says they are due next interval
+            unsent = sum(len(ids) for _, ids in messages[sent:])
+            log.warning(
+                "broker refused a refresh: %d nodes wait an interval", unsent, exc_info=True
+            )
+            break
     return len(due)
 
 
