@@ -302,6 +302,8 @@ _LOCK = text(
 # Every observation and failure of a run, in one statement. An observation is
 # stored unless a newer one is (power_state_at); drift and fault clearing are
 # judged only for nodes with no outstanding request, as a step reads them.
+# last_checked_at keeps the tick's mark: a write seconds later would push the
+# node past the next tick's cutoff and make its period two intervals.
 _WRITE = text(
     """
     WITH obs AS (
@@ -319,7 +321,7 @@ _WRITE = text(
           AND (n.power_state_at IS NULL OR n.power_state_at < obs.read_at)
     ), stored AS (
         UPDATE nodes n
-        SET power_state = obs.state, power_state_at = obs.read_at, last_checked_at = now(),
+        SET power_state = obs.state, power_state_at = obs.read_at,
             power_fault = n.power_fault AND f.busy,
             power_fault_reason = CASE WHEN f.busy THEN n.power_fault_reason END,
             consecutive_failures = CASE WHEN f.was_fault AND NOT f.busy THEN 0

@@ -156,6 +156,17 @@ def test_a_node_is_due_again_at_the_next_tick(session: Session) -> None:
     assert [i for i, _ in mon.due_for_refresh(60.0)] == [node_id]
 
 
+def test_a_refresh_keeps_the_ticks_mark_so_the_next_tick_picks_the_node(
+    session: Session,
+) -> None:
+    [node_id] = _add_nodes(session, 1)
+    mark = func.now() - timedelta(seconds=55)  # marked by the last tick, 55 s ago
+    session.execute(update(Node).where(Node.id == node_id).values(last_checked_at=mark))
+    session.commit()
+    mon.refresh_nodes([node_id])  # its refresh ran a few seconds after the mark
+    assert [i for i, _ in mon.due_for_refresh(60.0)] == [node_id]
+
+
 def test_statements_per_run_do_not_grow_with_nodes(session: Session) -> None:
     ids = _add_nodes(session, 210)
     counts = []
