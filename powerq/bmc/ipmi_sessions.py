@@ -48,6 +48,11 @@ SWEEP_BATCH = 16  # idle sessions one caller logs out at most
 # Sessions one process holds at most: a lane worker of a 10,000-node fleet on
 # 8 lanes holds 1,250; the cap bounds memory and BMC slots if lanes are few.
 DEFAULT_MAX_SESSIONS = 4096
+# Logins one process runs at once. pyghmi 1.6 has hung (every thread parked on
+# its global session locks, no CPU) with 32 concurrent cold logins per lane
+# worker on a loaded 2-core machine; warm reads at that fanout are fine. A
+# login waits its turn for at most the lock timeout.
+DEFAULT_MAX_LOGINS = 4
 KEEPALIVE_PERIOD_S = 5.0  # how often the keep-alive thread looks for quiet sessions
 KEEPALIVE_AFTER_S = 25.0  # quiet on the wire this long: keep alive (BMC forgets after ~60 s)
 
@@ -138,6 +143,7 @@ class SessionCache:
         suite_of: SuiteOf = _no_suite,
         keepalive: Keepalive | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_logins: int = DEFAULT_MAX_LOGINS,
     ) -> None:
         """``suite_of(session)`` names the cipher suite a fresh session uses (None: unknown).
 
@@ -153,6 +159,7 @@ class SessionCache:
         self._keepalive = keepalive
         self._keeper: threading.Thread | None = None
         self.max_sessions = max_sessions
+        self._logins = threading.BoundedSemaphore(max_logins)
         self.lock_timeout = lock_timeout
         self._clock = clock
         self._slots: dict[Key, _Slot] = {}
@@ -258,7 +265,7 @@ class SessionCache:
             for sibling in self._siblings(slot):  # one session per BMC at a time
                 self._drop(sibling)
             self._make_room(slot)
-            slot.session = self._login(target)
+            slot.session = self._login_in_turn(target)
             slot.logins += 1
             with self._guard:
                 self._held += 1
@@ -338,6 +345,23 @@ class SessionCache:
             return False
         slot.last_wire = self._clock()
         return True
+
+    def _login_in_turn(self, target: BmcTarget) -> Any:
+        """:meth:`_login` once one of ``max_logins`` turns is free.
+
+        :raises BmcUnreachable: no turn came within ``lock_timeout``.
+        :raises Exception: whatever ``connect`` raises.
+        """
+        if not self._logins.acquire(timeout=self.lock_timeout):
+            raise BmcUnreachable(
+                f"IPMI at {target.label}: no login turn after {self.lock_timeout:.0f} s",
+                address=target.address,
+                port=target.port,
+            )
+        try:
+            return self._login(target)
+        finally:
+            self._logins.release()
 
     def _login(self, target: BmcTarget) -> Any:
         """Log in; with "auto", propose the suite that worked last time first.

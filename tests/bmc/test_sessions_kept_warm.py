@@ -4,6 +4,9 @@ pyghmi's keep-alive reaching an idle BMC between ticks (sim fleet)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -121,3 +124,29 @@ def test_keepalives_reach_an_idle_bmc(bmc: SimBmc, monkeypatch: pytest.MonkeyPat
         assert cache.logins(bmc.target) == 1
     finally:
         cache.close_all()
+
+
+def test_logins_wait_their_turn() -> None:
+    """At most ``max_logins`` logins run at once (pyghmi hangs under many at once)."""
+    running, peak, guard = 0, 0, threading.Lock()
+
+    def connect(target: BmcTarget) -> str:
+        nonlocal running, peak
+        with guard:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with guard:
+            running -= 1
+        return target.address
+
+    cache = SessionCache(connect, Fake().disconnect, max_logins=2)
+
+    def login(i: int) -> None:
+        with cache.lease(_target(i)):
+            pass
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(login, range(16)))
+    assert peak == 2
+    assert cache.held() == 16
