@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     )
     sweep_interval_s: float = Field(default=5.0, gt=0, description="Sweeper period")
     monitor_interval_s: float = Field(default=60.0, gt=0, description="Monitor period")
+    # How many BMCs one lane worker reads at once during a monitor refresh (one
+    # process-wide thread pool per lane worker, shared by its refresh runs): the
+    # bound on the monitor's fanout, like ipmipower's -F. 32 per lane x 8 lanes
+    # keeps 256 reads in flight, enough for 10,000 warm BMCs in a few seconds.
+    monitor_fanout: int = Field(
+        default=32, ge=1, le=256, description="BMC reads in flight per lane worker (monitor)"
+    )
     fault_threshold: int = Field(
         default=3, ge=1, description="Consecutive failed requests that set power_fault"
     )

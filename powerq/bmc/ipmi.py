@@ -47,6 +47,8 @@ from powerq.states import Action, BootDevice, PowerState
 _log = logging.getLogger(__name__)
 
 NETFN_CHASSIS = 0x00
+NETFN_APP = 0x06
+CMD_GET_DEVICE_ID = 0x01
 CMD_GET_CHASSIS_STATUS = 0x01
 CMD_CHASSIS_CONTROL = 0x02
 
@@ -161,7 +163,25 @@ def disconnect(command: Any) -> None:
         _log.debug("IPMI logout failed", exc_info=True)
 
 
-SESSIONS = SessionCache(connect, disconnect, suite_of=negotiated_suite)
+def keep_alive(command: Any) -> None:
+    """Keep a logged-in ``Command``'s session alive at its BMC: one Get Device ID,
+    transmitted once (the session cache calls this for quiet sessions).
+
+    :raises BmcUnreachable: no answer, or an error answer (the cache drops the session).
+    :raises pyghmi.exceptions.IpmiException: the session is no longer usable.
+    """
+    response = pyghmi_patches.send_once(
+        command.ipmi_session,
+        NETFN_APP,
+        CMD_GET_DEVICE_ID,
+        [],
+        wait_s=pyghmi_patches.READ_ANSWER_WAIT_S,
+    )
+    if ipmi_errors.session_lost(response) or response is None or response.get("code"):
+        raise BmcUnreachable("IPMI keep-alive (Get Device ID) unanswered or refused")
+
+
+SESSIONS = SessionCache(connect, disconnect, suite_of=negotiated_suite, keepalive=keep_alive)
 
 
 class IpmiDriver(PowerDriver):

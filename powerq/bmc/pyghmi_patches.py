@@ -108,6 +108,12 @@ def apply() -> None:
         ORIGINALS["_open_rmcpplus_request"] = _session.Session._open_rmcpplus_request
         ORIGINALS["_got_rmcp_response"] = _session.Session._got_rmcp_response
         _session._io_recvfrom = recvfrom_never_blocks
+        # Workaround 6: one lock for pyghmi's two session registries. It takes
+        # them in both orders (wait_for_rsp calls _timedout, which resends,
+        # under WAITING_SESSIONS; send_payload takes WAITING_SESSIONS inside
+        # KEEPALIVE_SESSIONS), which deadlocks concurrent logins under load.
+        # Both are RLocks named at call time, so aliasing them removes the cycle.
+        _session.WAITING_SESSIONS = _session.KEEPALIVE_SESSIONS
         _session._io_wait = io_wait_bounded
         _session.Session._open_rmcpplus_request = open_rmcpplus_request_wanted
         _session.Session._got_rmcp_response = got_rmcp_response_checked
