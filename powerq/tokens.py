@@ -4,6 +4,14 @@ Roles nest: ``admin`` ⊇ ``operator`` ⊇ ``reader``. A reader may read, an
 operator may also request power and run batches, an admin may also manage
 nodes and tokens. The token's name is the *actor* recorded on requests and
 events.
+
+A verified token is remembered in-process for :data:`TOKEN_CACHE_TTL_S`
+seconds (:func:`authenticate`), keyed by its SHA-256, never by the token
+itself; refusals are never remembered. So a revoked token stops working
+within that TTL in every API process (at once in the process that revoked
+it), and a burst of calls with one token costs one database statement per
+TTL instead of one per call. ``last_used_at`` is written at most once a
+minute, by the same statement that verifies the token.
 """
 
 from __future__ import annotations
@@ -11,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from powerq.db import utcnow
+from powerq.db import session_scope, utcnow
 from powerq.errors import InvalidInput, NotFound
 from powerq.models import ApiToken
 
@@ -31,6 +42,10 @@ MAX_TOKEN_LENGTH = 256
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 # last_used_at is a hint, not an audit record: write it at most this often.
 _LAST_USED_GRANULARITY = timedelta(seconds=60)
+# How long a verified token is believed without asking the database again: the
+# longest a revoked token keeps working in another API process.
+TOKEN_CACHE_TTL_S = 5.0
+_TOKEN_CACHE_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -94,34 +109,112 @@ def create_token(session: Session, *, role: str, name: str | None = None) -> tup
 def verify_token(session: Session, token: str) -> Identity | None:
     """The identity of a valid, unrevoked ``token``, or None.
 
-    Notes the token's use (at most once a minute) in the caller's transaction.
+    One statement: the lookup also notes the token's use when the last noted
+    use is older than a minute (in the caller's transaction).
     """
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         return None
-    row = session.scalars(
-        select(ApiToken).where(
-            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
-        )
+    return _verify_digest(session, hash_token(token))
+
+
+def _verify_digest(session: Session, digest: str) -> Identity | None:
+    found = (
+        select(ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.last_used_at)
+        .where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+        .cte("found")
+    )
+    stale = or_(
+        found.c.last_used_at.is_(None),
+        found.c.last_used_at < func.now() - _LAST_USED_GRANULARITY,
+    )
+    touched = (
+        update(ApiToken)
+        .where(ApiToken.id == found.c.id, stale)
+        .values(last_used_at=func.now())
+        .cte("touched")
+    )
+    row = session.execute(
+        select(found.c.id, found.c.name, found.c.role).add_cte(touched)
     ).one_or_none()
     if row is None:
         return None
-    _touch(session, row.id)
     return Identity(token_id=row.id, name=row.name, role=row.role)
 
 
-def _touch(session: Session, token_id: int) -> None:
-    now = utcnow()
-    session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.id == token_id,
-            or_(
-                ApiToken.last_used_at.is_(None),
-                ApiToken.last_used_at < now - _LAST_USED_GRANULARITY,
-            ),
-        )
-        .values(last_used_at=now)
-    )
+class TokenCache:
+    """Verified identities by token hash, each believed for ``ttl_s`` seconds.
+
+    Thread-safe; bounded (when full, expired entries go, then everything).
+    Holds hashes and identities only, never a token.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = TOKEN_CACHE_TTL_S,
+        max_entries: int = _TOKEN_CACHE_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[Identity, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Identity | None:
+        """The identity verified for ``digest`` less than ``ttl_s`` ago, or None."""
+        entry = self._entries.get(digest)
+        if entry is None or entry[1] <= self.clock():
+            return None
+        return entry[0]
+
+    def put(self, digest: str, identity: Identity) -> None:
+        """Remember that ``digest`` was verified as ``identity`` just now."""
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._prune()
+            self._entries[digest] = (identity, self.clock() + self.ttl_s)
+
+    def forget(self, token_id: int) -> None:
+        """Drop every entry of the token ``token_id`` (it was revoked here)."""
+        with self._lock:
+            for digest in [d for d, (i, _) in self._entries.items() if i.token_id == token_id]:
+                del self._entries[digest]
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+
+    def _prune(self) -> None:
+        now = self.clock()
+        self._entries = {d: e for d, e in self._entries.items() if e[1] > now}
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+
+
+token_cache = TokenCache()
+
+
+def authenticate(token: str) -> Identity | None:
+    """The identity of a valid, unrevoked ``token`` (see :data:`TOKEN_CACHE_TTL_S`), or None.
+
+    No database statement when the token was verified in this process less
+    than the TTL ago; else one, in its own short transaction.
+
+    :raises sqlalchemy.exc.OperationalError: the database cannot be reached.
+    :raises ConfigError: no database URL is configured.
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        return None
+    digest = hash_token(token)
+    identity = token_cache.get(digest)
+    if identity is not None:
+        return identity
+    with session_scope() as session:
+        identity = _verify_digest(session, digest)
+    if identity is not None:
+        token_cache.put(digest, identity)
+    return identity
 
 
 def list_tokens(session: Session) -> list[ApiToken]:
@@ -139,4 +232,5 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
         raise NotFound(f"no token with id {token_id}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+    token_cache.forget(token_id)
     return row

@@ -5,6 +5,10 @@ Views declare the least role they need, e.g.
 reader), so a token passes when its role includes the one asked for. No valid
 token → 401, a role that does not include the required one → 403, both as
 problem+json.
+
+A verified token is believed for :data:`powerq.tokens.TOKEN_CACHE_TTL_S`
+seconds in each process without asking the database (so a revoked token may
+keep working that long in another process); see :func:`powerq.tokens.authenticate`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from __future__ import annotations
 from apiflask import HTTPTokenAuth
 
 from powerq.api.problems import auth_error
-from powerq.db import session_scope
-from powerq.tokens import ADMIN, OPERATOR, READER, Identity, verify_token
+from powerq.tokens import ADMIN, OPERATOR, READER, Identity, authenticate
 
 __all__ = ["ADMIN", "OPERATOR", "READER", "auth", "current_actor", "current_identity"]
 
@@ -27,12 +30,11 @@ auth.error_processor(auth_error)
 
 @auth.verify_token  # type: ignore[untyped-decorator]
 def _verify(token: str) -> Identity | None:
-    """The caller's identity, or None (→ 401).
+    """The caller's identity, or None (→ 401); cached briefly (see the module docstring).
 
     :raises sqlalchemy.exc.OperationalError: the database cannot be reached (→ 503).
     """
-    with session_scope() as session:
-        return verify_token(session, token)
+    return authenticate(token)
 
 
 @auth.get_user_roles  # type: ignore[untyped-decorator]
