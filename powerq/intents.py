@@ -5,6 +5,11 @@ The serialisation of intent is the partial unique index
 every other one gets :class:`AlreadyOutstanding` and is then answered with the
 outstanding request (same action) or refused (:class:`ConflictingRequest`).
 Callers commit, and only then ring the node's lane.
+
+The API's common case, a node with nothing outstanding, is written by
+:func:`record_new` in one statement (lock the live node, insert the request,
+set the desired state, write the event); every other case goes through
+:func:`request_power`, which keeps the same rules step by step.
 """
 
 from __future__ import annotations
@@ -12,11 +17,25 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    RowMapping,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+from sqlalchemy.types import TypeEngine
 
 from powerq.audit import record_event
 from powerq.db import utcnow
@@ -33,6 +52,8 @@ from powerq.states import (
 )
 
 OUTSTANDING_INDEX = "uq_power_requests_one_outstanding"
+# The predicate of that partial index, spelt as in the index (ON CONFLICT must infer it).
+_OUTSTANDING_PREDICATE = "status IN ('pending', 'running')"
 MAX_DEADLINE_S = 24 * 3600.0
 # An insert can lose the race to a request that then finishes before we read
 # it; a few rounds settle that, the index still decides.
@@ -134,8 +155,7 @@ def request_power(
     :raises NotFound: the node was deleted meanwhile.
     """
     deadline = validate_deadline(action, deadline_s)
-    if soft_fallback and action is not Action.SOFT_OFF:
-        raise InvalidInput("soft_fallback applies to soft_off only")
+    _checked_fallback(action, soft_fallback)
     _lock_live(session, node)
     for _ in range(_INSERT_ROUNDS):
         candidate = PowerRequest(
@@ -168,6 +188,147 @@ def request_power(
         _record_intent(session, node, candidate, actor)
         return PowerIntent("created", candidate)
     raise Conflict(f"node {node.name!r} is too busy to accept a request now; try again")
+
+
+def record_new(
+    session: Session,
+    node_name: str,
+    action: Action,
+    *,
+    actor: str,
+    deadline_s: float | None = None,
+    soft_fallback: bool = False,
+    idempotency_key: str | None = None,
+    boot_device: BootDevice | None = None,
+    boot_persistent: bool = False,
+    dispatching: bool = False,
+) -> RowMapping | None:
+    """Record a new request on the live node ``node_name`` in one statement, or nothing.
+
+    The statement does what :func:`request_power` does for a node with nothing
+    outstanding, taking the same row locks in the same order: the live node
+    FOR KEY SHARE, the insert (the partial unique index decides races: ON
+    CONFLICT DO NOTHING), then the node FOR NO KEY UPDATE to set its desired
+    state, and the ``requested`` event with the desired state it replaced.
+    With ``dispatching`` the request is written as dispatched now (the caller
+    rings the lane right after commit, and takes the mark back if it cannot).
+
+    Returns every column of the new request, or None when the node already has
+    an outstanding request (nothing was written: call :func:`request_power`,
+    which answers with it or refuses).
+
+    :raises NotFound: no live node is called ``node_name``.
+    :raises InvalidInput: ``deadline_s`` is out of range, or ``soft_fallback``
+        was asked for an action other than soft_off.
+    :raises IntegrityError: ``actor`` already used ``idempotency_key`` on a request.
+    """
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "action": action,
+        "status": RequestStatus.PENDING,
+        "deadline_s": validate_deadline(action, deadline_s),
+        "soft_fallback": _checked_fallback(action, soft_fallback),
+        "requested_by": actor,
+        "idempotency_key": idempotency_key,
+        "boot_device": boot_device.value if boot_device else None,
+        "boot_persistent": boot_persistent,
+    }
+    if dispatching:
+        values.update(dispatched_at=func.now(), dispatch_count=1)
+    row = session.execute(_record_new_statement(node_name, values, actor)).mappings().first()
+    if row is None:
+        raise NotFound(f"no node named {node_name!r}")
+    return row if row["id"] is not None else None
+
+
+def _checked_fallback(action: Action, soft_fallback: bool) -> bool:
+    """``soft_fallback`` if it applies to ``action``.
+
+    :raises InvalidInput: asked for an action other than soft_off.
+    """
+    if soft_fallback and action is not Action.SOFT_OFF:
+        raise InvalidInput("soft_fallback applies to soft_off only")
+    return soft_fallback
+
+
+def _record_new_statement(node_name: str, values: dict[str, Any], actor: str) -> Select[Any]:
+    """The statement of :func:`record_new`: one row (the live node's id, then the new
+    request's columns, all NULL when it was not inserted), or none (no live node)."""
+    live = (
+        select(Node.id)
+        .where(Node.name == node_name, Node.deleted_at.is_(None))
+        .with_for_update(read=True, key_share=True)
+        .cte("live")
+    )
+    table = PowerRequest.__table__
+    columns = [_typed(value, table.c[name].type) for name, value in values.items()]
+    req = (
+        insert(PowerRequest)
+        .from_select(["node_id", *values], select(live.c.id, *columns), include_defaults=False)
+        .on_conflict_do_nothing(
+            index_elements=[PowerRequest.node_id], index_where=text(_OUTSTANDING_PREDICATE)
+        )
+        .returning(*table.c)
+        .cte("req")
+    )
+    locked = (
+        select(Node.id, Node.desired_power_state)
+        .where(Node.id == select(req.c.node_id).scalar_subquery())
+        .with_for_update(key_share=True)
+        .cte("locked")
+    )
+    statement = (
+        select(live.c.id.label("live_node_id"), *req.c)
+        .select_from(live)
+        .outerjoin(req, true())
+        .add_cte(_event_cte(req, locked, values["action"], actor))
+    )
+    desired = desired_after(values["action"])
+    if desired is not None:
+        statement = statement.add_cte(_desired_cte(locked, desired))
+    return statement
+
+
+def _typed(value: Any, type_: TypeEngine[Any]) -> ColumnElement[Any]:
+    """``value`` as a SQL value of ``type_`` (cast: a SELECT list has no column type to
+    infer it from); SQL expressions as they are."""
+    if isinstance(value, ColumnElement):
+        return value
+    return cast(literal(value, type_), type_)
+
+
+def _desired_cte(locked: CTE, desired: DesiredPowerState) -> CTE:
+    """Set the locked node's desired state (and its time) when it changes."""
+    return (
+        update(Node)
+        .where(Node.id == locked.c.id, locked.c.desired_power_state.is_distinct_from(desired))
+        .values(desired_power_state=desired, desired_power_state_at=func.now())
+        .returning(Node.id)
+        .cte("desired")
+    )
+
+
+def _event_cte(req: CTE, locked: CTE, action: Action, actor: str) -> CTE:
+    """The ``requested`` event of the new request, with the desired state it replaced."""
+    desired = desired_after(action)
+    detail = func.jsonb_build_object(
+        literal("action"),
+        literal(action.value),
+        literal("desired_power_state"),
+        literal(desired.value if desired else None, PowerEvent.kind.type),
+        literal("desired_before"),
+        locked.c.desired_power_state,
+    )
+    rows = select(
+        req.c.node_id,
+        req.c.id,
+        literal("requested", PowerEvent.kind.type),
+        literal(actor, PowerEvent.actor.type),
+        literal(f"{action.value} requested", PowerEvent.message.type),
+        detail,
+    ).select_from(req.join(locked, locked.c.id == req.c.node_id))
+    columns = ["node_id", "request_id", "kind", "actor", "message", "detail"]
+    return insert(PowerEvent).from_select(columns, rows).cte("event")
 
 
 def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:

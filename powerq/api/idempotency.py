@@ -27,6 +27,7 @@ from datetime import UTC
 from typing import Any
 
 from flask import Response, json, request
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -162,6 +163,22 @@ def note_dispatched(call: CallKey) -> None:
                 stored.body = {**stored.body, "dispatched": True}
     except SQLAlchemyError as exc:
         log.warning("could not note the dispatch of idempotent call %s: %s", call.key, exc)
+
+
+def replace_body(call: CallKey, body: dict[str, Any]) -> None:
+    """Replace the stored answer's body (e.g. once the lane could not be rung after all).
+
+    Best effort, one statement: a failure is logged and the answer stays as stored.
+    """
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(IdempotentResponse)
+                .where(IdempotentResponse.actor == call.actor, IdempotentResponse.key == call.key)
+                .values(body=body)
+            )
+    except SQLAlchemyError as exc:
+        log.warning("could not correct the stored answer of idempotent call %s: %s", call.key, exc)
 
 
 def stored_answer(call: CallKey) -> IdempotentResponse | None:

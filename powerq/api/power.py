@@ -17,25 +17,27 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
 from flask import request, url_for
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from powerq.api import idempotency, openapi
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
 from powerq.api.idempotency import CallKey
 from powerq.api.results import ViewResult
 from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
-from powerq.api.serializers import PowerStatusOut, power_status_out, request_out
+from powerq.api.serializers import PowerRequestOut, PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
 from powerq.errors import MalformedBody
-from powerq.intents import find_node, request_power
+from powerq.intents import find_node, record_new, request_power
 from powerq.inventory import outstanding_by_node
 from powerq.models import PowerRequest
 from powerq.states import Action, BootDevice
-from powerq.tasks.dispatch import dispatch_request
+from powerq.tasks.dispatch import dispatch_request, ring_marked
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,13 @@ class Recorded:
     """A committed answer to a power request, before the lane is woken."""
 
     status: int
-    body: dict[str, Any]
+    answer: PowerAccepted
     headers: dict[str, str]
     request_id: uuid.UUID
     node_name: str
+    # Written as dispatched at this time (the one-statement path): ring the lane,
+    # and take the mark back if that fails.
+    marked_at: datetime | None = None
 
     @property
     def created(self) -> bool:
@@ -172,7 +177,8 @@ def _call_key(action: Action) -> CallKey | None:
 
 
 def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
-    """Record the intent and (with a key) its answer, in one transaction.
+    """Record the intent and (with a key) its answer, in one transaction: one
+    statement when the node has nothing outstanding (see :func:`record_new`).
 
     :raises NotFound: no such node.
     :raises ConflictingRequest: another action is outstanding.
@@ -180,22 +186,63 @@ def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
     :raises IntegrityError: a concurrent call with the same key won.
     """
     with transaction() as session:
-        node = find_node(session, name)
-        intent = request_power(
-            session,
-            node,
-            ask.action,
-            actor=current_actor(),
-            deadline_s=ask.deadline_s,
-            soft_fallback=ask.soft_fallback,
-            idempotency_key=call.key if call is not None else None,
-            boot_device=ask.boot_device,
-            boot_persistent=ask.boot_persistent,
-        )
-        recorded = _answer(intent.created, intent.request, node.name)
+        recorded = _record_new(session, name, ask, call) or _record_other(session, name, ask, call)
         if call is not None:
-            idempotency.remember(session, call, recorded.status, recorded.body, recorded.headers)
+            body = recorded.answer.model_dump(mode="json")
+            idempotency.remember(session, call, recorded.status, body, recorded.headers)
     return recorded
+
+
+def _record_new(session: Session, name: str, ask: Ask, call: CallKey | None) -> Recorded | None:
+    """The common case in one statement: a new request, written as dispatched
+    (the lane is rung right after commit). None when the node has a request
+    outstanding (nothing written).
+
+    :raises NotFound: no such node.
+    :raises InvalidInput: the deadline or soft_fallback is not acceptable.
+    :raises IntegrityError: a concurrent call with the same key won.
+    """
+    row = record_new(
+        session,
+        name,
+        ask.action,
+        actor=current_actor(),
+        deadline_s=ask.deadline_s,
+        soft_fallback=ask.soft_fallback,
+        idempotency_key=call.key if call is not None else None,
+        boot_device=ask.boot_device,
+        boot_persistent=ask.boot_persistent,
+        dispatching=True,
+    )
+    if row is None:
+        return None
+    fields = {field: row[field] for field in PowerRequestOut.model_fields if field != "node"}
+    out = PowerRequestOut(node=name, **fields)
+    accepted = PowerAccepted(created=True, dispatched=True, request=out)
+    return Recorded(202, accepted, _location(out.id), out.id, name, row["dispatched_at"])
+
+
+def _record_other(session: Session, name: str, ask: Ask, call: CallKey | None) -> Recorded:
+    """The node has a request outstanding: answer with it (identical) or refuse,
+    or record anew if it finished meanwhile (:func:`request_power`).
+
+    :raises NotFound: no such node.
+    :raises ConflictingRequest: another action is outstanding.
+    :raises IntegrityError: a concurrent call with the same key won.
+    """
+    node = find_node(session, name)
+    intent = request_power(
+        session,
+        node,
+        ask.action,
+        actor=current_actor(),
+        deadline_s=ask.deadline_s,
+        soft_fallback=ask.soft_fallback,
+        idempotency_key=call.key if call is not None else None,
+        boot_device=ask.boot_device,
+        boot_persistent=ask.boot_persistent,
+    )
+    return _answer(intent.created, intent.request, node.name)
 
 
 def _answer(created: bool, power_request: PowerRequest, node_name: str) -> Recorded:
@@ -204,25 +251,39 @@ def _answer(created: bool, power_request: PowerRequest, node_name: str) -> Recor
         dispatched=power_request.dispatched_at is not None,
         request=request_out(power_request),
     )
-    location = url_for("requests.get_request", request_id=power_request.id)
     return Recorded(
         status=202 if created else 200,
-        body=accepted.model_dump(mode="json"),
-        headers={"Location": location},
+        answer=accepted,
+        headers=_location(power_request.id),
         request_id=power_request.id,
         node_name=node_name,
     )
 
 
+def _location(request_id: uuid.UUID) -> dict[str, str]:
+    return {"Location": url_for("requests.get_request", request_id=request_id)}
+
+
 def _dispatch_and_answer(recorded: Recorded, call: CallKey | None) -> ViewResult:
     """Wake the lane for a new request (after commit) and answer."""
-    body = recorded.body
-    if recorded.created:
+    answer = recorded.answer
+    if recorded.marked_at is not None:
+        if not ring_marked(recorded.request_id, recorded.node_name, recorded.marked_at):
+            answer = _undispatched(answer)
+            if call is not None:
+                idempotency.replace_body(call, answer.model_dump(mode="json"))
+    elif recorded.created:
         dispatched = dispatch_request(recorded.request_id, recorded.node_name)
-        body = {**body, "dispatched": dispatched}
+        answer = answer.model_copy(update={"dispatched": dispatched})
         if dispatched and call is not None:
             idempotency.note_dispatched(call)
-    return PowerAccepted.model_validate(body), recorded.status, recorded.headers
+    return answer, recorded.status, recorded.headers
+
+
+def _undispatched(answer: PowerAccepted) -> PowerAccepted:
+    """``answer`` once the lane could not be rung (the mark was taken back)."""
+    request = answer.request.model_copy(update={"dispatched_at": None, "dispatch_count": 0})
+    return answer.model_copy(update={"dispatched": False, "request": request})
 
 
 @bp.get("/<node:name>/power")

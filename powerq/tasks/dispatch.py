@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import update
@@ -74,6 +75,37 @@ def dispatch_request(request_id: uuid.UUID, node_name: str) -> bool:
     except Exception as exc:  # sent, but not noted: the sweeper may ring once more (fenced)
         log.warning("request %s sent but dispatched_at not recorded: %s", request_id, exc)
     return True
+
+
+def ring_marked(request_id: uuid.UUID, node_name: str, marked_at: datetime) -> bool:
+    """Wake the lane for a committed request already written as dispatched at
+    ``marked_at`` (in the statement that recorded it).
+
+    Never raises: when the message cannot be sent, the mark is taken back (so
+    the sweeper dispatches the request at its next pass) and False returned.
+    """
+    try:
+        send_step(request_id, node_name)
+    except Exception as exc:  # any broker or transport error: the intent is durable
+        log.warning("broker unreachable, request %s left for the sweeper: %s", request_id, exc)
+        _unmark(request_id, marked_at)
+        return False
+    return True
+
+
+def _unmark(request_id: uuid.UUID, marked_at: datetime) -> None:
+    """Take back the dispatch mark written at ``marked_at``, unless someone dispatched
+    the request since. Best effort: if the database is unreachable too, the sweeper
+    re-rings the request once the mark is stale (``POWERQ_REDISPATCH_AFTER_S``)."""
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(PowerRequest)
+                .where(PowerRequest.id == request_id, PowerRequest.dispatched_at == marked_at)
+                .values(dispatched_at=None, dispatch_count=PowerRequest.dispatch_count - 1)
+            )
+    except Exception as exc:  # any error: logged, and the sweeper still finds the request
+        log.warning("could not take back the dispatch mark of request %s: %s", request_id, exc)
 
 
 def mark_dispatched(request_ids: list[uuid.UUID]) -> None:

@@ -62,7 +62,7 @@ def test_database_down_is_a_503_problem(
     def unreachable() -> Any:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
 
-    monkeypatch.setattr("powerq.api.auth.session_scope", unreachable)
+    monkeypatch.setattr("powerq.tokens.session_scope", unreachable)  # the token check
     response = client.get("/v1/nodes", headers=reader)
     assert_problem(response, 503)
     assert response.headers["Retry-After"]
