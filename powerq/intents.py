@@ -17,25 +17,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import (
-    CTE,
-    ColumnElement,
-    RowMapping,
-    cast,
-    func,
-    literal,
-    select,
-    text,
-    true,
-    update,
-)
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Integer, RowMapping, TextualSelect, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Select
-from sqlalchemy.types import TypeEngine
 
 from powerq.audit import record_event
 from powerq.db import utcnow
@@ -205,13 +191,14 @@ def record_new(
 ) -> RowMapping | None:
     """Record a new request on the live node ``node_name`` in one statement, or nothing.
 
-    The statement does what :func:`request_power` does for a node with nothing
-    outstanding, taking the same row locks in the same order: the live node
-    FOR KEY SHARE, the insert (the partial unique index decides races: ON
-    CONFLICT DO NOTHING), then the node FOR NO KEY UPDATE to set its desired
-    state, and the ``requested`` event with the desired state it replaced.
-    With ``dispatching`` the request is written as dispatched now (the caller
-    rings the lane right after commit, and takes the mark back if it cannot).
+    The statement (:data:`_RECORD_NEW`) does what :func:`request_power` does
+    for a node with nothing outstanding, taking the same row locks in the same
+    order: the live node FOR KEY SHARE, the insert (the partial unique index
+    decides races: ON CONFLICT DO NOTHING), then the node FOR NO KEY UPDATE to
+    set its desired state, and the ``requested`` event with the desired state
+    it replaced. With ``dispatching`` the request is written as dispatched now
+    (the caller rings the lane right after commit, and takes the mark back if
+    it cannot).
 
     Returns every column of the new request, or None when the node already has
     an outstanding request (nothing was written: call :func:`request_power`,
@@ -222,20 +209,22 @@ def record_new(
         was asked for an action other than soft_off.
     :raises IntegrityError: ``actor`` already used ``idempotency_key`` on a request.
     """
-    values: dict[str, Any] = {
+    desired = desired_after(action)
+    params = {
+        "node_name": node_name,
         "id": uuid.uuid4(),
-        "action": action,
-        "status": RequestStatus.PENDING,
+        "action": action.value,
         "deadline_s": validate_deadline(action, deadline_s),
         "soft_fallback": _checked_fallback(action, soft_fallback),
-        "requested_by": actor,
+        "actor": actor,
         "idempotency_key": idempotency_key,
         "boot_device": boot_device.value if boot_device else None,
         "boot_persistent": boot_persistent,
+        "dispatching": dispatching,
+        "desired": desired.value if desired else None,
+        "message": f"{action.value} requested",
     }
-    if dispatching:
-        values.update(dispatched_at=func.now(), dispatch_count=1)
-    row = session.execute(_record_new_statement(node_name, values, actor)).mappings().first()
+    row = session.execute(_RECORD_NEW, params).mappings().first()
     if row is None:
         raise NotFound(f"no node named {node_name!r}")
     return row if row["id"] is not None else None
@@ -251,84 +240,55 @@ def _checked_fallback(action: Action, soft_fallback: bool) -> bool:
     return soft_fallback
 
 
-def _record_new_statement(node_name: str, values: dict[str, Any], actor: str) -> Select[Any]:
-    """The statement of :func:`record_new`: one row (the live node's id, then the new
-    request's columns, all NULL when it was not inserted), or none (no live node)."""
-    live = (
-        select(Node.id)
-        .where(Node.name == node_name, Node.deleted_at.is_(None))
-        .with_for_update(read=True, key_share=True)
-        .cte("live")
-    )
+def _record_new_statement() -> TextualSelect:
+    """The one statement of :func:`record_new`. It answers one row (the live node's
+    id, then every column of the new request, all NULL when the insert did
+    nothing), or none (no live node). Built once: it is the API's hot path."""
     table = PowerRequest.__table__
-    columns = [_typed(value, table.c[name].type) for name, value in values.items()]
-    req = (
-        insert(PowerRequest)
-        .from_select(["node_id", *values], select(live.c.id, *columns), include_defaults=False)
-        .on_conflict_do_nothing(
-            index_elements=[PowerRequest.node_id], index_where=text(_OUTSTANDING_PREDICATE)
-        )
-        .returning(*table.c)
-        .cte("req")
-    )
-    locked = (
-        select(Node.id, Node.desired_power_state)
-        .where(Node.id == select(req.c.node_id).scalar_subquery())
-        .with_for_update(key_share=True)
-        .cte("locked")
-    )
-    statement = (
-        select(live.c.id.label("live_node_id"), *req.c)
-        .select_from(live)
-        .outerjoin(req, true())
-        .add_cte(_event_cte(req, locked, values["action"], actor))
-    )
-    desired = desired_after(values["action"])
-    if desired is not None:
-        statement = statement.add_cte(_desired_cte(locked, desired))
-    return statement
+    returned = ", ".join(column.name for column in table.c)
+    selected = ", ".join(f"req.{column.name}" for column in table.c)
+    sql = f"""
+WITH live AS (
+    SELECT id FROM nodes
+    WHERE name = :node_name AND deleted_at IS NULL
+    FOR KEY SHARE
+), req AS (
+    INSERT INTO power_requests (
+        id, node_id, action, status, deadline_s, soft_fallback, requested_by,
+        idempotency_key, boot_device, boot_persistent, dispatched_at, dispatch_count)
+    SELECT CAST(:id AS uuid), live.id, CAST(:action AS power_action), 'pending',
+        :deadline_s, :soft_fallback, :actor, :idempotency_key, :boot_device,
+        :boot_persistent, CASE WHEN :dispatching THEN now() END,
+        CASE WHEN :dispatching THEN 1 ELSE 0 END
+    FROM live
+    ON CONFLICT (node_id) WHERE {_OUTSTANDING_PREDICATE} DO NOTHING
+    RETURNING {returned}
+), locked AS (
+    SELECT nodes.id, nodes.desired_power_state AS before FROM nodes
+    WHERE nodes.id = (SELECT node_id FROM req)
+    FOR NO KEY UPDATE
+), desired AS (
+    UPDATE nodes
+    SET desired_power_state = CAST(:desired AS desired_power_state),
+        desired_power_state_at = now(), updated_at = now()
+    FROM locked
+    WHERE nodes.id = locked.id AND CAST(:desired AS desired_power_state) IS NOT NULL
+        AND locked.before IS DISTINCT FROM CAST(:desired AS desired_power_state)
+), event AS (
+    INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
+    SELECT req.node_id, req.id, 'requested', :actor, :message, jsonb_build_object(
+        'action', CAST(:action AS text),
+        'desired_power_state', CAST(:desired AS text),
+        'desired_before', locked.before)
+    FROM req JOIN locked ON locked.id = req.node_id
+)
+SELECT live.id AS live_node_id, {selected}
+FROM live LEFT JOIN req ON true
+"""
+    return text(sql).columns(live_node_id=Integer, **{c.name: c.type for c in table.c})
 
 
-def _typed(value: Any, type_: TypeEngine[Any]) -> ColumnElement[Any]:
-    """``value`` as a SQL value of ``type_`` (cast: a SELECT list has no column type to
-    infer it from); SQL expressions as they are."""
-    if isinstance(value, ColumnElement):
-        return value
-    return cast(literal(value, type_), type_)
-
-
-def _desired_cte(locked: CTE, desired: DesiredPowerState) -> CTE:
-    """Set the locked node's desired state (and its time) when it changes."""
-    return (
-        update(Node)
-        .where(Node.id == locked.c.id, locked.c.desired_power_state.is_distinct_from(desired))
-        .values(desired_power_state=desired, desired_power_state_at=func.now())
-        .returning(Node.id)
-        .cte("desired")
-    )
-
-
-def _event_cte(req: CTE, locked: CTE, action: Action, actor: str) -> CTE:
-    """The ``requested`` event of the new request, with the desired state it replaced."""
-    desired = desired_after(action)
-    detail = func.jsonb_build_object(
-        literal("action"),
-        literal(action.value),
-        literal("desired_power_state"),
-        literal(desired.value if desired else None, PowerEvent.kind.type),
-        literal("desired_before"),
-        locked.c.desired_power_state,
-    )
-    rows = select(
-        req.c.node_id,
-        req.c.id,
-        literal("requested", PowerEvent.kind.type),
-        literal(actor, PowerEvent.actor.type),
-        literal(f"{action.value} requested", PowerEvent.message.type),
-        detail,
-    ).select_from(req.join(locked, locked.c.id == req.c.node_id))
-    columns = ["node_id", "request_id", "kind", "actor", "message", "detail"]
-    return insert(PowerEvent).from_select(columns, rows).cte("event")
+_RECORD_NEW = _record_new_statement()
 
 
 def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:
