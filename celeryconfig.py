@@ -69,9 +69,12 @@ result_backend = None
 task_serializer = "json"
 accept_content = ["json"]
 
-# Flower sees tasks only with these.
+# Flower sees tasks through events. Workers send theirs (Flower can also turn
+# them on at run time). The publisher's task-sent event Flower cannot ask for,
+# and it is a second message on every publish (the API's hot path): it is on
+# only with POWERQ_TASK_EVENTS=1, which `powerq up --flower` sets.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = os.environ.get("POWERQ_TASK_EVENTS", "") == "1"
 
 worker_hijack_root_logger = False
 worker_max_memory_per_child = 200_000  # KiB: recycle a lane worker that leaks

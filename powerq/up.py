@@ -100,6 +100,7 @@ def _child_env(options: UpOptions) -> dict[str, str]:
     env = dict(os.environ)
     if options.flower:
         env["FLOWER_UNAUTHENTICATED_API"] = "1"  # bound to 127.0.0.1 only
+        env["POWERQ_TASK_EVENTS"] = "1"  # publishers send task-sent events (celeryconfig)
     return env
 
 
