@@ -14,8 +14,10 @@ commits, and only then, for a new request, wakes the node's lane. Answers:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +34,7 @@ from powerq.api.results import ViewResult
 from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
 from powerq.api.serializers import PowerRequestOut, PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
+from powerq.db import session_factory
 from powerq.errors import MalformedBody
 from powerq.intents import find_node, record_new, request_power
 from powerq.inventory import outstanding_by_node
@@ -185,12 +188,29 @@ def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
     :raises InvalidInput: the deadline or soft_fallback is not acceptable.
     :raises IntegrityError: a concurrent call with the same key won.
     """
+    if call is None:
+        with _statement_commits() as session:
+            recorded = _record_new(session, name, ask, call)
+        if recorded is not None:
+            return recorded
     with transaction() as session:
         recorded = _record_new(session, name, ask, call) or _record_other(session, name, ask, call)
         if call is not None:
             body = recorded.answer.model_dump(mode="json")
             idempotency.remember(session, call, recorded.status, body, recorded.headers)
     return recorded
+
+
+@contextlib.contextmanager
+def _statement_commits() -> Iterator[Session]:
+    """A session whose every statement commits by itself: no BEGIN and COMMIT
+    round trips, for work that is one statement (atomic on its own).
+
+    :raises ConfigError: no database URL is configured.
+    """
+    with session_factory()() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 def _record_new(session: Session, name: str, ask: Ask, call: CallKey | None) -> Recorded | None:
