@@ -65,7 +65,8 @@ def fresh_session(db: None) -> Iterator[Session]:
         yield s
 
 
-def _point_broker_at(url: str) -> None:
+def point_broker_at(url: str) -> None:
+    """Point the Celery app (and so send_step) at the broker ``url``."""
     # Only drop the app's references: kombu keeps one pool per URL process-wide,
     # so closing it would break the real broker's pool once it is restored.
     from powerq.tasks.app import app as celery_app
@@ -81,8 +82,8 @@ def dead_broker() -> Iterator[None]:
     from powerq.tasks.app import app as celery_app
 
     original = celery_app.conf.broker_url
-    _point_broker_at("redis://127.0.0.1:1/0")
+    point_broker_at("redis://127.0.0.1:1/0")
     try:
         yield
     finally:
-        _point_broker_at(original)
+        point_broker_at(original)

@@ -1,0 +1,110 @@
+"""send_step's lean publish puts on the lane exactly what Celery's ``send_task``
+would (same headers, properties and body framing), follows the app's broker URL,
+and says OperationalError when the broker is down."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu.exceptions import OperationalError
+
+from powerq.config import get_settings
+from powerq.tasks.app import app as celery_app
+from powerq.tasks.dispatch import STEP_TASK, _publisher, send_step
+from powerq.tasks.routing import lane_for, lane_queue
+from tests.api.conftest import point_broker_at
+from tests.services import TEST_REDIS_DB
+
+NODE = "node-1"
+# Differ from one message to the next by nature.
+_PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "eta"}
+
+
+# A Redis database of its own: the suite's is shared with lane workers and with
+# other test runs, which could take or flush a message between push and pop.
+_PRIVATE_DB = TEST_REDIS_DB % 15 + 1
+
+
+@pytest.fixture
+def broker(services: Any, db: None) -> Iterator[redis.Redis]:
+    """The Celery app on a private database of the suite's Redis (restored after)."""
+    url = services.broker_url
+    if url.startswith("redis://"):
+        url = f"{url.rsplit('/', 1)[0]}/{_PRIVATE_DB}"
+    original = celery_app.conf.broker_url
+    point_broker_at(url)
+    client = redis.Redis.from_url(url)
+    client.delete(_queue())
+    try:
+        yield client
+    finally:
+        client.delete(_queue())
+        point_broker_at(original)
+
+
+def _queue() -> str:
+    return lane_queue(lane_for(NODE, get_settings().lanes))
+
+
+def _pop(broker: redis.Redis) -> dict[str, Any]:
+    raw = broker.rpop(_queue())
+    assert raw is not None, "nothing on the lane"
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+def _masked(message: dict[str, Any]) -> dict[str, Any]:
+    def mask(part: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("…" if k in _PER_MESSAGE else v) for k, v in part.items()}
+
+    return {
+        **message,
+        "headers": mask(message["headers"]),
+        "properties": mask(message["properties"]),
+    }
+
+
+@pytest.mark.parametrize("countdown", [None, 2.5])
+def test_the_message_is_the_one_send_task_would_publish(
+    broker: redis.Redis, countdown: float | None
+) -> None:
+    request_id = uuid.uuid4()
+    queue = _queue()
+    celery_app.send_task(
+        STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue, countdown=countdown
+    )
+    theirs = _pop(broker)
+    send_step(request_id, NODE, countdown=countdown)
+    ours = _pop(broker)
+
+    assert _masked(ours) == _masked(theirs)
+    assert (ours["headers"]["eta"] is None) is (countdown is None)
+    args = json.loads(base64.b64decode(ours["body"]))[0]
+    assert args == [str(request_id)]
+
+
+def test_it_follows_the_broker_url_and_reports_a_dead_broker(
+    broker: redis.Redis, dead_broker: None
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(OperationalError):
+        send_step(uuid.uuid4(), NODE)
+    assert time.monotonic() - started < 5
+    assert broker.llen(_queue()) == 0
+
+
+def test_a_pooled_connection_the_broker_dropped_costs_no_publish(broker: redis.Redis) -> None:
+    send_step(uuid.uuid4(), NODE)
+    _, client = _publisher._open()
+    broker.client_kill_filter(_id=client.client_id())  # only the publisher's own connection
+
+    send_step(uuid.uuid4(), NODE)
+
+    assert broker.llen(_queue()) == 2
