@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Integer, TextualSelect, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -177,7 +178,7 @@ def request_power(
 
 
 def record_new(
-    session: Session,
+    session: Session | Connection,
     node_name: str,
     action: Action,
     *,

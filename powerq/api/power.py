@@ -24,6 +24,7 @@ from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
 from flask import request, url_for
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +35,7 @@ from powerq.api.results import ViewResult
 from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
 from powerq.api.serializers import PowerRequestOut, PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
-from powerq.db import session_factory
+from powerq.db import get_engine
 from powerq.errors import MalformedBody
 from powerq.intents import find_node, record_new, request_power
 from powerq.inventory import outstanding_by_node
@@ -189,12 +190,14 @@ def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
     :raises IntegrityError: a concurrent call with the same key won.
     """
     if call is None:
-        with _statement_commits() as session:
-            recorded = _record_new(session, name, ask, call)
+        with _statement_commits() as connection:
+            recorded = _record_new(connection, name, ask, call)
         if recorded is not None:
             return recorded
     with transaction() as session:
-        recorded = _record_new(session, name, ask, call) or _record_other(session, name, ask, call)
+        recorded = (_record_new(session, name, ask, call) if call is not None else None) or (
+            _record_other(session, name, ask, call)
+        )
         if call is not None:
             body = recorded.answer.model_dump(mode="json")
             idempotency.remember(session, call, recorded.status, body, recorded.headers)
@@ -202,18 +205,20 @@ def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
 
 
 @contextlib.contextmanager
-def _statement_commits() -> Iterator[Session]:
-    """A session whose every statement commits by itself: no BEGIN and COMMIT
-    round trips, for work that is one statement (atomic on its own).
+def _statement_commits() -> Iterator[Connection]:
+    """A connection whose every statement commits by itself: no BEGIN and COMMIT
+    round trips (and no ORM session), for work that is one statement, atomic
+    on its own.
 
     :raises ConfigError: no database URL is configured.
     """
-    with session_factory()() as session:
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
+    with get_engine().connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def _record_new(session: Session, name: str, ask: Ask, call: CallKey | None) -> Recorded | None:
+def _record_new(
+    session: Session | Connection, name: str, ask: Ask, call: CallKey | None
+) -> Recorded | None:
     """The common case in one statement: a new request, written as dispatched
     (the lane is rung right after commit). None when the node has a request
     outstanding (nothing written).
