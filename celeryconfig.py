@@ -69,12 +69,15 @@ result_backend = None
 task_serializer = "json"
 accept_content = ["json"]
 
-# Flower sees tasks through events. Workers send theirs (Flower can also turn
-# them on at run time). The publisher's task-sent event Flower cannot ask for,
-# and it is a second message on every publish (the API's hot path): it is on
-# only with POWERQ_TASK_EVENTS=1, which `powerq up --flower` sets.
-worker_send_task_events = True
-task_send_sent_event = os.environ.get("POWERQ_TASK_EVENTS", "") == "1"
+# Flower sees tasks through events, and every event is a Redis message: a
+# worker's are three per task (received, started, succeeded), the publisher's
+# task-sent one more per publish (the API's hot path). Both are on only with
+# POWERQ_TASK_EVENTS=1, which `powerq up --flower` sets; a Flower started
+# without it still turns the workers' events on at run time (its
+# --enable_events, on by default), but cannot ask publishers for task-sent.
+_task_events = os.environ.get("POWERQ_TASK_EVENTS", "") == "1"
+worker_send_task_events = _task_events
+task_send_sent_event = _task_events
 
 worker_hijack_root_logger = False
 worker_max_memory_per_child = 200_000  # KiB: recycle a lane worker that leaks

@@ -1,5 +1,6 @@
-"""Celery's task-sent event (a second Redis message per publish) is on only when
-Flower asks for it: ``POWERQ_TASK_EVENTS=1``, which ``powerq up --flower`` sets."""
+"""Celery's task events (a Redis message per publish and three per task run) are
+on only when Flower asks for them: ``POWERQ_TASK_EVENTS=1``, which
+``powerq up --flower`` sets."""
 
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _sent_event(env: dict[str, str]) -> str:
-    code = "import celeryconfig; print(celeryconfig.task_send_sent_event)"
+    code = (
+        "import celeryconfig; "
+        "print(celeryconfig.task_send_sent_event, celeryconfig.worker_send_task_events)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     return done.stdout.strip()
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, "False"), ("0", "False"), ("1", "True")])
-def test_the_task_sent_event_follows_powerq_task_events(value: str | None, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "False False"), ("0", "False False"), ("1", "True True")]
+)
+def test_task_events_follow_powerq_task_events(value: str | None, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "POWERQ_TASK_EVENTS"}
     if value is not None:
         env["POWERQ_TASK_EVENTS"] = value
