@@ -1,4 +1,4 @@
-"""``python -m bench all|batch|overhead|api|sweeper|monitor|memory|dead_bmc|recovery|import_nodes``.
+"""``python -m bench all|NAME [options]``: NAME is one of :data:`BENCHMARKS`.
 
 ``all`` runs each benchmark in its own process, one after the other (each sets
 its ``POWERQ_*`` environment before powerq's Celery app is imported), then
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     top = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="name", required=True)
-    every = sub.add_parser("all", help="run all six benchmarks")
+    every = sub.add_parser("all", help="run every benchmark")
     every.add_argument(
         "--full",
         action="store_true",
