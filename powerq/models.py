@@ -318,6 +318,13 @@ class PowerEvent(Base):
     __table_args__ = (
         Index("ix_power_events_node_created", "node_id", "created_at"),
         Index("ix_power_events_request", "request_id"),
+        # the claim's read of a node's learned transition times (tasks/leases.py)
+        Index(
+            "ix_power_events_learned",
+            "node_id",
+            "created_at",
+            postgresql_where=text("kind = 'succeeded' AND detail ? 'took_s'"),
+        ),
     )
 
     def __repr__(self) -> str:

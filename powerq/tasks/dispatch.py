@@ -43,14 +43,18 @@ def send_step(
     *,
     countdown: float | None = None,
     continuing: int | None = None,
+    parked_until: str | None = None,
 ) -> None:
     """Publish one ``powerq.step`` for ``request_id`` on ``node_name``'s lane
-    (``continuing``: the parked attempt this message continues).
+    (``continuing``, ``parked_until``: the parked attempt this message
+    continues, and the lease it was parked with).
 
     :raises kombu.exceptions.OperationalError: the broker cannot be reached.
     """
     queue = lane_queue(lane_for(node_name, get_settings().lanes))
-    args: list[Any] = [str(request_id)] if continuing is None else [str(request_id), continuing]
+    args: list[Any] = [str(request_id)]
+    if continuing is not None:
+        args += [continuing, parked_until]
     if app.conf.task_send_sent_event:  # Flower asked for events: Celery's own path sends them
         app.send_task(STEP_TASK, args=args, queue=queue, routing_key=queue,
                       countdown=countdown, retry=True, retry_policy=_PUBLISH_RETRY)  # fmt: skip

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Row, func, select, text, update
 
@@ -102,15 +102,27 @@ class Claim:
         return replace(self, now=self.clock(), now_mono=time.monotonic())
 
 
-def claim(request_id: uuid.UUID, lease_s: float, *, continuing: int | None = None) -> Claim | None:
+class Parked(NamedTuple):
+    """What a continuation message names: the attempt that parked, and the lease it
+    parked with. Only the first claim after that park can match both."""
+
+    attempt: int | None
+    until: datetime | None
+
+
+def claim(
+    request_id: uuid.UUID, lease_s: float, *, continuing: Parked | None = None
+) -> Claim | None:
     """Take the request for one attempt, or return None if it is not ours to run.
 
     One statement. Claimable: ``pending`` (and due), or ``running`` with an
     expired lease. The claim sets ``running`` and leases the request for
     ``lease_s``; the first claim also fixes ``started_at``/``deadline_at`` and
     records the ``started`` event. ``attempt`` (the fencing token) goes up by
-    one, except for the continuation its own attempt parked (``continuing``):
-    it counts claims after a lost lease, not scheduled checks.
+    one, except for the continuation of a parked attempt (``continuing``),
+    when the request still holds exactly the lease it was parked with: it
+    counts claims after a lost lease, not scheduled checks. A continuation
+    delivered twice, or one that arrives after any other claim, is a takeover.
 
     A request whose BMC credentials cannot be decrypted (this host's
     ``POWERQ_SECRET_KEY`` is not the one they were stored with) cannot run
@@ -125,7 +137,8 @@ def claim(request_id: uuid.UUID, lease_s: float, *, continuing: int | None = Non
             "request_id": request_id,
             "lease_s": lease_s,
             "tolerance_s": CLAIM_TOLERANCE.total_seconds(),
-            "continuing": continuing,
+            "continuing": continuing.attempt if continuing else None,
+            "parked_until": continuing.until if continuing else None,
         },
     )
     if row is None:
@@ -146,6 +159,7 @@ _CLAIM = text(
         UPDATE power_requests r
         SET status = 'running',
             attempt = CASE WHEN r.status = 'running' AND r.attempt = :continuing
+                                AND r.lease_expires_at = :parked_until
                            THEN r.attempt ELSE r.attempt + 1 END,
             lease_expires_at = now() + make_interval(secs => :lease_s),
             started_at = coalesce(r.started_at, now()),
@@ -273,14 +287,18 @@ def _learned(row: Row[Any]) -> dict[Action, Learned]:
     }
 
 
-def park(c: Claim, *, delay_s: float, **values: Any) -> Claim | None:
-    """Record progress and hand the lease over until the next step is due.
+def park(c: Claim, *, next_step: Step, delay_s: float) -> datetime | None:
+    """Write the claim's progress and hand the lease over until the next step is due.
 
     The lease ends when the next step is due (``delay_s`` from now), so that
     step's claim, a continuation of this attempt, can take it; if its message
-    is lost, the sweeper finds the expired lease. Returns the updated claim,
-    or None when a newer attempt has taken over (this one must stop).
+    is lost, the sweeper finds the expired lease. Returns the parked lease
+    (the continuation names it), or None when a newer attempt has taken over
+    (this one must stop).
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
+    until = func.now() + timedelta(seconds=delay_s)
     statement = (
         update(PowerRequest)
         .where(
@@ -288,14 +306,24 @@ def park(c: Claim, *, delay_s: float, **values: Any) -> Claim | None:
             PowerRequest.attempt == c.attempt,
             PowerRequest.status == RequestStatus.RUNNING,
         )
-        .values(lease_expires_at=func.now() + timedelta(seconds=delay_s), **values)
-        .returning(func.now().label("now"))
+        .values(
+            lease_expires_at=until,
+            next_step=next_step,
+            checks=c.checks,
+            transient_errors=c.transient_errors,
+            observed_before=c.observed_before,
+            command_sent=c.command_sent,
+            command_sent_at=c.command_sent_at,
+            command_acked_at=c.command_acked_at,
+            fallback_sent_at=c.fallback_sent_at,
+            transition_seen_at=c.transition_seen_at,
+            boot_set_at=c.boot_set_at,
+            deadline_at=c.deadline_at,
+        )
+        .returning(PowerRequest.lease_expires_at)
     )
     row = run_statement(statement)
-    if row is None:
-        return None
-    fields = {k: v for k, v in values.items() if k in Claim.__dataclass_fields__}
-    return replace(c, now=row.now, now_mono=time.monotonic(), **fields)
+    return None if row is None else row.lease_expires_at
 
 
 _MARK = text(
@@ -313,6 +341,8 @@ _MARK = text(
             lease_expires_at = now() + make_interval(secs => :lease_s),
             updated_at = now()
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
+          AND command_sent_at IS NOT DISTINCT FROM :seen_sent_at
+          AND fallback_sent_at IS NOT DISTINCT FROM :seen_fallback_at
         RETURNING id, node_id
     ), observed AS (
         UPDATE nodes
@@ -340,6 +370,10 @@ def mark_command_sent(
     """Write ``command_sent_at`` (``fallback_sent_at`` for a soft_off's hard-off
     fallback) *before* the command goes out: the send-once rule.
 
+    The mark is a compare-and-set on the marks this claim last saw: if another
+    run of the same attempt marked meanwhile, nothing is written and None is
+    returned, so no command is sent twice even then.
+
     One statement, which also stores ``read`` (the read that called for the
     command, made at ``c.now``) as the node's observed state, and the claim's
     progress not yet written (``observed_before`` from the query step,
@@ -363,6 +397,8 @@ def mark_command_sent(
             "transition_seen_at": c.transition_seen_at,
             "boot_set_at": c.boot_set_at,
             "deadline_at": c.deadline_at,
+            "seen_sent_at": c.command_sent_at,
+            "seen_fallback_at": c.fallback_sent_at,
             "lease_s": lease_s,
             "message": f"{command.value} sent to {c.target.label}",
             "detail": json.dumps({"command": command.value, "attempt": c.attempt}),
@@ -439,7 +475,7 @@ _FINISH = text(
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
         RETURNING id, node_id, batch_id
     ), was AS (
-        SELECT power_fault FROM nodes WHERE id = :node_id
+        SELECT power_fault FROM nodes WHERE id = :node_id FOR UPDATE
     ), health AS (
         UPDATE nodes n
         SET power_state = CASE WHEN :fresh_check AND (n.power_state_at IS NULL

@@ -26,14 +26,15 @@ def _lock_of(node_id: int) -> threading.Lock:
 
 
 @contextmanager
-def bmc_turn(node_id: int, *, wait: bool = True) -> Iterator[bool]:
+def bmc_turn(node_id: int, *, wait: bool = True, timeout: float = -1) -> Iterator[bool]:
     """Hold node ``node_id``'s BMC for the block; yields whether the turn was taken.
 
     With ``wait=False`` the block runs at once and sees False when another
-    thread is talking to that BMC (a monitor read simply skips the node).
+    thread is talking to that BMC (a monitor read simply skips the node);
+    with ``timeout`` it waits that many seconds at most.
     """
     lock = _lock_of(node_id)
-    taken = lock.acquire(blocking=wait)
+    taken = lock.acquire(blocking=wait, timeout=timeout if wait else -1)
     try:
         yield taken
     finally:

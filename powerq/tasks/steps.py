@@ -16,11 +16,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from powerq.bmc import driver_for
 from powerq.bmc.base import BmcAckUnknown, BmcError, PowerDriver
@@ -53,6 +54,10 @@ IN_RUN_HORIZON_S = 1.0
 MAX_RUN_S = 20.0
 # A bound on the steps of one run, whatever their delays.
 MAX_STEPS_PER_RUN = 200
+# How long a run waits for its node's BMC when another thread of the lane holds
+# it (a monitor read, a run of a lease that lapsed), before parking instead.
+BMC_TURN_WAIT_S = 5.0
+BUSY_BMC_RETRY_S = 1.0
 # How a run waits for its next check (tests replace it to move a manual clock).
 pause: Callable[[float], None] = time.sleep
 
@@ -61,13 +66,15 @@ pause: Callable[[float], None] = time.sleep
 class Next:
     """Carry on with ``step`` after ``delay_s`` (0: now), as ``claim``.
 
-    ``values`` are written to the request if the attempt parks before it.
+    ``durable``: the claim took back a mark the database still holds (a
+    command that could not be sent at all), so the attempt parks to write it
+    before it goes on.
     """
 
     step: Step
     delay_s: float
     claim: Claim
-    values: dict[str, object] = field(default_factory=dict)
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,18 +104,19 @@ Outcome = Next | Done | Fenced
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
-    autoretry_for=(OperationalError,),
+    autoretry_for=(OperationalError, PoolTimeout),
     retry_backoff=True,
     retry_backoff_max=30,
     max_retries=10,
 )
-def step(request_id: str, continuing: int | None = None) -> None:
-    """Carry request ``request_id`` further (the message holds only the id, and the
-    attempt number when it is a parked attempt's continuation)."""
-    run_request(uuid.UUID(request_id), continuing=continuing)
+def step(request_id: str, continuing: int | None = None, parked_until: str | None = None) -> None:
+    """Carry request ``request_id`` further (the message holds only the id, and for
+    a parked attempt's continuation its attempt number and parked lease)."""
+    parked = datetime.fromisoformat(parked_until) if parked_until else None
+    run_request(uuid.UUID(request_id), continuing=leases.Parked(continuing, parked))
 
 
-def run_request(request_id: uuid.UUID, *, continuing: int | None = None) -> None:
+def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = None) -> None:
     """Claim the request and run its due steps; a request not ours to run is left alone.
 
     :raises sqlalchemy.exc.OperationalError: the database is unreachable (the
@@ -124,8 +132,11 @@ def run_request(request_id: uuid.UUID, *, continuing: int | None = None) -> None
     except (NotImplementedError, ValueError, BmcError) as exc:
         _close(c, Done(RequestStatus.FAILED, error=f"cannot drive BMC {c.target.label}: {exc}"))
         return
-    with bmc_turn(c.node_id):
-        _drive(c, driver)
+    with bmc_turn(c.node_id, timeout=BMC_TURN_WAIT_S) as taken:
+        if taken:
+            _drive(c, driver)
+        else:  # another thread is still talking to this BMC: come back shortly
+            _park(c, Next(c.next_step, BUSY_BMC_RETRY_S, c))
 
 
 def _drive(c: Claim, driver: PowerDriver) -> None:
@@ -150,6 +161,8 @@ def _drive(c: Claim, driver: PowerDriver) -> None:
 
 def _stays_in_run(outcome: Next, ran_s: float) -> bool:
     """Whether the next step runs in this run: now, or a check due within the horizon."""
+    if outcome.durable:
+        return False
     if outcome.delay_s <= 0:
         return True
     near = outcome.step is Step.CHECK and outcome.delay_s <= IN_RUN_HORIZON_S
@@ -157,19 +170,19 @@ def _stays_in_run(outcome: Next, ran_s: float) -> bool:
 
 
 def _park(c: Claim, outcome: Next) -> None:
-    """Write the progress, hand the lease over until the step is due, ring the lane."""
-    values: dict[str, object] = {
-        "next_step": outcome.step,
-        "checks": c.checks,
-        "transient_errors": c.transient_errors,
-        "command_acked_at": c.command_acked_at,
-        **outcome.values,
-    }
-    parked = leases.park(c, delay_s=outcome.delay_s, **values)
+    """Write the claim's progress, hand the lease over until the step is due, and
+    ring the lane with a continuation that names this parked lease."""
+    parked = leases.park(c, next_step=outcome.step, delay_s=outcome.delay_s)
     if parked is None:
         return  # a newer attempt owns the request now
     try:
-        send_step(c.request_id, c.node_name, countdown=outcome.delay_s, continuing=c.attempt)
+        send_step(
+            c.request_id,
+            c.node_name,
+            countdown=outcome.delay_s,
+            continuing=c.attempt,
+            parked_until=parked.isoformat(),
+        )
     except Exception as exc:  # broker errors of any transport
         log.warning("could not schedule next step of %s (sweeper will): %s", c.request_id, exc)
 
@@ -258,7 +271,7 @@ def _set_boot(c: Claim, driver: PowerDriver, device: BootDevice) -> Outcome:
         evidence = Evidence.BOOT_DEVICE if shown is device else Evidence.ACKNOWLEDGED
         return Done(RequestStatus.SUCCEEDED, evidence=evidence)
     done = c.clock()
-    return Next(Step.QUERY, 0, replace(c, boot_set_at=done), {"boot_set_at": done})
+    return Next(Step.QUERY, 0, replace(c, boot_set_at=done))
 
 
 def _send(
@@ -322,9 +335,8 @@ def _unsent(c: Claim, exc: BmcError) -> Outcome:
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS or c.clock() >= c.deadline_at:
         return Done(RequestStatus.FAILED, error=f"BMC unreachable after {errors} attempts: {exc}")
-    values: dict[str, object] = {"command_sent_at": None, "command_sent": None}
     c = replace(c, transient_errors=errors, command_sent_at=None, command_sent=None)
-    return Next(Step.SEND, verify.retry_delay(errors), c, values)
+    return Next(Step.SEND, verify.retry_delay(errors), c, durable=True)
 
 
 def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
@@ -333,9 +345,8 @@ def _fallback_unsent(c: Claim, exc: BmcError) -> Outcome:
     errors = c.transient_errors + 1
     if errors > MAX_TRANSIENT_ERRORS:
         return Done(RequestStatus.FAILED, error=f"BMC unreachable after {errors} attempts: {exc}")
-    values: dict[str, object] = {"fallback_sent_at": None, "command_sent": Action.SOFT_OFF}
     c = replace(c, transient_errors=errors, fallback_sent_at=None, command_sent=Action.SOFT_OFF)
-    return Next(Step.CHECK, verify.retry_delay(errors), c, values)
+    return Next(Step.CHECK, verify.retry_delay(errors), c, durable=True)
 
 
 def _reset_unknown(c: Claim, why: str) -> str:
@@ -374,8 +385,7 @@ def _follow(
         )
     if verdict is verify.Verdict.NEXT_PHASE:
         # Off is verified: the on phase is a new command, marked and sent once.
-        phase_two = replace(c, transition_seen_at=read_at, command_sent_at=None, command_sent=None)
-        return _send(phase_two, driver, read=state)
+        return _send(replace(c, transition_seen_at=read_at), driver, read=state)
     if verdict is verify.Verdict.UNOBSERVABLE:
         error = _reset_unknown(c, "no answer was recorded")
         return Done(RequestStatus.FAILED, error=error, observed=state, claim=c)
@@ -410,13 +420,8 @@ def _send_fallback(c: Claim, driver: PowerDriver, now: datetime, state: PowerSta
     """
     own_deadline = now + timedelta(seconds=DEFAULT_DEADLINE_S[Action.OFF])
     outcome = _send(replace(c, deadline_at=own_deadline), driver, fallback=True, read=state)
-    unsent = isinstance(outcome, Next) and "fallback_sent_at" in outcome.values
-    if unsent:
-        assert isinstance(outcome, Next)
-        kept = replace(outcome.claim, deadline_at=c.deadline_at)
-        return Next(
-            outcome.step, outcome.delay_s, kept, {**outcome.values, "deadline_at": c.deadline_at}
-        )
+    if isinstance(outcome, Next) and outcome.durable:  # nothing went out
+        return replace(outcome, claim=replace(outcome.claim, deadline_at=c.deadline_at))
     return outcome
 
 

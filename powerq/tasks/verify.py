@@ -121,14 +121,24 @@ def check_delay(*, since_send_s: float, learned: Learned | None, first: bool) ->
     Past the window the checks back off to at most :data:`MAX_CHECK_DELAY_S`.
     """
     if learned is not None and first:
-        return max(POLL_FLOOR_S, learned.first_check_s() - since_send_s)
+        return _bounded(learned.first_check_s() - since_send_s)
     if learned is not None and since_send_s < learned.upper + FIRST_CHECK_SLACK_S:
-        return max(POLL_FLOOR_S, min(POLL_S, learned.upper + FIRST_CHECK_SLACK_S - since_send_s))
+        return _bounded(min(_poll_s(learned), learned.upper + FIRST_CHECK_SLACK_S - since_send_s))
     upper = None if learned is None else learned.upper
     window_s = UNKNOWN_WINDOW_S if upper is None else max(2 * upper, upper + 1.0)
     if since_send_s < window_s:
-        return POLL_S
+        return _poll_s(learned)
     return min(MAX_CHECK_DELAY_S, max(BACKOFF_FLOOR_S, since_send_s - window_s))
+
+
+def _poll_s(learned: Learned | None) -> float:
+    """How often to look through the window: :data:`POLL_S`, or an eighth of a
+    slow machine's transition (a 30 s one is not read 150 times)."""
+    return POLL_S if learned is None else min(MAX_CHECK_DELAY_S, max(POLL_S, learned.upper / 8))
+
+
+def _bounded(delay_s: float) -> float:
+    return min(MAX_CHECK_DELAY_S, max(POLL_FLOOR_S, delay_s))
 
 
 def retry_delay(transient_errors: int) -> float:

@@ -79,22 +79,33 @@ def test_a_parked_attempts_continuation_keeps_the_attempt(session: Session) -> N
     request = _pending(session)
     first = leases.claim(request.id, lease_s=60)
     assert first is not None and first.attempt == 1
-    assert leases.park(first, delay_s=0.01, next_step=Step.CHECK) is not None
-    # too early for anyone else: the parked lease runs until the step is due
-    # (a continuation is accepted a little early, within the claim tolerance)
-    going_on = leases.claim(request.id, lease_s=60, continuing=first.attempt)
+    parked_until = leases.park(first, next_step=Step.CHECK, delay_s=0.01)
+    assert parked_until is not None
+    parked = leases.Parked(first.attempt, parked_until)
+    going_on = leases.claim(request.id, lease_s=60, continuing=parked)
     assert going_on is not None and going_on.attempt == 1 and going_on.next_step is Step.CHECK
-    # a continuation of an attempt that is not the current one is a takeover
+    # the same continuation delivered again (after the lease ran out) is a takeover
     _expire_lease(session, request)
-    taken = leases.claim(request.id, lease_s=60, continuing=0)
-    assert taken is not None and taken.attempt == 2
+    again = leases.claim(request.id, lease_s=60, continuing=parked)
+    assert again is not None and again.attempt == 2
 
 
 def test_a_continuation_cannot_take_a_running_attempts_lease(session: Session) -> None:
     request = _pending(session)
     running = leases.claim(request.id, lease_s=60)
     assert running is not None
-    assert leases.claim(request.id, lease_s=60, continuing=running.attempt) is None
+    parked = leases.Parked(running.attempt, None)
+    assert leases.claim(request.id, lease_s=60, continuing=parked) is None
+
+
+def test_two_runs_of_one_attempt_cannot_both_mark_a_command(session: Session) -> None:
+    request = _pending(session)
+    first = leases.claim(request.id, lease_s=60)
+    assert first is not None
+    # a second run holding the same attempt (however it came to) saw the same marks
+    twin = first
+    assert leases.mark_command_sent(first, Action.OFF, lease_s=60) is not None
+    assert leases.mark_command_sent(twin, Action.OFF, lease_s=60) is None
 
 
 def test_failures_raise_a_power_fault_and_a_success_clears_it(session: Session) -> None:

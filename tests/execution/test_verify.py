@@ -124,3 +124,9 @@ def test_checks_poll_through_the_window_then_back_off_to_a_cap() -> None:
 def test_should_resend(command: Action, acked: bool, elapsed_s: float, resend: bool) -> None:
     now = T0 + timedelta(seconds=elapsed_s)
     assert should_resend(command, acked=acked, command_sent_at=T0, now=now) is resend
+
+
+def test_a_slow_machine_is_polled_less_often_and_never_later_than_the_cap() -> None:
+    slow = Learned(lower=29.0, upper=30.0)
+    assert check_delay(since_send_s=0.0, learned=slow, first=True) == MAX_CHECK_DELAY_S
+    assert check_delay(since_send_s=31.0, learned=slow, first=False) == pytest.approx(3.75)
