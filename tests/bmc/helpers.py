@@ -15,7 +15,7 @@ import pytest
 from powerq.bmc.base import BmcTarget
 from powerq.bmc.simfleet.controlclient import ControlClient
 
-FLEET_SIZE = 96
+FLEET_SIZE = 128
 TRANSITION = 0.3  # seconds a power up/down takes in the shared fleet
 SOFT_DELAY = 0.6
 HANG_GUARD = 60.0  # generous: only catches hangs, never measures speed
