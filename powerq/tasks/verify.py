@@ -23,7 +23,7 @@ RESEND_AFTER = timedelta(seconds=20)
 # window, bounded by the window, then backing off.
 POLL_S = 0.2
 POLL_FLOOR_S = 0.02
-FIRST_CHECK_SLACK_S = 0.03
+FIRST_CHECK_SLACK_S = 0.01
 CLOSE_BOUNDS_S = 0.05
 UNKNOWN_WINDOW_S = 3.0
 BACKOFF_FLOOR_S = 0.5

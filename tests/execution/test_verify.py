@@ -8,6 +8,7 @@ import pytest
 
 from powerq.states import Action, PowerState
 from powerq.tasks.verify import (
+    FIRST_CHECK_SLACK_S,
     MAX_CHECK_DELAY_S,
     POLL_FLOOR_S,
     POLL_S,
@@ -88,11 +89,14 @@ def test_check_verdict(
 
 def test_a_learned_node_is_first_checked_where_its_transitions_say() -> None:
     known = Learned(lower=0.48, upper=0.51)
-    assert check_delay(since_send_s=0.01, learned=known, first=True) == pytest.approx(0.53)
+    just_after = 0.51 + FIRST_CHECK_SLACK_S - 0.01
+    assert check_delay(since_send_s=0.01, learned=known, first=True) == pytest.approx(just_after)
     # wide bounds are narrowed: look in the middle first, then at the upper bound
     wide = Learned(lower=0.2, upper=0.6)
-    assert check_delay(since_send_s=0.0, learned=wide, first=True) == pytest.approx(0.43)
-    assert check_delay(since_send_s=0.43, learned=wide, first=False) == pytest.approx(0.2)
+    middle = 0.4 + FIRST_CHECK_SLACK_S
+    assert check_delay(since_send_s=0.0, learned=wide, first=True) == pytest.approx(middle)
+    to_upper = 0.6 + FIRST_CHECK_SLACK_S - middle
+    assert check_delay(since_send_s=middle, learned=wide, first=False) == pytest.approx(to_upper)
     # the first check is never scheduled in the past, however late the run
     assert check_delay(since_send_s=3.0, learned=known, first=True) == POLL_FLOOR_S
 
