@@ -1,5 +1,5 @@
 """The baseline of benchmark 6: a bare Celery worker (no powerq imported), same broker,
-same pool settings as a lane worker (prefork, concurrency 1, acks_late), one no-op task."""
+same pool settings as a lane worker (threads, acks_late), one no-op task."""
 
 from __future__ import annotations
 
