@@ -1,8 +1,10 @@
 """A node's power health: failure count, ``last_error`` and ``power_fault``.
 
 A node that fails ``POWERQ_FAULT_THRESHOLD`` requests in a row is put in
-``power_fault`` with the reason; the next verified success clears it. Both
-functions work in the caller's transaction and write the audit events.
+``power_fault`` with the reason; the next verified success clears it. The
+executor does both in its finish statement (``tasks/leases.py``);
+:func:`record_failure` is the same rule for failures decided outside it (the
+sweeper, an unrunnable request), in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from sqlalchemy.orm import Session
 from powerq.audit import record_event
 from powerq.db import db_now
 from powerq.models import Node
-from powerq.states import Action, Evidence
+from powerq.states import Evidence
 
 # What a success event says, by what showed it: never more than was seen.
-_SUCCESS_WORDING: dict[Evidence | None, str] = {
+SUCCESS_WORDING: dict[Evidence | None, str] = {
     Evidence.POWER_STATE: "verified: the BMC reports the target state",
     Evidence.ALREADY: "verified: the BMC already reported the target state, nothing sent",
     Evidence.OFF_THEN_ON: "verified: the BMC reported off, then on",
@@ -26,44 +28,6 @@ _SUCCESS_WORDING: dict[Evidence | None, str] = {
     Evidence.READ: "read from the BMC",
     None: "succeeded",
 }
-
-
-def record_success(
-    session: Session,
-    node: Node,
-    *,
-    request_id: uuid.UUID | None,
-    action: Action,
-    actor: str,
-    evidence: Evidence | None = None,
-) -> None:
-    """A success: reset the failure count and clear any power fault.
-
-    The event says what showed it (``evidence``), e.g. a reset is only
-    "acknowledged", never "verified".
-    """
-    if node.power_fault:
-        record_event(
-            session,
-            node_id=node.id,
-            request_id=request_id,
-            kind="power_fault_cleared",
-            actor=actor,
-            message="a successful request cleared the power fault",
-        )
-    node.consecutive_failures = 0
-    node.power_fault = False
-    node.power_fault_reason = None
-    node.last_error = None
-    record_event(
-        session,
-        node_id=node.id,
-        request_id=request_id,
-        kind="succeeded",
-        actor=actor,
-        message=f"{action.value} {_SUCCESS_WORDING[evidence]}",
-        detail={"evidence": evidence.value} if evidence else {},
-    )
 
 
 def record_failure(

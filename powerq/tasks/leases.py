@@ -30,7 +30,7 @@ from sqlalchemy import Row, func, select, text, update
 from powerq.bmc.base import BmcTarget
 from powerq.db import db_now, run_statement, session_scope
 from powerq.errors import ConfigError
-from powerq.health import record_failure
+from powerq.health import SUCCESS_WORDING, record_failure
 from powerq.inventory import bmc_target
 from powerq.models import Node, PowerRequest
 from powerq.states import (
@@ -526,17 +526,6 @@ _FINISH = text(
     """
 )
 
-# What a success event says, by what showed it: never more than was seen.
-_SUCCESS_WORDING: dict[Evidence | None, str] = {
-    Evidence.POWER_STATE: "verified: the BMC reports the target state",
-    Evidence.ALREADY: "verified: the BMC already reported the target state, nothing sent",
-    Evidence.OFF_THEN_ON: "verified: the BMC reported off, then on",
-    Evidence.ACKNOWLEDGED: "acknowledged by the BMC; it cannot be read back, so not verified",
-    Evidence.BOOT_DEVICE: "verified: the BMC reports the boot device that was set",
-    Evidence.READ: "read from the BMC",
-    None: "succeeded",
-}
-
 
 @dataclass(frozen=True)
 class Finished:
@@ -590,7 +579,7 @@ def finish(
             "acked_at": acked_at,
             "threshold": fault_threshold,
             "kind": "succeeded" if succeeded else "failed",
-            "message": f"{c.action.value} {_SUCCESS_WORDING[evidence]}" if succeeded else error,
+            "message": f"{c.action.value} {SUCCESS_WORDING[evidence]}" if succeeded else error,
             "detail": json.dumps(detail),
         },
     )

@@ -3,7 +3,6 @@ number of statements that does not grow with the manifest."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -11,12 +10,12 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from powerq import imports
 from powerq.config import get_settings
-from powerq.db import get_engine, utcnow
+from powerq.db import utcnow
 from powerq.inventory import ImportOutcome, NodeSpec, import_node
 from powerq.models import Node, PowerEvent
 from powerq.node_options import NodeOptions
@@ -24,6 +23,7 @@ from powerq.secrets import decrypt_password
 from powerq.states import DriverKind
 from powerq.tokens import token_cache
 from tests.factories import make_node
+from tests.statements import count_statements
 
 # Statements of one POST /v1/nodes/import, whatever its length: the token check
 # (at most 2 today), 2 reads, a savepoint, 3 writes and the savepoint's release.
@@ -40,21 +40,6 @@ def all_drivers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     get_settings.cache_clear()
-
-
-@contextlib.contextmanager
-def counted() -> Iterator[list[str]]:
-    """Every statement the engine sends while the block runs."""
-    statements: list[str] = []
-
-    def count(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(get_engine(), "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", count)
 
 
 def _spec(name: str, address: str, port: int = 623, **extra: Any) -> NodeSpec:
@@ -248,7 +233,7 @@ def _seed(client: FlaskClient, admin: dict[str, str], existing: int) -> list[str
          "username": "admin", "password": "pw"}
         for i in range(existing)
     ]  # fmt: skip
-    with counted() as statements:
+    with count_statements() as statements:
         report = client.post("/v1/nodes/import", json=rows, headers=admin).get_json()
     assert report["summary"]["created"] == existing
     return statements
@@ -262,7 +247,7 @@ def _update_import(
     existing = count // 3
     token_cache.clear()  # both runs start with the token not yet verified (it is cached)
     seeded = _seed(client, admin, existing)
-    with counted() as statements:
+    with count_statements() as statements:
         response = client.post(
             "/v1/nodes/import?mode=update", json=_manifest(count, existing), headers=admin
         )
@@ -292,7 +277,7 @@ def test_the_inventory_import_takes_a_fixed_number_of_statements(
     for count in (10, 300):
         new = [_spec(f"x{i}", f"x{i}") for i in range(count)]
         rows = _numbered([_spec("a", "bmc-a2"), _spec("b", "bmc-c"), *new])
-        with counted() as statements:
+        with count_statements() as statements:
             outcomes = imports.import_nodes(session, rows, update=True, actor="t")
         session.rollback()
         assert [o.outcome for o in outcomes[:2]] == ["updated", "invalid"]

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from powerq.tokens import token_cache
-from tests.api.statements import count_statements
 from tests.factories import make_node
+from tests.statements import count_statements
 
 POST_BUDGET = 3
 

@@ -16,7 +16,7 @@ from powerq.db import utcnow
 from powerq.models import ApiToken
 from powerq.tokens import TOKEN_CACHE_TTL_S, create_token, hash_token, token_cache
 from tests.api.helpers import assert_problem
-from tests.api.statements import count_statements
+from tests.statements import count_statements
 
 NODES = "/v1/nodes"
 

@@ -8,21 +8,17 @@ releases what may start at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from sqlalchemy import event, insert
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from powerq.batches import create_batch
-from powerq.db import get_engine
 from powerq.intents import find_node, request_power
 from powerq.models import Node
 from powerq.secrets import encrypt_password
 from powerq.states import Action, DriverKind
 from powerq.tokens import token_cache
 from tests.batches.helpers import spec
+from tests.statements import count_statements
 
 # select and hold the nodes, insert the batch, insert requests + events + desired
 # states + members, and the pump: lock the batch, count its room, release.
@@ -46,28 +42,13 @@ def _bulk_nodes(session: Session, prefix: str, count: int) -> list[str]:
     return names
 
 
-@contextmanager
-def counting(engine: Engine) -> Iterator[list[str]]:
-    """Collect the statements sent through ``engine`` while in the block."""
-    statements: list[str] = []
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def _statements_to_create(session: Session, prefix: str, count: int) -> list[str]:
     """Statements of one batch of ``count`` nodes: one reused, one refused, the rest new."""
     names = _bulk_nodes(session, prefix, count)
     request_power(session, find_node(session, names[0]), Action.OFF, actor="alice")
     request_power(session, find_node(session, names[1]), Action.ON, actor="bob")
     session.commit()
-    with counting(get_engine()) as statements:
+    with count_statements() as statements:
         created = create_batch(
             session, spec(Action.OFF, names, stagger_s=1.0, max_in_flight=5), actor="ops"
         )
@@ -98,7 +79,7 @@ def test_creating_a_batch_through_the_api_is_constant_too(
     for prefix, count in (("small", 10), ("large", 200)):
         names = _bulk_nodes(session, prefix, count)
         token_cache.clear()  # both posts start with the token not yet verified
-        with counting(get_engine()) as statements:
+        with count_statements() as statements:
             response = client.post(
                 "/v1/batches", json={"action": "on", "nodes": names}, headers=operator
             )

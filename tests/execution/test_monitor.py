@@ -12,17 +12,15 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from powerq.bmc.base import BmcTarget
 from powerq.bmc.sim import REGISTRY, SimPowerDriver
 from powerq.config import get_settings
-from powerq.db import get_engine
 from powerq.intents import request_power
 from powerq.models import Node, PowerEvent, PowerRequest
 from powerq.secrets import encrypt_password
@@ -30,6 +28,7 @@ from powerq.states import Action, DesiredPowerState, DriverKind, PowerState, Req
 from powerq.tasks import monitor as mon
 from powerq.tasks.node_locks import bmc_turn
 from powerq.tasks.routing import lane_queue
+from tests.statements import count_statements
 
 ADDRESS = "127.0.0.77"
 BASE_PORT = 30000
@@ -95,23 +94,6 @@ def _queued_messages() -> dict[str, list[list[int]]]:
     return found
 
 
-class StatementCounter:
-    """Counts statements sent to PostgreSQL (SQLAlchemy ``before_cursor_execute``)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, *_args: Any, **_kwargs: Any) -> None:
-        self.count += 1
-
-    def __enter__(self) -> StatementCounter:
-        event.listen(get_engine(), "before_cursor_execute", self)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        event.remove(get_engine(), "before_cursor_execute", self)
-
-
 def test_one_tick_marks_every_due_node_and_rings_each_lane_per_chunk(session: Session) -> None:
     count = OLD_TICK_CAP + 500
     ids = _add_nodes(session, count)
@@ -171,9 +153,9 @@ def test_statements_per_run_do_not_grow_with_nodes(session: Session) -> None:
     ids = _add_nodes(session, 210)
     counts = []
     for chunk in (ids[:10], ids[10:]):
-        with StatementCounter() as counter:
+        with count_statements() as counter:
             assert len(mon.refresh_nodes(chunk)) == len(chunk)
-        counts.append(counter.count)
+        counts.append(len(counter))
     assert counts[0] == counts[1] <= 3, counts
 
 

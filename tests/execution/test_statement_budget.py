@@ -8,42 +8,23 @@ PostgreSQL is counted with SQLAlchemy's ``before_cursor_execute`` event.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from powerq.bmc.base import BmcTarget
 from powerq.bmc.sim import REGISTRY, SimPowerDriver
-from powerq.db import get_engine
 from powerq.models import PowerRequest
 from powerq.states import Action, DriverKind, Evidence, PowerState, RequestStatus
 from powerq.tasks import steps
 from tests.execution.inprocess import executed, request_for
 from tests.factories import make_node
+from tests.statements import count_statements
 
 # claim, mark (with the query read), finish (with the verifying read), plus
 # the waiting checks of a transition that was not learned yet.
 NODE_ACTION_BUDGET = 6
 TRANSITION_S = 0.5
-
-
-@contextmanager
-def counted_statements() -> Iterator[list[str]]:
-    """Every statement sent to PostgreSQL by this process inside the block."""
-    seen: list[str] = []
-
-    def count(*args: Any) -> None:
-        seen.append(" ".join(str(args[2]).split())[:80])
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 @pytest.fixture
@@ -62,7 +43,7 @@ def _run(session: Session, node_id: int, action: Action) -> tuple[PowerRequest, 
     node = session.get(Node, node_id)
     assert node is not None
     request_id = request_for(session, node, action)
-    with counted_statements() as seen:
+    with count_statements() as seen:
         steps.run_request(request_id)
     session.expire_all()
     request = session.get(PowerRequest, request_id)
