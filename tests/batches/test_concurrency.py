@@ -13,12 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from powerq.batches import CreatedBatch, create_batch
-from powerq.db import get_engine, session_factory, session_scope
+from powerq.db import session_factory, session_scope
 from powerq.intents import find_node, request_power
 from powerq.models import PowerEvent, PowerRequest
 from powerq.states import OUTSTANDING_STATUSES, Action, DesiredPowerState
 from tests.batches.helpers import spec
-from tests.batches.test_statements import _bulk_nodes, counting
+from tests.batches.test_statements import _bulk_nodes
+from tests.statements import count_statements
 
 
 def _in_threads(*calls: Callable[[], object]) -> list[object]:
@@ -94,7 +95,7 @@ def test_a_request_committed_during_the_statement_is_answered_not_lost(
 
     # The batch's insert waits for alice's uncommitted request, which commits after
     # the batch's statement took its snapshot: the conflict is seen, the row is not.
-    with counting(get_engine()) as statements:
+    with count_statements() as statements:
         created, _ = _in_threads(_batch(Action.OFF, names), lambda: _later(other, 1.0))
 
     assert isinstance(created, CreatedBatch), created
