@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
@@ -270,14 +270,42 @@ def set_password(node: Node, password: str) -> None:
     node.bmc_password_encrypted = encrypt_password(password)
 
 
-def bmc_target(node: Node) -> BmcTarget:
+class BmcColumns(Protocol):
+    """What :func:`bmc_target` reads: a :class:`Node`, or a result row that
+    selected those columns under their own names (the executor's claim)."""
+
+    @property
+    def driver(self) -> DriverKind | str: ...
+    @property
+    def bmc_address(self) -> str: ...
+    @property
+    def bmc_port(self) -> int: ...
+    @property
+    def bmc_username(self) -> str: ...
+    @property
+    def bmc_password_encrypted(self) -> bytes: ...
+    @property
+    def bmc_system(self) -> str | None: ...
+    @property
+    def verify_tls(self) -> bool: ...
+    @property
+    def ca_bundle(self) -> str | None: ...
+    @property
+    def ipmi_cipher_suite(self) -> str: ...
+    @property
+    def ipmi_privilege(self) -> str: ...
+    @property
+    def ipmi_kg_encrypted(self) -> bytes | None: ...
+
+
+def bmc_target(node: BmcColumns) -> BmcTarget:
     """How to reach ``node``'s BMC, with the password decrypted (executor only).
 
     :raises ConfigError: the password cannot be decrypted with the current key.
     """
     kg = node.ipmi_kg_encrypted
     return BmcTarget(
-        driver=node.driver.value,
+        driver=DriverKind(node.driver).value,
         address=node.bmc_address,
         port=node.bmc_port,
         username=node.bmc_username,

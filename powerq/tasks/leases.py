@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Row, func, select, text, update
 
@@ -31,12 +31,11 @@ from powerq.bmc.base import BmcTarget
 from powerq.db import db_now, run_statement, session_scope
 from powerq.errors import ConfigError
 from powerq.health import SUCCESS_WORDING, record_failure
-from powerq.inventory import bmc_target
+from powerq.inventory import BmcColumns, bmc_target
 from powerq.models import Node, PowerRequest
 from powerq.states import (
     Action,
     BootDevice,
-    DriverKind,
     Evidence,
     PowerState,
     RequestStatus,
@@ -86,7 +85,6 @@ class Claim:
     boot_device: BootDevice | None = None
     boot_persistent: bool = False
     boot_set_at: datetime | None = None
-    batch_id: uuid.UUID | None = None
     # what the node's last verified offs / ons took (absent: not learned yet)
     learned: dict[Action, Learned] = field(default_factory=dict)
     # seconds after the send when a read last saw the old state (this run)
@@ -144,7 +142,7 @@ def claim(
     if row is None:
         return None
     try:
-        target = bmc_target(_node_of(row))
+        target = bmc_target(cast(BmcColumns, row))
     except ConfigError as exc:
         _fail_unrunnable(request_id, str(exc))
         return None
@@ -180,7 +178,7 @@ _CLAIM = text(
     SELECT c.id, c.attempt, c.action, c.next_step, c.started_at, c.deadline_at, c.checks,
            c.transient_errors, c.soft_fallback, c.observed_before, c.command_sent,
            c.command_sent_at, c.command_acked_at, c.fallback_sent_at, c.transition_seen_at,
-           c.boot_device, c.boot_persistent, c.boot_set_at, c.batch_id, now() AS now,
+           c.boot_device, c.boot_persistent, c.boot_set_at, now() AS now,
            n.id AS node_id, n.name, n.driver, n.bmc_address, n.bmc_port, n.bmc_username,
            n.bmc_password_encrypted, n.bmc_system, n.verify_tls, n.ca_bundle,
            n.ipmi_cipher_suite, n.ipmi_privilege, n.ipmi_kg_encrypted,
@@ -200,25 +198,6 @@ _CLAIM = text(
     ) learned ON true
     """
 ).bindparams(learn_from=LEARN_FROM)
-
-
-def _node_of(row: Row[Any]) -> Node:
-    """A detached node holding what :func:`bmc_target` reads."""
-    return Node(
-        id=row.node_id,
-        name=row.name,
-        driver=DriverKind(row.driver),
-        bmc_address=row.bmc_address,
-        bmc_port=row.bmc_port,
-        bmc_username=row.bmc_username,
-        bmc_password_encrypted=row.bmc_password_encrypted,
-        bmc_system=row.bmc_system,
-        verify_tls=row.verify_tls,
-        ca_bundle=row.ca_bundle,
-        ipmi_cipher_suite=row.ipmi_cipher_suite,
-        ipmi_privilege=row.ipmi_privilege,
-        ipmi_kg_encrypted=row.ipmi_kg_encrypted,
-    )
 
 
 def _fail_unrunnable(request_id: uuid.UUID, reason: str) -> None:
@@ -270,7 +249,6 @@ def _snapshot(row: Row[Any], target: BmcTarget) -> Claim:
         boot_device=_optional(BootDevice, row.boot_device),
         boot_persistent=row.boot_persistent,
         boot_set_at=row.boot_set_at,
-        batch_id=row.batch_id,
         learned=_learned(row),
     )
 

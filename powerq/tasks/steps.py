@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, replace
 from datetime import datetime, timedelta
 
-from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -102,7 +101,6 @@ Outcome = Next | Done | Fenced
 @app.task(  # type: ignore[untyped-decorator]
     name="powerq.step",
     acks_late=True,
-    reject_on_worker_lost=True,
     ignore_result=True,
     autoretry_for=(OperationalError, PoolTimeout),
     retry_backoff=True,
@@ -234,8 +232,6 @@ def perform(c: Claim, driver: PowerDriver) -> Outcome:
         return _check(c, driver)
     except BmcError as exc:
         return _bmc_error(c, step_to_run, exc)
-    except SoftTimeLimitExceeded:
-        return _bmc_error(c, step_to_run, TimeoutError(f"step timed out on {c.target.label}"))
 
 
 def _read(c: Claim, driver: PowerDriver) -> tuple[Claim, PowerState]:
