@@ -489,6 +489,7 @@ def run_powerq(
     }
     role_cpu0 = {d: common.cpu_seconds(p) for d, p in by_role.items()}
     cpu0, (busy0, total0) = common.cpu_seconds(pids), system_cpu()
+    parties0 = common.cpu_by_party()
     t0 = time.time()
     submit_s = (
         submit_batch_api(api, names, action) if api else submit_per_node(names, actor, action)
@@ -502,6 +503,7 @@ def run_powerq(
 
     common.wait_until(finished, RUN_TIMEOUT_S, f"powerq batch at L={lanes}", poll=0.2)
     cpu1, (busy1, total1) = common.cpu_seconds(pids), system_cpu()
+    parties = common.cpu_delta_by_party(parties0, common.cpu_by_party())
     role_cpu = {workers.roles[d]: common.cpu_seconds(p) - role_cpu0[d] for d, p in by_role.items()}
     wall = state["last_finished"] - t0
     for spy in spies:
@@ -523,6 +525,7 @@ def run_powerq(
         "lane_worker_cpu_ms_per_node": (cpu1 - cpu0) * 1000 / len(names),
         "machine_busy_fraction": (busy1 - busy0) / max(1, total1 - total0),
         "machine_cpu_s": (busy1 - busy0) / os.sysconf("SC_CLK_TCK"),
+        "cpu_s_by_party": parties,
         "fleet_after": summary,
         "at_bmcs": at_bmcs,
         "memory": memory,
@@ -650,7 +653,7 @@ def one_lane_count(
     say(
         f"L={lanes} powerq: {pq['wall_s']:.1f} s (submit {pq['submit_s']:.1f} s), "
         f"{pq['requests']['ok']}/{n} succeeded, fleet {pq['fleet_after']}, "
-        f"machine busy {pq['machine_busy_fraction']:.0%}"
+        f"machine busy {pq['machine_busy_fraction']:.0%}, CPU s by party {pq['cpu_s_by_party']}"
     )
     limit = args.transition + n * single["pyghmi_warm_s"] / lanes
     detail["physical_limit_s"] = limit

@@ -432,6 +432,59 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
+def cpu_by_party() -> dict[int, tuple[str, float]]:
+    """Every process on the machine: pid -> (party, user + system CPU seconds so far).
+
+    The party is what the process is to a benchmark (``postgres``, ``redis``, ``fleet``,
+    ``lanes``, ``api``, ``control``, ``profiler``, ``other``), from its command line;
+    :func:`cpu_delta_by_party` turns two snapshots into CPU seconds per party.
+    """
+    import psutil
+
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        info = proc.info
+        times = info.get("cpu_times")
+        if times is None:
+            continue
+        out[proc.pid] = (
+            _party(info.get("name") or "", info.get("cmdline") or []),
+            times.user + times.system,
+        )
+    return out
+
+
+def _party(name: str, cmdline: list[str]) -> str:
+    line = " ".join(cmdline)
+    if name.startswith("postgres") or "postgres:" in line:
+        return "postgres"
+    if name.startswith("redis"):
+        return "redis"
+    if "simfleet" in line:
+        return "fleet"
+    if "--lane" in line or "--hostname lane" in line:
+        return "lanes"  # a lane's supervisor and its Celery worker
+    if "gunicorn" in line or "powerq.api" in line:
+        return "api"
+    if "py-spy" in line:
+        return "profiler"
+    if "worker" in line or "beat" in line:
+        return "control"
+    return "other"
+
+
+def cpu_delta_by_party(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each party used between two :func:`cpu_by_party` snapshots
+    (a process that started in between counts from zero; one that ended is lost)."""
+    out: dict[str, float] = {}
+    for pid, (party, cpu) in after.items():
+        start = before.get(pid, (party, 0.0))[1]
+        out[party] = round(out.get(party, 0.0) + max(0.0, cpu - start), 2)
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
+
+
 def wait_until(ready: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
     """Poll ``ready()`` until true.
 

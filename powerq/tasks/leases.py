@@ -449,6 +449,7 @@ _FINISH = text(
             observed_after = coalesce(CAST(:state AS power_state), observed_after),
             evidence = coalesce(:evidence, evidence),
             command_acked_at = coalesce(command_acked_at, :acked_at),
+            checks = :checks,
             updated_at = now()
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
         RETURNING id, node_id, batch_id
@@ -547,6 +548,7 @@ def finish(
             "request_id": c.request_id,
             "attempt": c.attempt,
             "node_id": c.node_id,
+            "checks": c.checks,
             "status": status.value,
             "succeeded": succeeded,
             "error": error,

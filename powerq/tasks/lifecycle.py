@@ -19,7 +19,7 @@ from typing import Any
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from sqlalchemy import func, select, update
 
-from powerq.bmc import close_all
+from powerq.bmc import close_all, load_drivers
 from powerq.config import get_settings
 from powerq.db import session_scope
 from powerq.models import Node, PowerRequest
@@ -74,6 +74,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     lane = lane_of_hostname(getattr(sender, "hostname", "") or "")
     if lane is None:
         return
+    load_drivers(get_settings().drivers)
     try:
         resumed = resume_lane(lane)
     except Exception:  # the database may be down: the sweeper recovers the work

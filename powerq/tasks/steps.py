@@ -67,13 +67,17 @@ class Next:
 
     ``durable``: the claim took back a mark the database still holds (a
     command that could not be sent at all), so the attempt parks to write it
-    before it goes on.
+    before it goes on. ``unstored``: a read (made at the claim's ``now``) not
+    written yet; it is stored on the node only if the attempt parks, since a
+    check in the same run follows within the horizon and the finish stores
+    the read that ends the run.
     """
 
     step: Step
     delay_s: float
     claim: Claim
     durable: bool = False
+    unstored: PowerState | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,11 @@ def _drive(c: Claim, driver: PowerDriver) -> None:
         if outcome.delay_s > 0:
             pause(outcome.delay_s)
     assert isinstance(outcome, Next)
+    if outcome.unstored is not None:
+        stored = leases.record_observation(c, outcome.unstored, lease_s=get_settings().lease_s)
+        if stored is None:
+            return  # a newer attempt owns the request now
+        c = replace(c, now=stored.now, now_mono=stored.now_mono)
     _park(c, outcome)
 
 
@@ -397,15 +406,17 @@ def _follow(
 
 
 def _wait(c: Claim, state: PowerState) -> Outcome:
-    """Not there yet: store the read (renewing the lease) and check again."""
-    observed = leases.record_observation(c, state, lease_s=get_settings().lease_s)
-    if observed is None:
-        return Fenced()
+    """Not there yet: check again (the read is stored only if the attempt parks).
+
+    Nothing is written here: the run holds its lease for longer than it may
+    run (``MAX_RUN_S`` < the lease), and the finish or the mark that follows
+    is fenced, so a run that lost its request writes nothing either way.
+    """
     # a read that worked ends a run of transient errors: only consecutive ones count
     waited_s = (c.now - _sent_at(c)).total_seconds()
-    c = replace(observed, checks=c.checks + 1, transient_errors=0, waited_s=waited_s)
+    c = replace(c, checks=c.checks + 1, transient_errors=0, waited_s=waited_s)
     delay = verify.check_delay(since_send_s=_since_send_s(c), learned=_learned(c), first=False)
-    return Next(Step.CHECK, delay, c)
+    return Next(Step.CHECK, delay, c, unstored=state)
 
 
 def _send_fallback(c: Claim, driver: PowerDriver, now: datetime, state: PowerState) -> Outcome:

@@ -15,15 +15,16 @@ from sqlalchemy.orm import Session
 from powerq.bmc.base import BmcTarget
 from powerq.bmc.sim import REGISTRY, SimPowerDriver
 from powerq.models import PowerRequest
-from powerq.states import Action, DriverKind, Evidence, PowerState, RequestStatus
+from powerq.states import Action, DriverKind, Evidence, PowerState, RequestStatus, Step
 from powerq.tasks import steps
 from tests.execution.inprocess import executed, request_for
 from tests.factories import make_node
 from tests.statements import count_statements
 
-# claim, mark (with the query read), finish (with the verifying read), plus
-# the waiting checks of a transition that was not learned yet.
-NODE_ACTION_BUDGET = 6
+# claim, mark (with the query read), finish (with the verifying read); the
+# waiting checks of a run write nothing (only an attempt that parks stores its
+# last read), so a transition that was not learned yet costs no more.
+NODE_ACTION_BUDGET = 3
 TRANSITION_S = 0.5
 
 
@@ -61,6 +62,7 @@ def test_a_verified_off_stays_within_the_statement_budget(
     assert request.evidence == Evidence.POWER_STATE.value
     assert executed(sim) == [Action.OFF]
     assert len(seen) <= NODE_ACTION_BUDGET, "\n".join(seen)
+    assert request.checks >= 2  # the unlearned transition was polled more than once
     assert request.attempt == 1  # checks in the same run are not attempts
 
 
@@ -119,3 +121,24 @@ def test_a_cycle_keeps_the_state_it_started_from(
     assert request.observed_after is PowerState.ON
     node = session.get(Node, node_id)
     assert node is not None and node.power_state is PowerState.ON
+
+
+def test_an_attempt_that_parks_stores_its_last_read(
+    session: Session, slow_machine: tuple[int, SimPowerDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from powerq.models import Node
+    from powerq.tasks import verify
+
+    node_id, sim = slow_machine
+    sim.transition = 30.0  # still on when the checks back off beyond the run's horizon
+    monkeypatch.setattr(verify, "UNKNOWN_WINDOW_S", 0.3)
+    request, seen = _run(session, node_id, Action.OFF)
+
+    assert request.status is RequestStatus.RUNNING and request.next_step is Step.CHECK
+    assert executed(sim) == [Action.OFF]
+    # claim, mark, then the parked attempt's last read and the park itself
+    assert len(seen) == 4, "\n".join(seen)
+    node = session.get(Node, node_id)
+    assert node is not None and node.power_state is PowerState.ON
+    assert request.command_sent_at is not None and node.power_state_at is not None
+    assert node.power_state_at > request.command_sent_at
