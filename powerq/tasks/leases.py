@@ -13,6 +13,12 @@ keeps the attempt (it is the same attempt going on, not a takeover). A request
 whose continuation was lost (Redis flushed, worker killed) is found by the
 sweeper once its lease has been expired for a grace period; that claim is a
 takeover and increments ``attempt``.
+
+A run that loses the database mid-way hands its lease on the same way: its
+retry names the attempt and the lease it last wrote, and takes the request
+back as soon as the database answers, if nothing was written since. If the
+statement that failed did commit (its answer was lost), the lease differs
+and the request waits for its lease to run out, as after any lost worker.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class Claim:
     learned: dict[Action, Learned] = field(default_factory=dict)
     # seconds after the send when a read last saw the old state (this run)
     waited_s: float = 0.0
+    # the lease this attempt last wrote (a retry after a lost database names it)
+    lease_until: datetime | None = None
     now_mono: float = field(default_factory=time.monotonic)
 
     def clock(self) -> datetime:
@@ -101,8 +109,9 @@ class Claim:
 
 
 class Parked(NamedTuple):
-    """What a continuation message names: the attempt that parked, and the lease it
-    parked with. Only the first claim after that park can match both."""
+    """What a continuation message names: the attempt that parked (or lost the
+    database), and the lease it last wrote. Only the first claim after that
+    write can match both; it may take the request at once, lease or not."""
 
     attempt: int | None
     until: datetime | None
@@ -119,8 +128,10 @@ def claim(
     records the ``started`` event. ``attempt`` (the fencing token) goes up by
     one, except for the continuation of a parked attempt (``continuing``),
     when the request still holds exactly the lease it was parked with: it
-    counts claims after a lost lease, not scheduled checks. A continuation
-    delivered twice, or one that arrives after any other claim, is a takeover.
+    counts claims after a lost lease, not scheduled checks. Such a
+    continuation may claim before that lease ends (the attempt that wrote it
+    has stopped). A continuation delivered twice, or one that arrives after
+    any other claim, is a takeover once the lease has run out.
 
     A request whose BMC credentials cannot be decrypted (this host's
     ``POWERQ_SECRET_KEY`` is not the one they were stored with) cannot run
@@ -168,7 +179,9 @@ _CLAIM = text(
              AND (r.not_before IS NULL OR r.not_before <= now())
              AND (r.start_by IS NULL OR r.start_by > now()))
             OR (r.status = 'running'
-                AND r.lease_expires_at <= now() + make_interval(secs => :tolerance_s)))
+                AND r.lease_expires_at <= now() + make_interval(secs => :tolerance_s))
+            OR (r.status = 'running' AND r.attempt = :continuing
+                AND r.lease_expires_at = :parked_until))
         RETURNING r.*
     ), started AS (
         INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
@@ -178,7 +191,7 @@ _CLAIM = text(
     SELECT c.id, c.attempt, c.action, c.next_step, c.started_at, c.deadline_at, c.checks,
            c.transient_errors, c.soft_fallback, c.observed_before, c.command_sent,
            c.command_sent_at, c.command_acked_at, c.fallback_sent_at, c.transition_seen_at,
-           c.boot_device, c.boot_persistent, c.boot_set_at, now() AS now,
+           c.boot_device, c.boot_persistent, c.boot_set_at, c.lease_expires_at, now() AS now,
            n.id AS node_id, n.name, n.driver, n.bmc_address, n.bmc_port, n.bmc_username,
            n.bmc_password_encrypted, n.bmc_system, n.verify_tls, n.ca_bundle,
            n.ipmi_cipher_suite, n.ipmi_privilege, n.ipmi_kg_encrypted,
@@ -250,6 +263,7 @@ def _snapshot(row: Row[Any], target: BmcTarget) -> Claim:
         boot_persistent=row.boot_persistent,
         boot_set_at=row.boot_set_at,
         learned=_learned(row),
+        lease_until=row.lease_expires_at,
     )
 
 
@@ -321,7 +335,7 @@ _MARK = text(
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
           AND command_sent_at IS NOT DISTINCT FROM :seen_sent_at
           AND fallback_sent_at IS NOT DISTINCT FROM :seen_fallback_at
-        RETURNING id, node_id
+        RETURNING id, node_id, lease_expires_at
     ), observed AS (
         UPDATE nodes
         SET power_state = CAST(:state AS power_state), power_state_at = :read_started,
@@ -332,7 +346,8 @@ _MARK = text(
         INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
         SELECT node_id, id, 'command_sent', 'executor', :message, CAST(:detail AS jsonb) FROM req
     )
-    SELECT now() AS now, EXISTS (SELECT 1 FROM req) AS owned
+    SELECT now() AS now, EXISTS (SELECT 1 FROM req) AS owned,
+           (SELECT lease_expires_at FROM req) AS lease_until
     """
 )
 
@@ -386,7 +401,14 @@ def mark_command_sent(
     now = row.now
     if not row.owned:
         return None
-    c = replace(c, now=now, now_mono=time.monotonic(), command_sent=command, command_acked_at=None)
+    c = replace(
+        c,
+        now=now,
+        now_mono=time.monotonic(),
+        command_sent=command,
+        command_acked_at=None,
+        lease_until=row.lease_until,
+    )
     return replace(c, fallback_sent_at=now) if fallback else replace(c, command_sent_at=now)
 
 
@@ -397,14 +419,15 @@ _OBSERVE = text(
         SET lease_expires_at = now() + make_interval(secs => :lease_s),
             command_acked_at = coalesce(command_acked_at, :acked_at)
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
-        RETURNING 1
+        RETURNING lease_expires_at
     ), observed AS (
         UPDATE nodes
         SET power_state = :state, power_state_at = :read_started, last_checked_at = now()
         WHERE id = :node_id AND EXISTS (SELECT 1 FROM owner)
           AND (power_state_at IS NULL OR power_state_at < :read_started)
     )
-    SELECT now() AS now, EXISTS (SELECT 1 FROM owner) AS owned
+    SELECT now() AS now, EXISTS (SELECT 1 FROM owner) AS owned,
+           (SELECT lease_expires_at FROM owner) AS lease_until
     """
 )
 
@@ -435,7 +458,9 @@ def record_observation(c: Claim, state: PowerState, *, lease_s: float) -> Claim 
         },
     )
     assert row is not None
-    return replace(c, now=row.now, now_mono=time.monotonic()) if row.owned else None
+    if not row.owned:
+        return None
+    return replace(c, now=row.now, now_mono=time.monotonic(), lease_until=row.lease_until)
 
 
 # Closing a request: the request row, the node's observed state and health,

@@ -12,10 +12,11 @@ does what the request says and records success or failure in PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, replace
 from datetime import datetime, timedelta
 
@@ -113,9 +114,41 @@ Outcome = Next | Done | Fenced
 )
 def step(request_id: str, continuing: int | None = None, parked_until: str | None = None) -> None:
     """Carry request ``request_id`` further (the message holds only the id, and for
-    a parked attempt's continuation its attempt number and parked lease)."""
+    a parked attempt's continuation its attempt number and parked lease).
+
+    :raises celery.exceptions.Retry: the database went away; the retry goes on
+        with the same attempt if nothing was written since (:class:`Interrupted`).
+    """
     parked = datetime.fromisoformat(parked_until) if parked_until else None
-    run_request(uuid.UUID(request_id), continuing=leases.Parked(continuing, parked))
+    try:
+        run_request(uuid.UUID(request_id), continuing=leases.Parked(continuing, parked))
+    except Interrupted as interrupted:
+        lease = interrupted.parked.until
+        raise step.retry(
+            kwargs={
+                "continuing": interrupted.parked.attempt,
+                "parked_until": lease.isoformat() if lease is not None else None,
+            },
+            exc=interrupted.__cause__,
+            countdown=verify.retry_delay(step.request.retries + 1),
+        ) from interrupted
+
+
+class Interrupted(Exception):
+    """The database went away while an attempt held its request.
+
+    ``parked`` names the attempt and the lease it last wrote: the retry claims
+    the request back with them as soon as the database answers, instead of
+    waiting for the lease to run out.
+    """
+
+    def __init__(self, c: Claim) -> None:
+        super().__init__(f"lost the database while running request {c.request_id}")
+        self.parked = leases.Parked(c.attempt, c.lease_until)
+
+
+# What says the database is gone (not a bug in a statement): retried, not failed.
+DATABASE_LOST = (OperationalError, PoolTimeout)
 
 
 def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = None) -> None:
@@ -132,25 +165,45 @@ def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = Non
     try:
         driver = _driver(c, settings.drivers)
     except (NotImplementedError, ValueError, BmcError) as exc:
-        _close(c, Done(RequestStatus.FAILED, error=f"cannot drive BMC {c.target.label}: {exc}"))
+        failed = Done(RequestStatus.FAILED, error=f"cannot drive BMC {c.target.label}: {exc}")
+        with _interrupted_as(c):
+            _close(c, failed)
         return
     with bmc_turn(c.node_id, timeout=BMC_TURN_WAIT_S) as taken:
         if taken:
             _drive(c, driver)
         else:  # another thread is still talking to this BMC: come back shortly
-            _park(c, Next(c.next_step, BUSY_BMC_RETRY_S, c))
+            with _interrupted_as(c):
+                _park(c, Next(c.next_step, BUSY_BMC_RETRY_S, c))
+
+
+@contextlib.contextmanager
+def _interrupted_as(c: Claim) -> Iterator[None]:
+    """Turn a lost database into :class:`Interrupted` for claim ``c``.
+
+    :raises Interrupted: the database went away inside the block.
+    """
+    try:
+        yield
+    except DATABASE_LOST as exc:
+        raise Interrupted(c) from exc
 
 
 def _drive(c: Claim, driver: PowerDriver) -> None:
-    """Perform steps while they are due within the horizon, then close or park."""
+    """Perform steps while they are due within the horizon, then close or park.
+
+    :raises Interrupted: the database went away (with the claim as last written).
+    """
     run_started = time.monotonic()
     outcome: Outcome = Next(c.next_step, 0, c)
     for _ in range(MAX_STEPS_PER_RUN):
-        outcome = perform(c, driver)
+        with _interrupted_as(c):
+            outcome = perform(c, driver)
         if isinstance(outcome, Fenced):
             return
         if isinstance(outcome, Done):
-            _close(outcome.claim or c, outcome)
+            with _interrupted_as(outcome.claim or c):
+                _close(outcome.claim or c, outcome)
             return
         c = outcome.claim
         if not _stays_in_run(outcome, time.monotonic() - run_started):
@@ -158,12 +211,19 @@ def _drive(c: Claim, driver: PowerDriver) -> None:
         if outcome.delay_s > 0:
             pause(outcome.delay_s)
     assert isinstance(outcome, Next)
+    with _interrupted_as(c):
+        _store_and_park(c, outcome)
+
+
+def _store_and_park(c: Claim, outcome: Next) -> None:
+    """Store the run's last unstored read, if any, then park."""
     if outcome.unstored is not None:
         stored = leases.record_observation(c, outcome.unstored, lease_s=get_settings().lease_s)
         if stored is None:
             return  # a newer attempt owns the request now
-        c = replace(c, now=stored.now, now_mono=stored.now_mono)
-    _park(c, outcome)
+        c = replace(c, now=stored.now, now_mono=stored.now_mono, lease_until=stored.lease_until)
+    with _interrupted_as(c):
+        _park(c, outcome)
 
 
 def _stays_in_run(outcome: Next, ran_s: float) -> bool:

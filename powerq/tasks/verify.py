@@ -28,7 +28,7 @@ CLOSE_BOUNDS_S = 0.05
 UNKNOWN_WINDOW_S = 3.0
 BACKOFF_FLOOR_S = 0.5
 MAX_CHECK_DELAY_S = 5.0
-MAX_RETRY_DELAY_S = 10.0
+MAX_RETRY_DELAY_S = 10
 
 
 class Verdict(enum.Enum):
@@ -144,7 +144,7 @@ def _bounded(delay_s: float) -> float:
 def retry_delay(transient_errors: int) -> float:
     """Seconds before retrying after the ``transient_errors``-th transient BMC error."""
     return float(
-        get_exponential_backoff_interval(1.0, transient_errors, MAX_RETRY_DELAY_S, full_jitter=True)
+        get_exponential_backoff_interval(1, transient_errors, MAX_RETRY_DELAY_S, full_jitter=True)
         or 0.5
     )
 
