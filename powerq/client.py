@@ -21,7 +21,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -84,6 +83,14 @@ def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return next((value for key, value in environ.items() if key.lower() == wanted), None)
 
 
+def _read_token(path: str) -> str | None:
+    """The token in the file at ``path`` (None if there is no such file)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
 class Client:
     """Calls the powerq API at ``base_url`` with a bearer ``token``."""
 
@@ -112,8 +119,8 @@ class Client:
         token = setting("POWERQ_TOKEN", environ)
         if not token:
             data_dir = setting("POWERQ_DATA_DIR", environ)
-            path = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir) / TOKEN_FILE
-            token = path.read_text().strip() if path.is_file() else None
+            path = os.path.join(DEFAULT_DATA_DIR if data_dir is None else data_dir, TOKEN_FILE)
+            token = _read_token(path)
         api_url = setting("POWERQ_API_URL", environ)
         return cls(DEFAULT_API_URL if api_url is None else api_url, token)
 

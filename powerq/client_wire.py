@@ -13,8 +13,7 @@ from __future__ import annotations
 import http.client
 import os
 import select
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
 if TYPE_CHECKING:
@@ -23,8 +22,7 @@ if TYPE_CHECKING:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """One HTTP response, read whole."""
 
     status: int

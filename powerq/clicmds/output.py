@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import click
 
@@ -46,8 +45,7 @@ def client() -> Client:
     return Client.from_environment()
 
 
-@dataclass(frozen=True)
-class Styled:
+class Styled(NamedTuple):
     """A cell with a colour (shown on a terminal only)."""
 
     text: str
@@ -61,8 +59,7 @@ class Styled:
         return f"[{self.style}]{self.text}[/{self.style}]" if self.style else self.text
 
 
-@dataclass(frozen=True)
-class Grid:
+class Grid(NamedTuple):
     """A table to print: its title, column headings (``None``: no header) and cells."""
 
     title: str | None
