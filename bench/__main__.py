@@ -30,6 +30,7 @@ BENCHMARKS = (
     "dead_bmc",
     "recovery",
     "import_nodes",
+    "cli_cost",
 )
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
@@ -43,6 +44,7 @@ ALL_DEFAULTS: dict[str, list[str]] = {
     "dead_bmc": [],
     "recovery": [],
     "import_nodes": [],
+    "cli_cost": [],
 }
 FULL_DEFAULTS: dict[str, list[str]] = {
     **ALL_DEFAULTS,

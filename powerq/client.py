@@ -1,4 +1,10 @@
-"""A small HTTP client of the powerq API, for the CLI (``requests``).
+"""A small HTTP client of the powerq API, for the CLI.
+
+It imports no server side (no settings model, no database, no Celery) and no
+third-party HTTP library: :mod:`powerq.client_wire` speaks HTTP with the
+standard library, and :meth:`Client.from_environment` reads the three
+``POWERQ_*`` variables it needs itself, so ``powerq power NODE query`` starts
+in a few hundredths of a second.
 
 Every failure becomes a :class:`~powerq.errors.PowerqError` with one clear
 line: the API's own problem+json ``detail`` (with the HTTP status), or what
@@ -9,15 +15,16 @@ traceback.
 
 from __future__ import annotations
 
+import http.client
+import json as jsonlib
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode
 
-import requests
-
-from powerq.config import Settings, load_settings
+from powerq.client_wire import Answer, Wire
 from powerq.errors import ConfigError, PowerqError, ServiceUnavailable
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -27,7 +34,9 @@ BATCH_PAGE_SIZE = 2000
 # Hang guard for paging through lists (PAGE_SIZE x MAX_PAGES items).
 MAX_PAGES = 1000
 TOKEN_FILE = "admin-token"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+# The defaults of powerq.config.Settings (api_url, data_dir), which the server side reads.
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+DEFAULT_DATA_DIR = ".powerq"
 
 T = TypeVar("T")
 
@@ -52,47 +61,68 @@ class WaitTimeout(PowerqError):
     """What was waited for had not finished in time (it goes on in the server)."""
 
 
-def _reason(exc: requests.RequestException) -> str:
-    text = str(exc).lower()
-    for needle, reason in (
-        ("connection refused", "connection refused"),
-        ("name or service not known", "unknown host"),
-        ("nodename nor servname", "unknown host"),
-        ("timed out", "timed out"),
-        ("connection reset", "connection reset"),
-        ("remote end closed", "connection closed"),
-    ):
-        if needle in text:
-            return reason
+def _reason(exc: OSError | http.client.HTTPException) -> str:
+    """A few words for why a connection failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
     return type(exc).__name__
+
+
+def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``POWERQ_*`` variable ``name``, its case ignored as pydantic-settings does."""
+    environ = os.environ if environ is None else environ
+    if name in environ:
+        return environ[name]
+    wanted = name.lower()
+    return next((value for key, value in environ.items() if key.lower() == wanted), None)
+
+
+def _read_token(path: str) -> str | None:
+    """The token in the file at ``path`` (None if there is no such file)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
 
 
 class Client:
     """Calls the powerq API at ``base_url`` with a bearer ``token``."""
 
     def __init__(self, base_url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT_S):
+        """:raises ConfigError: ``base_url`` is not an ``http(s)://`` URL with a host."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self.session = requests.Session()
-        if urlsplit(self.base_url).hostname in _LOOPBACK:
-            self.session.trust_env = False  # never send loopback calls through a proxy
+        try:
+            self.wire = Wire(self.base_url, timeout)  # loopback never goes through a proxy
+        except ValueError:
+            raise ConfigError(
+                f"POWERQ_API_URL must be an http:// or https:// URL (got {base_url!r})"
+            ) from None
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Client:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Client:
         """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached).
 
         Without ``POWERQ_TOKEN``, the admin token ``powerq up`` wrote into
-        ``$POWERQ_DATA_DIR`` is used when it exists.
+        ``$POWERQ_DATA_DIR`` is used when it exists. The defaults are those of
+        :class:`powerq.config.Settings`.
 
-        :raises ConfigError: a ``POWERQ_*`` setting is malformed.
+        :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL.
         """
-        settings = settings or load_settings()
-        token = settings.token
+        token = setting("POWERQ_TOKEN", environ)
         if not token:
-            path = Path(settings.data_dir) / TOKEN_FILE
-            token = path.read_text().strip() if path.is_file() else None
-        return cls(settings.api_url, token)
+            data_dir = setting("POWERQ_DATA_DIR", environ)
+            path = os.path.join(DEFAULT_DATA_DIR if data_dir is None else data_dir, TOKEN_FILE)
+            token = _read_token(path)
+        api_url = setting("POWERQ_API_URL", environ)
+        return cls(DEFAULT_API_URL if api_url is None else api_url, token)
 
     # --- transport ----------------------------------------------------------------
     def call(
@@ -122,40 +152,42 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
             headers["Content-Type"] = content_type
-        url = self.base_url + path
+        if json is not None:
+            data = jsonlib.dumps(json, allow_nan=False).encode()
+            headers["Content-Type"] = "application/json"
+        query = {key: value for key, value in (params or {}).items() if value is not None}
+        target = path + ("?" + urlencode(query, doseq=True) if query else "")
         try:
-            response = self.session.request(
-                method, url, json=json, params=params, data=data, headers=headers,
-                timeout=self.timeout,
-            )  # fmt: skip
-        except requests.Timeout:
+            answer = self.wire.send(method, target, data, headers)
+        except TimeoutError:
             raise ApiUnreachable(
                 f"the powerq API at {self.base_url} did not answer within {self.timeout:.0f}s"
             ) from None
-        except requests.RequestException as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise ApiUnreachable(
                 f"cannot reach the powerq API at {self.base_url}: {_reason(exc)} "
                 "— is `powerq up` running?"
             ) from None
-        return self._decode(response)
+        return self._decode(method, self.base_url + target, answer)
 
-    def _decode(self, response: requests.Response) -> Any:
-        if response.status_code == 204:
+    def _decode(self, method: str, url: str, answer: Answer) -> Any:
+        """The JSON body of a successful answer.
+
+        :raises ApiError: an error status, or a success without JSON.
+        """
+        if answer.status == 204:
             return None
         try:
-            body = response.json()
+            body = jsonlib.loads(answer.body)
         except ValueError:
             body = None
-        if response.ok:
+        if answer.status < 400:
             if body is None:
-                raise ApiError(response.status_code, f"{response.url} did not answer with JSON")
+                raise ApiError(answer.status, f"{url} did not answer with JSON")
             return body
         if isinstance(body, dict) and isinstance(body.get("detail"), str):
-            raise ApiError(response.status_code, body["detail"], body)
-        raise ApiError(
-            response.status_code,
-            f"{response.request.method} {response.url} failed: {response.reason}",
-        )
+            raise ApiError(answer.status, body["detail"], body)
+        raise ApiError(answer.status, f"{method} {url} failed: {answer.reason}")
 
     # --- resources -----------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -1,17 +1,27 @@
-"""How the API commands print: rich tables for people, ``--json`` for scripts."""
+"""How the API commands print: tables for people, ``--json`` for scripts.
+
+On a terminal a table is drawn by rich; anywhere else (a pipe, a file, a
+script's capture) it is plain aligned text, one row per line, never folded,
+and rich is not imported at all: it costs more CPU to import than the rest of
+``powerq power NODE query`` together. The progress bars of ``--wait`` are
+rich's, on stderr.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from powerq.client import Client
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 STYLES = {
     "succeeded": "green",
@@ -24,24 +34,75 @@ STYLES = {
     "held": "dim",
 }
 FINISHED = ("succeeded", "failed", "cancelled")
+GAP = "  "  # between the columns of a plain table
 
 
 def client() -> Client:
-    """The API client for this invocation (settings read now).
+    """The API client for this invocation (``POWERQ_*`` read now).
 
-    :raises ConfigError: a ``POWERQ_*`` setting is malformed.
+    :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL.
     """
-    return Client.from_settings()
+    return Client.from_environment()
 
 
-def out() -> Console:
-    """Console on stdout (tables)."""
-    return Console(highlight=False)
+class Styled(NamedTuple):
+    """A cell with a colour (shown on a terminal only)."""
+
+    text: str
+    style: str | None
+
+    def __str__(self) -> str:
+        return self.text
+
+    def markup(self) -> str:
+        """The text in rich markup."""
+        return f"[{self.style}]{self.text}[/{self.style}]" if self.style else self.text
+
+
+class Grid(NamedTuple):
+    """A table to print: its title, column headings (``None``: no header) and cells."""
+
+    title: str | None
+    columns: Sequence[str] | None
+    rows: Sequence[Sequence[Any]]
+
+    def width(self) -> int:
+        """How many columns."""
+        return len(self.columns) if self.columns is not None else 2
+
+
+class Printer:
+    """Prints grids on ``stream``: rich on a terminal, plain text otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def print(self, grid: Grid) -> None:
+        """Print ``grid`` (and its title)."""
+        if self.stream.isatty():
+            console(self.stream).print(rich_table(grid))
+        else:
+            click.echo(plain(grid), file=self.stream, nl=False)
+
+
+def out() -> Printer:
+    """The printer of stdout (tables)."""
+    return Printer(sys.stdout)
 
 
 def err() -> Console:
-    """Console on stderr (progress)."""
-    return Console(stderr=True, highlight=False)
+    """Console on stderr (progress).
+
+    :raises ImportError: rich is not installed.
+    """
+    return console(sys.stderr)
+
+
+def console(stream: IO[str]) -> Console:
+    """A rich console on ``stream`` (rich imported now)."""
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False)
 
 
 def echo_json(value: Any) -> None:
@@ -49,29 +110,56 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-def styled(state: str) -> str:
-    """``state`` with its colour markup."""
-    style = STYLES.get(state)
-    return f"[{style}]{state}[/{style}]" if style else state
+def styled(state: str) -> Styled:
+    """``state`` with its colour."""
+    return Styled(state, STYLES.get(state))
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    """A plain rich table."""
-    result = Table(title=title, title_justify="left", header_style="bold")
-    for column in columns:
-        result.add_column(column, overflow="fold")
-    for row in rows:
-        result.add_row(*("" if cell is None else str(cell) for cell in row))
-    return result
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Grid:
+    """A table with a header row."""
+    return Grid(title, tuple(columns), [tuple(row) for row in rows])
 
 
-def key_values(title: str, pairs: Iterable[tuple[str, Any]]) -> Table:
-    """A two-column table of fields."""
-    result = Table(title=title, title_justify="left", show_header=False, box=None)
-    result.add_column(style="bold")
-    result.add_column(overflow="fold")
-    for key, value in pairs:
-        result.add_row(key, "" if value is None else str(value))
+def key_values(title: str, pairs: Iterable[tuple[str, Any]]) -> Grid:
+    """A two-column table of fields (no header)."""
+    return Grid(title, None, [tuple(pair) for pair in pairs])
+
+
+def _cell(value: Any) -> str:
+    """A cell as one line of text (``None`` is blank)."""
+    return "" if value is None else " ".join(str(value).splitlines())
+
+
+def plain(grid: Grid) -> str:
+    """``grid`` as aligned text: its title, the header, one line per row."""
+    lines = [[_cell(value) for value in row] for row in grid.rows]
+    if grid.columns is not None:
+        lines.insert(0, list(grid.columns))
+    widths = [max((len(line[i]) for line in lines if i < len(line)), default=0)
+              for i in range(grid.width())]  # fmt: skip
+    text = [grid.title] if grid.title else []
+    for line in lines:
+        text.append(GAP.join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip())
+    return "".join(f"{line}\n" for line in text)
+
+
+def rich_table(grid: Grid) -> Table:
+    """``grid`` as a rich table (rich imported now): what a terminal shows."""
+    from rich.table import Table
+
+    def cell(value: Any) -> str:
+        return value.markup() if isinstance(value, Styled) else "" if value is None else str(value)
+
+    if grid.columns is None:
+        result = Table(title=grid.title, title_justify="left", show_header=False, box=None)
+        result.add_column(style="bold")
+        result.add_column(overflow="fold")
+    else:
+        result = Table(title=grid.title, title_justify="left", header_style="bold")
+        for column in grid.columns:
+            result.add_column(column, overflow="fold")
+    for row in grid.rows:
+        result.add_row(*(cell(value) for value in row))
     return result
 
 
@@ -87,7 +175,15 @@ def request_fields(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def progress(description: str) -> Progress:
-    """A progress bar on stderr: description, bar, done/total, elapsed."""
+    """A progress bar on stderr: description, bar, done/total, elapsed (rich imported now)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
