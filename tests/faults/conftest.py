@@ -33,6 +33,9 @@ FAST_PERIODS = {
     "POWERQ_REDISPATCH_AFTER_S": "3",
     "POWERQ_MONITOR_INTERVAL_S": "2",
     "POWERQ_FAULT_RECHECK_S": "2",
+    # the shortest lease the settings allow (above the control worker's time limit):
+    # a request whose worker vanished is taken over after it
+    "POWERQ_LEASE_S": "31",
 }
 
 

@@ -104,12 +104,12 @@ def test_lane_worker_sigkilled_repeatedly(fault_stack: StackFactory) -> None:
 def test_beat_stopped_for_a_while_then_restarted(fault_stack: StackFactory) -> None:
     # One BMC at a time per lane: most wake-ups wait in Redis, where the flush
     # drops them (what a lane worker already holds, it runs to the end).
-    stack = fault_stack(nodes=30, transition=2.0, env={"POWERQ_LANE_FANOUT": "1"})
+    stack = fault_stack(nodes=12, transition=1.0, env={"POWERQ_LANE_FANOUT": "1"})
     stack.processes.stop("beat")
     ids = _mixed(stack)
     _assert_in_flight(stack, ids)
     stack.redis.flushall()  # only the sweeper can bring these back
-    time.sleep(15)  # 15 sweep periods and 5 re-dispatch periods of this stack, without beat
+    time.sleep(8)  # 8 sweep periods and 2 re-dispatch periods of this stack, without beat
     stuck = [
         r for r in stack.requests(ids).values()
         if r.status in (RequestStatus.PENDING, RequestStatus.RUNNING)
