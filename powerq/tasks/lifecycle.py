@@ -32,7 +32,7 @@ _LANE_HOST_PREFIX = "lane"
 
 
 def lane_of_hostname(hostname: str) -> int | None:
-    """The lane of a worker named ``laneK@host`` (see ``worker_argv``), else None."""
+    """The lane of a worker named ``laneK@host`` (see :mod:`powerq.tasks.worker`), else None."""
     name = hostname.split("@", 1)[0]
     if not name.startswith(_LANE_HOST_PREFIX) or not name[len(_LANE_HOST_PREFIX) :].isdigit():
         return None
