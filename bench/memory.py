@@ -13,7 +13,7 @@ Two measurements, against one baseline, in the same run:
   divided by the workers forked from it). Processes are counted in three
   parties: powerq's own (supervisor, lanes, control worker, API), the
   simulated fleet (stands in for the hardware), and the embedded services
-  (Redis, and PostgreSQL: 4 server processes plus one backend per open
+  (Redis, and PostgreSQL: 5 server processes plus one backend per open
   connection).
 * **Procfile lanes** (``--from-batch``): the lanes of the benchmark 1 run
   that just finished (``bench/results/batch.json``), each one
