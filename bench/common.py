@@ -573,8 +573,8 @@ def register_nodes(manifest: Sequence[dict[str, Any]]) -> list[str]:
 
 @dataclass
 class LaneWorkers:
-    """``powerq worker --lane K`` for K in 0..lanes-1, as shipped (a supervisor and a
-    Celery worker with a thread pool of ``POWERQ_LANE_FANOUT``)."""
+    """``powerq worker --lane K`` for K in 0..lanes-1, as the Procfile runs them (one
+    Celery worker process with a thread pool of ``POWERQ_LANE_FANOUT``)."""
 
     group: Any
     lanes: int
@@ -583,9 +583,7 @@ class LaneWorkers:
     @property
     def roles(self) -> dict[int, str]:
         """Process role by depth in a lane's process tree."""
-        if self.whatif:
-            return {0: "celery main", 1: "prefork child"}
-        return {0: "supervisor", 1: "celery main"}
+        return {0: "celery main", 1: "child"}
 
     def _argv(self, lane: int) -> list[str]:
         if self.whatif:
@@ -617,7 +615,7 @@ class LaneWorkers:
         return time.monotonic() - started
 
     def pids(self) -> dict[int, list[tuple[int, int]]]:
-        """Each lane's process tree (supervisor, celery main)."""
+        """Each lane's process tree (the Celery worker, nothing below it)."""
         return {
             lane: descendants(self.group.children[f"lane{lane}"].process.pid)
             for lane in range(self.lanes)

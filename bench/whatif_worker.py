@@ -53,10 +53,9 @@ def main(argv: list[str]) -> None:
     """Patch, then run the lane's Celery worker as ``powerq worker --lane K`` would."""
     lane = int(argv[0])
     apply()
-    from powerq.tasks.app import app
-    from powerq.tasks.cli import worker_argv
+    from powerq.tasks.worker import parse, serve
 
-    app.worker_main(worker_argv(lane, "WARNING"))
+    sys.exit(serve(parse(["lane", str(lane), "--loglevel", "WARNING"])))
 
 
 if __name__ == "__main__":

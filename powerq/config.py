@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(
         default=3, ge=0, description="Extra PostgreSQL connections a process may open at a peak"
     )
+    db_statement_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="PostgreSQL cancels a statement running longer (0: never); bounds every "
+        "database call of workers and API where no task time limit does",
+    )
+    restart_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="powerq up: longest wait before restarting a dead child"
+    )
+    restart_burst: int = Field(
+        default=5, ge=1, description="powerq up: restarts of one child allowed at once ..."
+    )
+    restart_window_s: float = Field(
+        default=60.0, gt=0, description="... and refilled over this many seconds (token bucket)"
+    )
     redispatch_after_s: float = Field(
         default=10.0,
         gt=0,

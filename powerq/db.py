@@ -62,10 +62,24 @@ def engine_for(url: str) -> Engine:
             sqlalchemy_url(url),
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            connect_args=connect_args(settings.db_statement_timeout_s),
         )
         _ping_when_idle(engine)
         _engines[url] = engine
     return _engines[url]
+
+
+CONNECT_TIMEOUT_S = 5
+
+
+def connect_args(statement_timeout_s: float) -> dict[str, Any]:
+    """psycopg connect arguments: a bounded connect, and PostgreSQL's
+    ``statement_timeout`` set per session (the bound on every statement a lane
+    worker's threads run: Celery's time limits do not apply to a thread pool)."""
+    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if statement_timeout_s > 0:
+        args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    return args
 
 
 # A pooled connection idle this long is pinged before use; busier ones are not.

@@ -32,3 +32,9 @@ def downgrade(database_url: str, revision: str = "base") -> None:
     :raises sqlalchemy.exc.OperationalError: the database cannot be reached.
     """
     command.downgrade(alembic_config(database_url), revision)
+
+
+if __name__ == "__main__":  # ``python -m powerq.migrate``: what ``powerq up`` runs
+    from powerq.config import get_settings
+
+    upgrade(get_settings().database_url or "")

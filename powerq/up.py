@@ -1,21 +1,40 @@
 """``powerq up``: the whole stack in one process tree, for a first run or a demo.
 
-Starts, in order: PostgreSQL and Redis (embedded when no URLs are set),
-migrations, a simulated IPMI fleet registered as nodes, the API (gunicorn),
-one worker per lane, the control worker, beat, and optionally Flower. Prints
-where everything is and an admin token, then supervises until Ctrl-C or
-SIGTERM, when it stops every child (whole process groups) and the embedded
-services, leaving no process behind.
+Starts, in order: PostgreSQL and Redis (embedded, as children, when no URLs
+are set), migrations, a simulated IPMI fleet registered as nodes, one worker
+per lane and the control worker (with beat), the API (gunicorn), and
+optionally Flower. Prints where everything is and an admin token, then
+supervises until Ctrl-C or SIGTERM, when it stops every child and the
+embedded services, leaving no process behind.
+
+Process model (see docs/design.md, "Processes"):
+
+* This process is the supervisor. It holds ``DATA_DIR/up.lock`` (flock) for
+  its whole life: a second ``powerq up`` on the same data dir says which one
+  runs and exits 1.
+* Lane workers and the control worker are forked from it after it imported
+  their modules (:func:`powerq.tasks.worker.preload`), so they share those
+  pages: a lane costs what it writes, not a whole interpreter with Celery,
+  SQLAlchemy and powerq.
+* Every child gets a parent-death signal, so even SIGKILL of this process
+  stops them all within a second or two (the embedded PostgreSQL with a fast
+  shutdown); a server an earlier crash left running is stopped at start.
+* A child that dies is started again with exponential backoff and a restart
+  budget that refills over time (:class:`powerq.supervisor.RestartPolicy`):
+  a crash-looping lane is retried more slowly, never given up on, and the
+  rest of the stack (the API included) keeps running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
-import socket
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,23 +42,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 import click
 from sqlalchemy.orm import Session
 
 from powerq.config import get_settings
-from powerq.db import session_scope
+from powerq.db import reset_engines, session_scope
 from powerq.errors import ServiceUnavailable
 from powerq.inventory import ImportOutcome, NodeSpec, import_node
-from powerq.migrate import upgrade
-from powerq.services import ensure_services, free_tcp_port
+from powerq.services import (
+    ServerSpec,
+    create_database,
+    free_tcp_port,
+    postgres_server,
+    redis_server,
+    stop_stale_servers,
+)
 from powerq.states import DriverKind
-from powerq.supervisor import ProcessGroup
+from powerq.supervisor import Backoff, Child, ProcessGroup, RestartPolicy
 from powerq.tokens import create_token, verify_token
 
 ADMIN_TOKEN_FILE = "admin-token"
+LOCK_FILE = "up.lock"
+FLEET_STATE_FILE = "simfleet-state.json"
 READY_TIMEOUT_S = 120.0
-_MAX_RESTARTS = 5
+SERVICE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,37 +94,96 @@ class _Stop(Exception):
 @click.option("--port", default=8000, show_default=True, help="API port.")
 @click.option("--flower/--no-flower", default=False, help="Also run Celery Flower.")
 @click.option("--flower-port", default=5555, show_default=True)
-@click.option("--api-workers", default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--api-workers", default=1, show_default=True, help="gunicorn worker processes.")
 def up(**options: object) -> None:
     """Run the whole stack until Ctrl-C (embedded services when no URLs are set)."""
     run(UpOptions(**options))  # type: ignore[arg-type]
 
 
 def run(options: UpOptions) -> None:
-    """Start everything, supervise, and stop everything on a signal."""
+    """Start everything, supervise, and stop everything on a signal.
+
+    :raises SystemExit: another ``powerq up`` holds this data dir (one line, exit 1).
+    """
     data_dir = get_settings().data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)  # the admin token goes there even with URLs set
-    with _signals_stop(), ensure_services() as services:
-        upgrade(services.database_url)
-        group = ProcessGroup(env=_child_env(options), log_dir=data_dir / "logs")
+    api_url = f"http://{options.host}:{options.port}"
+    lock = _lock_data_dir(data_dir, api_url)
+    group = ProcessGroup(env=dict(os.environ), log_dir=data_dir / "logs", die_with_parent=True)
+    with _signals_stop():
         try:
+            embedded = _start_services(group, data_dir)
+            group.env = _child_env(options)
+            _migrate(data_dir)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
-            _start_celery(group, options)
-            api_url = _start_api(group, options)
-            _wait_workers(group)
-            _announce(options, api_url, token, nodes, data_dir, services.embedded)
-            _supervise(group)
+            _start_workers(group, data_dir, lock.fileno())
+            _start_api(group, options, api_url)
+            _wait_workers(group, data_dir)
+            if options.flower:
+                _start_flower(group, options)
+            _announce(options, api_url, token, nodes, data_dir, embedded)
+            _supervise(group, _restart_policy())
         except _Stop:
             click.echo("stopping …")
         finally:
             _stop_everything(group)
+    lock.close()
     click.echo("stopped")
 
 
+def _lock_data_dir(data_dir: Path, api_url: str) -> IO[str]:
+    """Hold ``DATA_DIR/up.lock`` (flock) with our pid and API URL in it, for as long
+    as this process lives (the kernel lets go when it dies, however it dies).
+
+    :raises SystemExit: another process holds it (one line naming it, exit 1).
+    """
+    handle = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().split()
+        pid, url = ([*holder, "?", "?"])[:2]
+        click.echo(f"powerq up is already running for {data_dir} (pid {pid}, API {url})", err=True)
+        sys.exit(1)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()} {api_url}\n")
+    handle.flush()
+    return handle
+
+
+def _start_services(group: ProcessGroup, data_dir: Path) -> bool:
+    """Run an embedded PostgreSQL and Redis for whichever URL is not configured
+    (first stopping any an earlier crash left running); export their URLs for
+    this process and every child. Returns whether any was started.
+
+    :raises ServiceUnavailable: one did not start.
+    """
+    settings = get_settings()
+    servers: list[tuple[str, Callable[[], ServerSpec]]] = []
+    if not settings.database_url:
+        servers.append(("POWERQ_DATABASE_URL", lambda: postgres_server(data_dir)))
+    if not settings.broker_url:
+        servers.append(("POWERQ_BROKER_URL", lambda: redis_server(data_dir)))
+    if servers:
+        for stale in stop_stale_servers(data_dir):
+            click.echo(f"powerq up: stopped {stale}, left running by an earlier run")
+    for variable, make in servers:
+        server = make()
+        group.start(server.name, server.argv, stop_signal=server.stop_signal, user=server.user)
+        _wait_for(server.ready, group, server.name, f"embedded {server.name}", SERVICE_TIMEOUT_S)
+        os.environ[variable] = server.url
+        if server.name == "postgres":
+            create_database(server.url)
+    get_settings.cache_clear()
+    return bool(servers)
+
+
 def _child_env(options: UpOptions) -> dict[str, str]:
-    """The children's environment. Flower's setting is in it (not only in Flower's
-    own start) so that a Flower restarted by :func:`_supervise` keeps its API."""
+    """The children's environment (with the services' URLs). Flower's settings are
+    in it (not only in Flower's own start) so that a restarted Flower keeps its API."""
     env = dict(os.environ)
     if options.flower:
         env["FLOWER_UNAUTHENTICATED_API"] = "1"  # bound to 127.0.0.1 only
@@ -104,14 +191,24 @@ def _child_env(options: UpOptions) -> dict[str, str]:
     return env
 
 
+def _migrate(data_dir: Path) -> None:
+    """Apply migrations in a short-lived child, so that Alembic and Mako are
+    never loaded into this long-lived process (nor shared by its workers).
+
+    :raises ServiceUnavailable: migrations failed (the output says why).
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "powerq.migrate"], capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        raise ServiceUnavailable(f"migrations failed: {done.stderr.strip()[-2000:]}")
+
+
 def _stop_everything(group: ProcessGroup) -> None:
-    """SIGTERM every child but the simulated fleet at once (so they shut down in
-    parallel, not one after another), then stop them all newest first: the fleet
-    goes last, after the workers that talk to it."""
-    for child in list(group.children.values()):
-        if child.name != "simfleet":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.process.pid, signal.SIGTERM)
+    """Ask every child but the fleet and the services to stop at once (they shut
+    down in parallel), then stop them all newest first: the fleet and the
+    embedded services go last, after the workers that use them."""
+    group.signal_all(skip=("simfleet", "postgres", "redis"))
     group.stop_all()
 
 
@@ -133,19 +230,25 @@ def _signals_stop() -> Iterator[None]:
 
 
 def _start_fleet(group: ProcessGroup, options: UpOptions, data_dir: Path) -> int:
-    """Run the simulated fleet and register its BMCs as nodes; return how many."""
-    from powerq.bmc.simfleet.ports import free_udp_range
+    """Run the simulated fleet and register its BMCs as nodes; return how many.
 
+    The fleet keeps its ports and its machines' power states across restarts
+    of ``powerq up`` (``simfleet-state.json`` in the data dir), so the nodes'
+    recorded states stay true.
+    """
     manifest = data_dir / "fleet.json"
+    state = data_dir / FLEET_STATE_FILE
+    base_port = _fleet_base_port(manifest, options.sim_nodes)
     manifest.unlink(missing_ok=True)
     group.python(
         "simfleet",
         "powerq.bmc.simfleet",
         "--count", str(options.sim_nodes),
-        "--base-port", str(free_udp_range(options.sim_nodes)),
+        "--base-port", str(base_port),
         "--transition", str(options.transition),
         "--manifest", str(manifest),
         "--control-port", str(free_tcp_port()),
+        "--state", str(state),
     )  # fmt: skip
     _wait_for(lambda: manifest.exists(), group, "simfleet", "the simulated fleet")
     rows = json.loads(manifest.read_text())
@@ -166,6 +269,19 @@ def _start_fleet(group: ProcessGroup, options: UpOptions, data_dir: Path) -> int
     for outcome in refused:
         click.echo(f"powerq up: fleet node {outcome.name} not registered: {outcome.detail}")
     return len(rows) - len(refused)
+
+
+def _fleet_base_port(manifest: Path, count: int) -> int:
+    """The previous run's first port if the fleet had the same size and those
+    ports are free again, else a fresh free range."""
+    from powerq.bmc.simfleet.ports import _udp_range_free, free_udp_range
+
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        rows = json.loads(manifest.read_text())
+        base = int(rows[0]["port"])
+        if len(rows) == count and _udp_range_free("127.0.0.1", base, count):
+            return base
+    return free_udp_range(count)
 
 
 def _register_fleet(session: Session, specs: list[NodeSpec]) -> list[ImportOutcome]:
@@ -207,45 +323,60 @@ def _admin_token(data_dir: Path) -> str:
     return token
 
 
-def _start_celery(group: ProcessGroup, options: UpOptions) -> None:
-    for lane in range(get_settings().lanes):
-        group.python(f"lane{lane}", "powerq.cli", "worker", "--lane", str(lane))
-    group.python("control", "powerq.cli", "worker", "--control")
-    group.python("beat", "powerq.cli", "beat")
-    if options.flower:
-        group.python(
-            "flower",
-            "celery", "-A", "powerq.tasks", "flower",
-            "--address=127.0.0.1", f"--port={options.flower_port}",
-        )  # fmt: skip
+def _start_workers(group: ProcessGroup, data_dir: Path, lock_fd: int) -> None:
+    """Fork one worker per lane and the control worker (which runs beat too).
 
-
-def _wait_workers(group: ProcessGroup) -> None:
-    """Wait until every lane worker and the control worker answer a ping.
-
-    ``powerq worker`` restarts its Celery worker by itself, so a worker that
-    cannot start (e.g. a broken installation) never shows up as a dead child:
-    only a ping tells that the lanes really run.
-
-    :raises ServiceUnavailable: some did not answer in time (their logs are named).
+    Their modules are imported here first, and the database pool emptied, so
+    that every fork shares the imported pages and inherits no connection.
     """
-    from powerq.tasks.app import app
+    from powerq.tasks import worker
+    from powerq.tasks.lifecycle import preload_drivers
 
-    host = socket.gethostname()
-    names = {f"lane{lane}": f"lane{lane}@{host}" for lane in range(get_settings().lanes)}
-    names["control"] = f"control@{host}"
-    waiting = dict(names)
+    worker.preload("control")
+    worker.preload("lane")
+    preload_drivers()  # the drivers the nodes use, once for every lane
+    reset_engines()
+    if threading.active_count() != 1:  # fork copies only the calling thread
+        raise RuntimeError(f"cannot fork workers: {threading.enumerate()}")
+    import gc
+
+    gc.freeze()  # the collector must not write to the shared pages
+    ready = data_dir / "run"
+    ready.mkdir(exist_ok=True)
+    for lane in range(get_settings().lanes):
+        _fork_worker(group, f"lane{lane}", ["lane", str(lane)], ready, lock_fd)
+    _fork_worker(group, "control", ["control", "--beat"], ready, lock_fd)
+
+
+def _fork_worker(
+    group: ProcessGroup, name: str, args: list[str], ready: Path, lock_fd: int
+) -> Child:
+    from powerq.tasks import worker
+
+    parsed = worker.parse(args)
+    ready_file = ready / f"{name}.ready"
+    ready_file.unlink(missing_ok=True)
+    return group.fork(name, lambda: worker.serve(parsed, ready_file), close_fds=[lock_fd])
+
+
+def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:
+    """Wait until every lane worker and the control worker is consuming (each
+    writes ``DATA_DIR/run/NAME.ready`` when Celery says it is ready).
+
+    :raises ServiceUnavailable: some did not get ready in time (their logs are named).
+    """
+    names = [f"lane{lane}" for lane in range(get_settings().lanes)] + ["control"]
     deadline = time.monotonic() + READY_TIMEOUT_S
+    waiting = names
     while waiting and time.monotonic() < deadline:
-        for reply in app.control.ping(destination=list(waiting.values()), timeout=1.0):
-            waiting = {child: node for child, node in waiting.items() if node not in reply}
+        waiting = [n for n in waiting if not (data_dir / "run" / f"{n}.ready").exists()]
+        time.sleep(0.2)
     if waiting:
-        logs = ", ".join(str(group.children[child].log_path) for child in sorted(waiting))
-        raise ServiceUnavailable(f"{', '.join(sorted(waiting))} did not start; see {logs}")
+        logs = ", ".join(str(group.children[child].log_path) for child in waiting)
+        raise ServiceUnavailable(f"{', '.join(waiting)} did not start; see {logs}")
 
 
-def _start_api(group: ProcessGroup, options: UpOptions) -> str:
-    url = f"http://{options.host}:{options.port}"
+def _start_api(group: ProcessGroup, options: UpOptions, url: str) -> None:
     group.python(
         "api",
         "gunicorn",
@@ -256,7 +387,18 @@ def _start_api(group: ProcessGroup, options: UpOptions) -> str:
         "powerq.api.wsgi:app",
     )  # fmt: skip
     _wait_for(lambda: _healthy(url), group, "api", f"the API at {url}")
-    return url
+
+
+def _start_flower(group: ProcessGroup, options: UpOptions) -> None:
+    """Flower (2.2 installs a SIGTERM handler that exits; measured: it stops within
+    1-2 s of SIGTERM, also while its first inspection of the workers is in flight)."""
+    group.start(
+        "flower",
+        [
+            sys.executable, "-m", "celery", "-A", "powerq.tasks", "flower",
+            "--address=127.0.0.1", f"--port={options.flower_port}",
+        ],
+    )  # fmt: skip
 
 
 def _healthy(url: str) -> bool:
@@ -268,12 +410,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _wait_for(ready: Callable[[], bool], group: ProcessGroup, child: str, what: str) -> None:
+def _wait_for(
+    ready: Callable[[], bool],
+    group: ProcessGroup,
+    child: str,
+    what: str,
+    timeout: float = READY_TIMEOUT_S,
+) -> None:
     """Poll ``ready()`` until true.
 
     :raises ServiceUnavailable: the child died or did not get ready in time.
     """
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
             return
@@ -311,15 +459,33 @@ def _announce(
     sys.stdout.flush()
 
 
-def _supervise(group: ProcessGroup) -> None:
-    """Restart a child that died (a few times), until a signal stops us."""
-    restarts: dict[str, int] = {}
+def _restart_policy() -> RestartPolicy:
+    settings = get_settings()
+    return RestartPolicy(
+        max_s=settings.restart_backoff_max_s,
+        burst=settings.restart_burst,
+        window_s=settings.restart_window_s,
+    )
+
+
+def _supervise(group: ProcessGroup, policy: RestartPolicy) -> None:
+    """Start again every child that dies, after its backoff, until a signal stops us."""
+    backoffs: dict[str, Backoff] = {}
+    due: dict[str, float] = {}
     while True:
-        time.sleep(1.0)
+        time.sleep(0.2)
+        now = time.monotonic()
         for child in group.dead():
-            count = restarts.get(child.name, 0) + 1
-            if count > _MAX_RESTARTS:
-                raise ServiceUnavailable(f"{child.name} keeps dying; see {child.log_path}")
-            restarts[child.name] = count
-            click.echo(f"{child.name} exited ({child.process.returncode}); restarting", err=True)
-            group.start(child.name, child.argv)
+            if child.name in due:
+                continue
+            backoff = backoffs.setdefault(child.name, Backoff(policy, now))
+            delay = backoff.delay(now - child.started, now)
+            due[child.name] = now + delay
+            click.echo(
+                f"{child.name} exited ({child.process.returncode}); restarting in {delay:.1f} s",
+                err=True,
+            )
+        for name, when in list(due.items()):
+            if now >= when:
+                del due[name]
+                group.restart(name)

@@ -68,6 +68,11 @@ from powerq.bmc.simfleet.server import serve
 @click.option("--username", default="admin", show_default=True)
 @click.option("--password", default="password", show_default=True)
 @click.option(
+    "--state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON file of the machines' power states: read at start, kept up to date.",
+)
+@click.option(
     "--stop-on-stdin-eof",
     is_flag=True,
     help="Also stop when stdin closes (a parent holding the pipe died or let go).",
@@ -86,6 +91,7 @@ def sim_fleet(
     username: str,
     password: str,
     stop_on_stdin_eof: bool,
+    state: Path | None,
 ) -> None:
     """Run COUNT simulated BMCs, one loopback port each: IPMI v2.0 (RMCP+) over UDP, or
     Redfish over HTTPS (--protocol redfish)."""
@@ -103,6 +109,8 @@ def sim_fleet(
         tls=not plain_http,
     )
     try:
-        asyncio.run(serve(config, manifest, control_port, stop_on_stdin_eof=stop_on_stdin_eof))
+        asyncio.run(
+            serve(config, manifest, control_port, stop_on_stdin_eof=stop_on_stdin_eof, state=state)
+        )
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -136,7 +136,7 @@ def redfish_site(config: FleetConfig) -> RedfishSite:
     return RedfishSite("https", tlscert.server_context(cert_pem, key_pem), cert_pem)
 
 
-def write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
+def write_manifest(path: Path, records: list[dict[str, Any]] | dict[str, Any]) -> None:
     """Write the manifest atomically (temp file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

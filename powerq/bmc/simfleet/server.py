@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -21,18 +22,25 @@ async def serve(
     control_port: int | None,
     *,
     stop_on_stdin_eof: bool = False,
+    state: Path | None = None,
 ) -> None:
     """Serve ``config`` until SIGTERM or SIGINT (or stdin closes, if asked).
 
     The manifest is written (atomically) only once every BMC is listening.
     ``stop_on_stdin_eof`` lets a parent holding our stdin pipe take the fleet
-    down with it, even when the parent dies without cleaning up.
+    down with it, even when the parent dies without cleaning up. ``state`` is
+    a JSON file of each BMC's power state: read at start (a restarted fleet
+    keeps its machines' states), written every second while it changes and
+    at the end.
 
     :raises OSError: a port is taken or the file-descriptor limit is too low.
     """
     raise_fd_limit(config.count + _FDS_PER_PROCESS)
     fleet = Fleet(config)
     await fleet.start()
+    if state is not None:
+        load_power_states(fleet, state)
+    saver = asyncio.create_task(_keep_saving(fleet, state)) if state is not None else None
     control = _start_control(fleet, control_port)
     try:
         if manifest is not None:
@@ -40,9 +48,47 @@ async def serve(
         _announce(config, control)
         await _until_stopped(stop_on_stdin_eof)
     finally:
+        if saver is not None:
+            saver.cancel()
+            save_power_states(fleet, state)  # type: ignore[arg-type]
         if control is not None:
             control.stop()
         fleet.close()
+
+
+def power_states(fleet: Fleet) -> dict[str, bool]:
+    """Each BMC's machine power state (where a transition is heading, if one is on)."""
+    states = {}
+    for name, bmc in fleet.bmcs.items():
+        heading = bmc.machine.heading
+        states[name] = bmc.machine.powered if heading is None else heading
+    return states
+
+
+def load_power_states(fleet: Fleet, path: Path) -> None:
+    """Set the machines' power states from ``path`` (missing or unreadable: as they are)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    for name, powered in saved.items():
+        if name in fleet.bmcs and isinstance(powered, bool):
+            fleet.bmcs[name].machine.powered = powered
+
+
+def save_power_states(fleet: Fleet, path: Path) -> None:
+    """Write the machines' power states to ``path`` (atomically)."""
+    write_manifest(path, dict(power_states(fleet)))
+
+
+async def _keep_saving(fleet: Fleet, path: Path) -> None:
+    last: dict[str, bool] = {}
+    while True:
+        current = power_states(fleet)
+        if current != last:
+            save_power_states(fleet, path)
+            last = current
+        await asyncio.sleep(1.0)
 
 
 def _start_control(fleet: Fleet, port: int | None) -> ControlServer | None:
