@@ -113,6 +113,18 @@ class PyghmiBmcProcess:
         with self._lock:
             return [dict(e) for e in self._events if kind is None or e["event"] == kind]
 
+    def wait_events(self, kind: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The events of ``kind`` once ``count`` of them were reported (the server's
+        output is read by a thread, so a BMC answer can come before its event).
+
+        :raises AssertionError: fewer came within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while len(seen := self.events(kind)) < count:
+            assert time.monotonic() < deadline, f"{len(seen)} {kind} event(s), wanted {count}"
+            time.sleep(0.02)
+        return seen
+
     def executions(self) -> list[dict[str, Any]]:
         """Power commands the BMC executed, in order, with their times."""
         with self._lock:

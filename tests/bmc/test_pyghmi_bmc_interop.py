@@ -154,7 +154,7 @@ def test_the_privilege_is_requested_at_login(
     bmc = start_bmc()
     driver = _driver(bmc.target(privilege=privilege), cache)
     within(lambda: driver.send_power_action(Action.ON))
-    assert [e["role"] for e in bmc.events("rakp1")] == [level]
+    assert [e["role"] for e in bmc.wait_events("rakp1", 1)] == [level]
     assert _names(bmc.executions()) == ["power_on"]
 
 
@@ -186,7 +186,7 @@ def test_other_options_never_share_a_session(start_bmc: StartBmc, cache: Session
     with cache.lease(second) as lease:
         second_session = lease.session.ipmi_session
     assert second_session is not first_session
-    assert [e["role"] for e in bmc.events("rakp1")] == [4, 3]
+    assert [e["role"] for e in bmc.wait_events("rakp1", 2)] == [4, 3]
     assert within(_driver(second, cache).get_power_state) is PowerState.OFF
     assert (cache.logins(first), cache.logins(second)) == (1, 1)
 
