@@ -18,8 +18,11 @@ from powerq.config import get_settings
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(lane: int | None, control: bool, beat: bool, loglevel: str) -> None:
     """Run the worker of a lane (its BMC conversations in a bounded thread pool), or the
-    control worker: one process, ``python -m powerq.tasks.worker`` (this command
-    replaces itself with it, so the CLI's imports are not kept)."""
+    control worker.
+
+    The worker is one process, ``python -m powerq.tasks.worker``: this command
+    replaces itself with it, so the CLI's imports are not kept.
+    """
     if (lane is None) == (not control):
         raise click.UsageError("give exactly one of --lane K or --control")
     lanes = get_settings().lanes
