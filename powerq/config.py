@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     restart_window_s: float = Field(
         default=60.0, gt=0, description="... and refilled over this many seconds (token bucket)"
     )
+    # gunicorn's gthread worker serves this many requests at once per API process
+    # (`powerq up`: --threads 8). The API keeps that many PostgreSQL connections:
+    # SQLAlchemy closes an overflow connection on every check-in, so with fewer
+    # a busy API opened a new PostgreSQL backend for most requests.
+    api_threads: int = Field(
+        default=8, ge=1, le=256, description="Request threads per API process (gunicorn --threads)"
+    )
     redispatch_after_s: float = Field(
         default=10.0,
         gt=0,

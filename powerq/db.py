@@ -43,10 +43,23 @@ def utcnow() -> datetime:
 
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
+# At least this many pooled connections kept per engine (see keep_connections_for).
+_kept_connections = 0
+
+
+def keep_connections_for(threads: int) -> None:
+    """Keep at least ``threads`` pooled connections in the engines this process
+    creates from now on: a process serving requests on that many threads (the
+    API) then never opens and closes a connection per request, as SQLAlchemy
+    does with an overflow connection at every check-in. Engines already created
+    keep their pool."""
+    global _kept_connections
+    _kept_connections = threads
 
 
 def engine_for(url: str) -> Engine:
-    """One pooled engine per URL per process (``POWERQ_DB_POOL_SIZE`` and
+    """One pooled engine per URL per process (``POWERQ_DB_POOL_SIZE``, or the
+    threads given to :func:`keep_connections_for` if more, and
     ``POWERQ_DB_MAX_OVERFLOW`` connections).
 
     No pre-ping on every checkout: it would cost a round trip per transaction.
@@ -60,7 +73,7 @@ def engine_for(url: str) -> Engine:
         settings = get_settings()
         engine = create_engine(
             sqlalchemy_url(url),
-            pool_size=settings.db_pool_size,
+            pool_size=max(settings.db_pool_size, _kept_connections),
             max_overflow=settings.db_max_overflow,
             connect_args=connect_args(settings.db_statement_timeout_s),
         )

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Integer, TextualSelect, select, text, update
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -226,7 +227,8 @@ def record_new(
         "desired": desired.value if desired else None,
         "message": f"{action.value} requested",
     }
-    row = session.execute(_RECORD_NEW, params).mappings().first()
+    connection = session if isinstance(session, Connection) else session.connection()
+    row = connection.exec_driver_sql(_RECORD_NEW_SQL, params).mappings().first()
     if row is None:
         raise NotFound(f"no node named {node_name!r}")
     if row["id"] is None:
@@ -318,6 +320,10 @@ _NEW_REQUEST_DEFAULTS: dict[str, Any] = {
 
 
 _RECORD_NEW = _record_new_statement()
+# Compiled once for psycopg and run as driver SQL: no statement-cache lookup or
+# bind processing per POST (every parameter is a type psycopg adapts itself;
+# tests/api/test_record_new.py holds the answer to the row as stored).
+_RECORD_NEW_SQL = str(_RECORD_NEW.compile(dialect=psycopg_dialect()))  # type: ignore[no-untyped-call]
 
 
 def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:

@@ -382,7 +382,7 @@ def _start_api(group: ProcessGroup, options: UpOptions, url: str) -> None:
         "gunicorn",
         "--bind", f"{options.host}:{options.port}",
         "--workers", str(options.api_workers),
-        "--worker-class", "gthread", "--threads", "8",
+        "--worker-class", "gthread", "--threads", str(get_settings().api_threads),
         "--access-logfile", "-",
         "powerq.api.wsgi:app",
     )  # fmt: skip

@@ -65,9 +65,11 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     """
     from apiflask import APIFlask
 
+    from powerq import db
     from powerq.api import converters, jsonbody, openapi, problems
 
     settings = settings or get_settings()
+    db.keep_connections_for(settings.api_threads)
     app = APIFlask(
         "powerq",
         title="powerq",

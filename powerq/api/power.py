@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from apiflask import APIBlueprint, APIFlask
-from flask import request, url_for
+from flask import Response, current_app, request, url_for
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,8 +32,9 @@ from powerq.api import idempotency, openapi
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
 from powerq.api.idempotency import CallKey
 from powerq.api.results import ViewResult
+from powerq.api.rowjson import request_json
 from powerq.api.schemas import BootDeviceIn, PowerAccepted, PowerIn
-from powerq.api.serializers import PowerRequestOut, PowerStatusOut, power_status_out, request_out
+from powerq.api.serializers import PowerStatusOut, power_status_out, request_out
 from powerq.api.session import transaction
 from powerq.db import get_engine
 from powerq.errors import MalformedBody
@@ -53,7 +54,7 @@ class Recorded:
     """A committed answer to a power request, before the lane is woken."""
 
     status: int
-    answer: PowerAccepted
+    body: dict[str, Any]  # the PowerAccepted answer, as JSON
     headers: dict[str, str]
     request_id: uuid.UUID
     node_name: str
@@ -199,8 +200,7 @@ def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
             _record_other(session, name, ask, call)
         )
         if call is not None:
-            body = recorded.answer.model_dump(mode="json")
-            idempotency.remember(session, call, recorded.status, body, recorded.headers)
+            idempotency.remember(session, call, recorded.status, recorded.body, recorded.headers)
     return recorded
 
 
@@ -241,10 +241,8 @@ def _record_new(
     )
     if row is None:
         return None
-    fields = {field: row[field] for field in PowerRequestOut.model_fields if field != "node"}
-    out = PowerRequestOut(node=name, **fields)
-    accepted = PowerAccepted(created=True, dispatched=True, request=out)
-    return Recorded(202, accepted, _location(out.id), out.id, name, row["dispatched_at"])
+    body = {"created": True, "dispatched": True, "request": request_json(row, name)}
+    return Recorded(202, body, _location(row["id"]), row["id"], name, row["dispatched_at"])
 
 
 def _record_other(session: Session, name: str, ask: Ask, call: CallKey | None) -> Recorded:
@@ -278,7 +276,7 @@ def _answer(created: bool, power_request: PowerRequest, node_name: str) -> Recor
     )
     return Recorded(
         status=202 if created else 200,
-        answer=accepted,
+        body=accepted.model_dump(mode="json"),
         headers=_location(power_request.id),
         request_id=power_request.id,
         node_name=node_name,
@@ -290,25 +288,32 @@ def _location(request_id: uuid.UUID) -> dict[str, str]:
 
 
 def _dispatch_and_answer(recorded: Recorded, call: CallKey | None) -> ViewResult:
-    """Wake the lane for a new request (after commit) and answer."""
-    answer = recorded.answer
+    """Wake the lane for a new request (after commit) and answer.
+
+    The answer is a finished response (``@output`` passes it through): its body
+    is already JSON (:func:`powerq.api.rowjson.request_json` on the hot path).
+    """
+    body = recorded.body
     if recorded.marked_at is not None:
         if not ring_marked(recorded.request_id, recorded.node_name, recorded.marked_at):
-            answer = _undispatched(answer)
+            body = _undispatched(body)
             if call is not None:
-                idempotency.replace_body(call, answer.model_dump(mode="json"))
+                idempotency.replace_body(call, body)
     elif recorded.created:
         dispatched = dispatch_request(recorded.request_id, recorded.node_name)
-        answer = answer.model_copy(update={"dispatched": dispatched})
+        body = {**body, "dispatched": dispatched}
         if dispatched and call is not None:
             idempotency.note_dispatched(call)
-    return answer, recorded.status, recorded.headers
+    response = cast(Response, current_app.json.response(body))  # what jsonify makes
+    response.status_code = recorded.status
+    response.headers.update(recorded.headers)
+    return response
 
 
-def _undispatched(answer: PowerAccepted) -> PowerAccepted:
-    """``answer`` once the lane could not be rung (the mark was taken back)."""
-    request = answer.request.model_copy(update={"dispatched_at": None, "dispatch_count": 0})
-    return answer.model_copy(update={"dispatched": False, "request": request})
+def _undispatched(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` once the lane could not be rung (the mark was taken back)."""
+    request = {**body["request"], "dispatched_at": None, "dispatch_count": 0}
+    return {**body, "dispatched": False, "request": request}
 
 
 @bp.get("/<node:name>/power")

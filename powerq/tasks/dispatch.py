@@ -28,6 +28,7 @@ from powerq.db import session_scope, utcnow
 from powerq.models import PowerRequest
 from powerq.tasks.app import app
 from powerq.tasks.routing import lane_for, lane_queue
+from powerq.tasks.stepmessage import StepTemplate
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def send_step(
     :raises kombu.exceptions.OperationalError: the broker cannot be reached.
     """
     queue = lane_queue(lane_for(node_name, get_settings().lanes))
+    if countdown is None and continuing is None and not app.conf.task_send_sent_event:
+        _publisher.publish_step(queue, str(request_id))  # the common ring: from a template
+        return
     args: list[Any] = [str(request_id)]
     if continuing is not None:
         args += [continuing, parked_until]
@@ -85,7 +89,10 @@ class _LanePublisher:
     expects; ``tests/api/test_lane_publisher.py`` compares them with
     ``send_task``'s), but one channel and one Redis client are kept per
     process and broker URL, and the push is one LPUSH, retried once (a pooled
-    connection Redis dropped).
+    connection Redis dropped). A step at once for one request id is not even
+    built by Celery each time: it fills in the lane's
+    :class:`~powerq.tasks.stepmessage.StepTemplate`, made once per queue with
+    the same channel.
     """
 
     def __init__(self) -> None:
@@ -94,6 +101,22 @@ class _LanePublisher:
         self._connection: Any = None
         self._channel: Any = None
         self._client: Any = None
+        self._templates: dict[str, StepTemplate] = {}
+
+    def publish_step(self, queue: str, request_id: str) -> None:
+        """LPUSH a ``powerq.step`` for ``request_id`` (no countdown) onto ``queue``'s list.
+
+        :raises kombu.exceptions.OperationalError: the broker cannot be reached.
+        """
+        try:
+            channel, client = self._open()
+            template = self._templates.get(queue)
+            if template is None:
+                template = self._templates[queue] = StepTemplate.build(channel, queue, STEP_TASK)
+            self._lpush(client, template.key, template.render(request_id, app.thread_oid))
+        except (RedisError, OSError) as exc:
+            self.reset()
+            raise OperationalError(str(exc)) from exc
 
     def publish(
         self, queue: str, headers: dict[str, Any], properties: dict[str, Any], body: Any
@@ -120,7 +143,11 @@ class _LanePublisher:
         )
         channel._inplace_augment_message(message, "", queue)
         key = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
-        data = json_dumps(message)  # type: ignore[no-untyped-call]
+        self._lpush(client, key, json_dumps(message))  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _lpush(client: Any, key: str, data: str) -> None:
+        """:raises RedisError: also on a second try (the first on a dropped connection)."""
         try:
             client.lpush(key, data)
         except RedisConnectionError:
@@ -144,6 +171,7 @@ class _LanePublisher:
             self._close()
 
     def _close(self) -> None:
+        self._templates = {}
         connection, self._connection = self._connection, None
         self._channel = self._client = self._url = None
         if connection is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -108,3 +109,55 @@ def test_a_pooled_connection_the_broker_dropped_costs_no_publish(broker: redis.R
     send_step(uuid.uuid4(), NODE)
 
     assert broker.llen(_queue()) == 2
+
+
+def _send_task_then_send_step(broker: redis.Redis) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What send_task and send_step put on the lane for one request, from this thread."""
+    request_id = uuid.uuid4()
+    queue = _queue()
+    celery_app.send_task(STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue)
+    theirs = _pop(broker)
+    send_step(request_id, NODE)
+    return theirs, _pop(broker)
+
+
+def test_the_template_fills_in_each_thread_s_reply_to(broker: redis.Redis) -> None:
+    send_step(uuid.uuid4(), NODE)  # the lane's template, made in this thread
+    _pop(broker)
+    pair: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    other = threading.Thread(target=lambda: pair.append(_send_task_then_send_step(broker)))
+    other.start()
+    other.join()
+
+    theirs, ours = pair[0]
+    assert _masked(ours) == _masked(theirs)
+    assert ours["properties"]["reply_to"] == theirs["properties"]["reply_to"]
+    assert ours["properties"]["reply_to"] != celery_app.thread_oid
+
+
+def test_celery_builds_a_lane_s_step_message_once(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = 0
+    create = celery_app.amqp.create_task_message
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        built += 1
+        return create(*args, **kwargs)
+
+    _publisher.reset()
+    monkeypatch.setattr(celery_app.amqp, "create_task_message", counted)
+    ids = [uuid.uuid4() for _ in range(5)]
+    for request_id in ids:
+        send_step(request_id, NODE)
+
+    assert built == 1
+    messages = [_pop(broker) for _ in ids]
+    assert [json.loads(base64.b64decode(m["body"]))[0] for m in messages] == [[str(i)] for i in ids]
+    assert [m["headers"]["argsrepr"] for m in messages] == [repr([str(i)]) for i in ids]
+    for field in ("id", "root_id"):
+        assert len({m["headers"][field] for m in messages}) == 5
+    for field in ("correlation_id", "delivery_tag"):
+        assert len({m["properties"][field] for m in messages}) == 5
+    assert all(m["headers"]["id"] == m["properties"]["correlation_id"] for m in messages)
