@@ -462,8 +462,8 @@ def _party(name: str, cmdline: list[str]) -> str:
         return "redis"
     if "simfleet" in line:
         return "fleet"
-    if "--lane" in line or "--hostname lane" in line:
-        return "lanes"  # a lane's supervisor and its Celery worker
+    if "--lane" in line or "--hostname lane" in line or "powerq.tasks.worker lane" in line:
+        return "lanes"  # a lane's worker (and, run through the CLI, its launcher)
     if "gunicorn" in line or "powerq.api" in line:
         return "api"
     if "py-spy" in line:
