@@ -275,8 +275,7 @@ class ProcessGroup:
         path = self._log_path(name)
         if path is None:
             return None, subprocess.DEVNULL
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path, path.open("ab")
+        return path, open_private_log(path)
 
     def python(self, name: str, *args: str, extra_env: Mapping[str, str] | None = None) -> Child:
         """Start ``python -m …`` with this interpreter (e.g. ``"powerq.cli", "worker"``)."""
@@ -325,6 +324,20 @@ class ProcessGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def open_private_log(path: Path) -> IO[bytes]:
+    """``path`` opened for appending, mode 0600 in a 0700 directory (made if missing;
+    an existing file or directory is narrowed to those modes): logs hold BMC
+    addresses, user names and request paths.
+
+    :raises OSError: the directory or file cannot be made or opened.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _become_child(
