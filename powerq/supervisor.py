@@ -176,9 +176,11 @@ class ProcessGroup:
         """Start ``argv`` as child ``name`` (replacing a dead child of that name).
 
         ``stop_signal`` is what asks it to stop (and, with ``die_with_parent``,
-        what it gets when this process dies).
+        what it gets when this process dies). With ``user`` (needs root) it runs
+        as that user, in its primary group and no other.
 
         :raises RuntimeError: a live child of that name exists.
+        :raises KeyError: ``user`` does not exist.
         :raises OSError: the program cannot be started.
         """
         self._check_free(name)
@@ -198,6 +200,8 @@ class ProcessGroup:
                     start_new_session=True,
                     preexec_fn=preexec,
                     user=user,
+                    group=_primary_group(user),  # not root's group, nor its other groups
+                    extra_groups=None if user is None else [],
                 )
             finally:
                 if output not in (None, subprocess.DEVNULL):
@@ -324,6 +328,18 @@ class ProcessGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def _primary_group(user: str | None) -> int | None:
+    """``user``'s primary group id (None for None).
+
+    :raises KeyError: no such user.
+    """
+    if user is None:
+        return None
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
 
 
 def open_private_log(path: Path) -> IO[bytes]:

@@ -82,6 +82,8 @@ def test_up_runs_a_batch_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     assert "stopped" in log.read_text()
     assert len(descendants) >= 8  # fleet, API, 2 lanes, control, beat, Flower, their children
     assert still_running(descendants) == []
+    # the embedded PostgreSQL could still reach its files through the private data dir
+    assert "PANIC" not in (data_dir / "logs" / "postgres.log").read_text()
     assert referencing(str(data_dir)) == []  # embedded PostgreSQL and Redis too
 
 
