@@ -101,6 +101,15 @@ def test_flower_refuses_to_start_without_credentials() -> None:
     assert "POWERQ_FLOWER_AUTH must be user:password" in result.output
 
 
+def test_the_procfile_runs_flower_only_through_powerq_flower() -> None:
+    procfile = (Path(__file__).resolve().parents[2] / "Procfile").read_text()
+    entries = dict(line.split(": ", 1) for line in procfile.splitlines() if ": " in line
+                   and not line.startswith("#"))  # fmt: skip
+    assert entries["flower"].startswith("powerq flower ")
+    assert "UNAUTHENTICATED" not in procfile
+    assert "python:powerq.gunicorn_conf" in entries["web"]
+
+
 def test_worker_shutdown_without_credentials_is_refused(live: Stack, flower: Flower) -> None:
     worker = _lane_worker()
     assert _answers_ping(worker)
