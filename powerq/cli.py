@@ -48,6 +48,8 @@ COMMANDS: Mapping[str, Lazy] = {
     "beat": Lazy("powerq.tasks.cli:beat",
                  "Run celery beat (exactly one per installation) for the sweeper and monitor."),
     "db": Lazy("powerq.dbcli:db", "Database schema commands."),
+    "flower": Lazy("powerq.flower:flower",
+                   "Run Celery Flower with basic auth from POWERQ_FLOWER_AUTH (user:password)."),
     "sim-fleet": Lazy("powerq.bmc.simfleet.cli:sim_fleet",
                       "Run COUNT simulated BMCs, one loopback port each: IPMI v2.0 (RMCP+) over "
                       "UDP, or Redfish over HTTPS (--protocol redfish)."),

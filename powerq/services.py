@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -208,6 +209,9 @@ def postgres_server(data_dir: Path) -> ServerSpec:
         except Exception as exc:
             raise ServiceUnavailable(f"initdb failed in {pgdata}: {exc}") from exc
     socket_dir = find_suitable_socket_dir(pgdata, _runtime_dir())
+    if user is not None and socket_dir != pgdata:  # made by us (umask 077), used by it
+        entry = pwd.getpwnam(user)
+        os.chown(socket_dir, entry.pw_uid, entry.pw_gid)
     argv = [
         str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-k", str(socket_dir), "-h", "",
         # Fewer server processes: synchronous I/O (no io workers), no logical replication.

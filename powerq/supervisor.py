@@ -176,9 +176,11 @@ class ProcessGroup:
         """Start ``argv`` as child ``name`` (replacing a dead child of that name).
 
         ``stop_signal`` is what asks it to stop (and, with ``die_with_parent``,
-        what it gets when this process dies).
+        what it gets when this process dies). With ``user`` (needs root) it runs
+        as that user, in its primary group and no other.
 
         :raises RuntimeError: a live child of that name exists.
+        :raises KeyError: ``user`` does not exist.
         :raises OSError: the program cannot be started.
         """
         self._check_free(name)
@@ -198,6 +200,8 @@ class ProcessGroup:
                     start_new_session=True,
                     preexec_fn=preexec,
                     user=user,
+                    group=_primary_group(user),  # not root's group, nor its other groups
+                    extra_groups=None if user is None else [],
                 )
             finally:
                 if output not in (None, subprocess.DEVNULL):
@@ -275,8 +279,7 @@ class ProcessGroup:
         path = self._log_path(name)
         if path is None:
             return None, subprocess.DEVNULL
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path, path.open("ab")
+        return path, open_private_log(path)
 
     def python(self, name: str, *args: str, extra_env: Mapping[str, str] | None = None) -> Child:
         """Start ``python -m …`` with this interpreter (e.g. ``"powerq.cli", "worker"``)."""
@@ -325,6 +328,32 @@ class ProcessGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def _primary_group(user: str | None) -> int | None:
+    """``user``'s primary group id (None for None).
+
+    :raises KeyError: no such user.
+    """
+    if user is None:
+        return None
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
+def open_private_log(path: Path) -> IO[bytes]:
+    """``path`` opened for appending, mode 0600 in a 0700 directory (made if missing;
+    an existing file or directory is narrowed to those modes): logs hold BMC
+    addresses, user names and request paths.
+
+    :raises OSError: the directory or file cannot be made or opened.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _become_child(

