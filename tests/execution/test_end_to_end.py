@@ -151,7 +151,7 @@ def test_a_down_bmc_fails_unreachable_then_faults_then_recovers(live: Stack) -> 
     (name,) = live.register_fleet(1)
     live.fleet.control.set_fault(name, "down")
     for _ in range(3):
-        request_id = live.submit(name, Action.OFF, deadline_s=3)
+        request_id = live.submit(name, Action.OFF, deadline_s=1)
         (request,) = live.wait_finished([request_id], timeout=180).values()
         assert request.status is RequestStatus.FAILED
         assert "unreachable" in (request.error or "").lower()

@@ -124,7 +124,7 @@ def test_a_down_bmc_fails_unreachable_faults_and_recovers(fault_stack: StackFact
     name = stack.fleet.manifest[0]["name"]
     stack.fleet.control.set_fault(name, "down")
     for _ in range(3):
-        request_id = stack.submit(name, Action.ON, deadline_s=3)
+        request_id = stack.submit(name, Action.ON, deadline_s=1)
         (request,) = stack.wait_finished([request_id], timeout=180).values()
         assert request.status is RequestStatus.FAILED
         assert "unreachable" in (request.error or "").lower()
