@@ -64,7 +64,7 @@ def _start(data_dir: Path, port: int, log: Path) -> Up:
     env.update(POWERQ_DATA_DIR=str(data_dir), POWERQ_LANES="2",
                # a fast policy, so that ten deaths fit in a short test
                POWERQ_RESTART_BACKOFF_MAX_S="1", POWERQ_RESTART_BURST="2",
-               POWERQ_RESTART_WINDOW_S="8")  # fmt: skip
+               POWERQ_RESTART_WINDOW_S="4")  # fmt: skip
     argv = [sys.executable, "-m", "powerq.cli", "up", "--sim-nodes", "2", "--transition", "0.2",
             "--port", str(port)]  # fmt: skip
     ready = "Ctrl-C stops everything"
