@@ -62,9 +62,15 @@ class WaitTimeout(PowerqError):
 
 
 def _reason(exc: OSError | http.client.HTTPException) -> str:
-    """A few words for why a connection failed."""
+    """A few words for why a connection failed, and what to do where it is clear."""
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
+        return "connection refused — is `powerq up` running?"
+    if type(exc).__name__ == "SSLCertVerificationError":  # ssl is imported only for https
+        why = getattr(exc, "verify_message", "") or "verification failed"
+        return (
+            f"its TLS certificate is not trusted ({why}): "
+            "set POWERQ_CA_BUNDLE to the PEM file of the CA that signed it"
+        )
     if isinstance(exc, socket.gaierror):
         return "unknown host"
     if isinstance(exc, http.client.RemoteDisconnected):
@@ -165,8 +171,7 @@ class Client:
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise ApiUnreachable(
-                f"cannot reach the powerq API at {self.base_url}: {_reason(exc)} "
-                "— is `powerq up` running?"
+                f"cannot reach the powerq API at {self.base_url}: {_reason(exc)}"
             ) from None
         return self._decode(method, self.base_url + target, answer)
 

@@ -4,8 +4,9 @@
 (0.15 s for ``powerq power NODE query``), so the client speaks HTTP/1.1 itself:
 one kept-alive connection per client (reopened when the server closed it),
 the ``HTTP(S)_PROXY``/``NO_PROXY`` environment for anything but loopback, and
-TLS verified against ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or certifi's
-bundle (what ``requests`` used) or else the system's.
+TLS verified against ``POWERQ_CA_BUNDLE`` (a PEM file: the CA of a private
+API certificate), else ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or certifi's
+bundle (what ``requests`` used), or else the system's.
 """
 
 from __future__ import annotations
@@ -123,10 +124,15 @@ def _proxy_auth(proxy: SplitResult) -> dict[str, str]:
 
 
 def _tls_context() -> ssl.SSLContext:
-    """A verifying TLS context with the CA bundle ``requests`` would have used."""
+    """A verifying TLS context: ``POWERQ_CA_BUNDLE``, else the CA bundle
+    ``requests`` would have used."""
     import ssl
 
-    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    cafile = (
+        os.environ.get("POWERQ_CA_BUNDLE")
+        or os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+    )
     if not cafile:
         try:
             import certifi
