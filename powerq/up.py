@@ -410,7 +410,7 @@ def _start_api(group: ProcessGroup, options: UpOptions, url: str) -> None:
         "gunicorn",
         "--bind", f"{options.host}:{options.port}",
         "--workers", str(options.api_workers),
-        "--worker-class", "gthread", "--threads", str(get_settings().api_threads),
+        "--threads", str(get_settings().api_threads),  # worker class: gunicorn_conf
         "--access-logfile", "-", "--config", GUNICORN_CONFIG,
         "powerq.api.wsgi:app",
     )  # fmt: skip
