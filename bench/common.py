@@ -647,7 +647,10 @@ def flush_broker() -> None:
 # --- the API ------------------------------------------------------------------------------
 
 # gunicorn exactly as `powerq up` starts it (powerq/up.py).
-GUNICORN_AS_SHIPPED = ["--workers", "2", "--worker-class", "gthread", "--threads", "8"]
+# Its config sets the worker class (gthread, answering gunicorn's own errors as problem+json).
+GUNICORN_AS_SHIPPED = [
+    "--config", "python:powerq.gunicorn_conf", "--workers", "2", "--threads", "8",
+]  # fmt: skip
 
 
 def create_api_token(role: str = "operator", name: str = "bench") -> str:

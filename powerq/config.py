@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(
         default=3, ge=0, description="Extra PostgreSQL connections a process may open at a peak"
     )
+    db_pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for a free pooled PostgreSQL connection; the API then "
+        "answers 503 with Retry-After",
+    )
     db_statement_timeout_s: float = Field(
         default=15.0,
         ge=0,

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from powerq.config import get_settings, sqlalchemy_url
+from powerq.config import Settings, get_settings, sqlalchemy_url
 from powerq.errors import ConfigError
 
 NAMING_CONVENTION = {
@@ -57,10 +57,24 @@ def keep_connections_for(threads: int) -> None:
     _kept_connections = threads
 
 
+def pool_size(settings: Settings, threads: int = 0) -> int:
+    """Connections a process keeps pooled: ``POWERQ_DB_POOL_SIZE``, or ``threads``
+    (the API's serving threads) if more."""
+    return max(settings.db_pool_size, threads)
+
+
+def connections_per_process(settings: Settings, threads: int = 0) -> int:
+    """The most PostgreSQL connections one process can hold: its pool plus
+    ``POWERQ_DB_MAX_OVERFLOW`` (the pool refuses more; see :mod:`powerq.budget`)."""
+    return pool_size(settings, threads) + settings.db_max_overflow
+
+
 def engine_for(url: str) -> Engine:
     """One pooled engine per URL per process (``POWERQ_DB_POOL_SIZE``, or the
     threads given to :func:`keep_connections_for` if more, and
-    ``POWERQ_DB_MAX_OVERFLOW`` connections).
+    ``POWERQ_DB_MAX_OVERFLOW`` connections; a caller waits at most
+    ``POWERQ_DB_POOL_TIMEOUT_S`` for one, then gets
+    :class:`sqlalchemy.exc.TimeoutError`).
 
     No pre-ping on every checkout: it would cost a round trip per transaction.
     Only a connection that sat idle for :data:`IDLE_PING_S` is pinged when it
@@ -73,8 +87,9 @@ def engine_for(url: str) -> Engine:
         settings = get_settings()
         engine = create_engine(
             sqlalchemy_url(url),
-            pool_size=max(settings.db_pool_size, _kept_connections),
+            pool_size=pool_size(settings, _kept_connections),
             max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
             connect_args=connect_args(settings.db_statement_timeout_s),
         )
         _ping_when_idle(engine)

@@ -12,3 +12,8 @@ from __future__ import annotations
 
 # client, time, method, path (no query), protocol, status, bytes, duration (s), user agent
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)s "%(a)s"'
+
+# gthread, but the 400/414/431 (and 500) answers gunicorn writes itself are
+# problem+json like the API's own (powerq/gunicorn_worker.py). Do not also pass
+# --worker-class: the command line wins over this file.
+worker_class = "powerq.gunicorn_worker.ProblemThreadWorker"

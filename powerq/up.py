@@ -47,6 +47,7 @@ from typing import IO
 import click
 from sqlalchemy.orm import Session
 
+from powerq.budget import UP_API_WORKERS
 from powerq.config import get_settings
 from powerq.db import reset_engines, session_scope
 from powerq.errors import ServiceUnavailable
@@ -97,7 +98,13 @@ class _Stop(Exception):
 @click.option("--port", default=8000, show_default=True, help="API port.")
 @click.option("--flower/--no-flower", default=False, help="Also run Celery Flower.")
 @click.option("--flower-port", default=5555, show_default=True)
-@click.option("--api-workers", default=1, show_default=True, help="gunicorn worker processes.")
+@click.option(
+    "--api-workers",
+    default=UP_API_WORKERS,
+    show_default=True,
+    help="gunicorn worker processes (each holds up to POWERQ_API_THREADS + "
+    "POWERQ_DB_MAX_OVERFLOW PostgreSQL connections).",
+)
 def up(**options: object) -> None:
     """Run the whole stack until Ctrl-C (embedded services when no URLs are set)."""
     run(UpOptions(**options))  # type: ignore[arg-type]
@@ -403,7 +410,7 @@ def _start_api(group: ProcessGroup, options: UpOptions, url: str) -> None:
         "gunicorn",
         "--bind", f"{options.host}:{options.port}",
         "--workers", str(options.api_workers),
-        "--worker-class", "gthread", "--threads", str(get_settings().api_threads),
+        "--threads", str(get_settings().api_threads),  # worker class: gunicorn_conf
         "--access-logfile", "-", "--config", GUNICORN_CONFIG,
         "powerq.api.wsgi:app",
     )  # fmt: skip

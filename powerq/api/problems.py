@@ -9,8 +9,13 @@ Sources of errors and where they are turned into problems:
 * request bodies that are not strict UTF-8 JSON (400) or not JSON at all (415),
   refused by :mod:`powerq.api.jsonbody` as PowerqErrors;
 * APIFlask's validation errors (422) and Flask-HTTPAuth's 401/403;
-* database trouble: unreachable (503), a constraint a concurrent change hit
-  (409); anything else is a logged 500 that reveals nothing.
+* database trouble: unreachable, refusing connections ("too many clients") or
+  no pooled connection free within ``POWERQ_DB_POOL_TIMEOUT_S`` (503 with
+  ``Retry-After``; see :func:`_unavailable` for why a retry is safe), a constraint a
+  concurrent change hit (409); anything else is a logged 500 that reveals nothing.
+
+gunicorn's own answers (an over-long request line, oversized headers) are
+problem+json too: :mod:`powerq.gunicorn_worker`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from apiflask import APIFlask, HTTPError
 from flask import Response, current_app, request
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from powerq.api.serializers import to_json
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_MIME = "application/problem+json"
 PROBLEM_BASE = "https://powerq.dev/problems/"
+# Seconds a client is told to wait before retrying a 503.
+RETRY_AFTER_S = 5
 _SLUGS = {
     400: "malformed-request",
     401: "unauthorized",
@@ -39,9 +47,13 @@ _SLUGS = {
     405: "method-not-allowed",
     409: "conflict",
     413: "body-too-large",
+    414: "request-line-too-long",
     415: "unsupported-media-type",
+    417: "expectation-failed",
     422: "invalid-input",
+    431: "headers-too-large",
     500: "internal",
+    501: "not-implemented",
     503: "unavailable",
 }
 _TITLES = {
@@ -76,10 +88,11 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 
 def powerq_error_response(error: PowerqError) -> Response:
-    """The response for one of powerq's own errors."""
+    """The response for one of powerq's own errors (a 503 with ``Retry-After``)."""
     if error.status >= 500:
         log.error("%s: %s", type(error).__name__, error.detail)
-    return problem_response(error.problem())
+    headers = _RETRY_AFTER if error.status == 503 else None
+    return problem_response(error.problem(), headers)
 
 
 def _http_exception(error: HTTPException) -> Response:
@@ -145,14 +158,30 @@ def _integrity_error(error: IntegrityError) -> Response:
     )
 
 
+_RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
+
+
 def _database_error(error: DBAPIError) -> Response:
     if isinstance(error, OperationalError) or error.connection_invalidated:
         log.error("database unavailable: %s", error.orig)
-        return problem_response(
-            problem(503, "Service unavailable", "the database cannot be reached; retry later"),
-            {"Retry-After": "5"},
-        )
+        return _unavailable("the database cannot be reached or refused a connection")
     return _unexpected(error)
+
+
+def _pool_timeout(error: PoolTimeoutError) -> Response:
+    log.error("no database connection free: %s", error)
+    return _unavailable("every database connection of this process is busy")
+
+
+def _unavailable(reason: str) -> Response:
+    """503 with ``Retry-After``: the call did not complete. A call's writes commit
+    at its end, and work after the commit (ringing the lane, noting that) never
+    fails it, so a 503 means nothing was recorded, except when the connection
+    broke during the COMMIT itself (the outcome is unknown then). A retry is
+    safe either way: the same power action finds its outstanding request (200),
+    and an ``Idempotency-Key`` gets the first answer back."""
+    detail = f"{reason}; retry in {RETRY_AFTER_S} s"
+    return problem_response(problem(503, "Service unavailable", detail), _RETRY_AFTER)
 
 
 def _unexpected(error: Exception) -> Response:
@@ -174,6 +203,7 @@ def init_app(app: APIFlask) -> None:
         (HTTPError, _apiflask_error),
         (IntegrityError, _integrity_error),
         (DBAPIError, _database_error),
+        (PoolTimeoutError, _pool_timeout),
         (Exception, _unexpected),
     ]
     for exc_class, handler in handlers:

@@ -1,0 +1,65 @@
+"""The PostgreSQL connection budget of a default deployment, computed from the
+settings: every pool's size plus overflow, summed over the processes, stays at
+or under :data:`powerq.budget.CEILING`, below PostgreSQL's default
+``max_connections`` (a count, not a measurement)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from powerq import budget
+from powerq.config import Settings
+from powerq.up import up
+
+PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+_SETTINGS_ENV = (
+    "POWERQ_LANES",
+    "POWERQ_DB_POOL_SIZE",
+    "POWERQ_DB_MAX_OVERFLOW",
+    "POWERQ_API_THREADS",
+)
+
+
+@pytest.fixture
+def defaults(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as a fresh install has them (the suite sets POWERQ_LANES=2)."""
+    for name in _SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return Settings()
+
+
+def test_powerq_up_stays_under_the_ceiling(defaults: Settings) -> None:
+    plan = budget.up_budget(defaults)
+
+    assert (plan.lanes, plan.per_lane, plan.per_control) == (8, 6, 6)
+    assert (plan.api_workers, plan.per_api_worker) == (1, 11)
+    assert plan.total == 67
+    assert plan.total <= budget.CEILING < budget.POSTGRES_DEFAULT_MAX_CONNECTIONS
+
+
+def test_the_procfile_stays_under_the_ceiling(defaults: Settings) -> None:
+    plan = budget.procfile_budget(defaults)
+
+    assert plan.total == 77
+    assert plan.total <= budget.CEILING
+
+
+def test_the_budget_counts_what_powerq_up_and_the_procfile_start() -> None:
+    web = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
+    lanes = [line for line in PROCFILE.read_text().splitlines() if re.match(r"lane\d+:", line)]
+    workers = re.search(r"--workers \$\{POWERQ_WEB_WORKERS:-(\d+)\}", web)
+    api_workers = next(p for p in up.params if p.name == "api_workers")
+
+    assert workers is not None and int(workers.group(1)) == budget.PROCFILE_API_WORKERS
+    assert len(lanes) == Settings.model_fields["lanes"].default
+    assert api_workers.default == budget.UP_API_WORKERS
+
+
+def test_the_api_counts_a_connection_per_thread_plus_overflow(defaults: Settings) -> None:
+    wide = defaults.model_copy(update={"api_threads": 32})
+
+    assert budget.up_budget(wide).per_api_worker == 32 + defaults.db_max_overflow
+    assert budget.up_budget(wide).per_lane == defaults.db_pool_size + defaults.db_max_overflow
