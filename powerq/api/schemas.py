@@ -49,6 +49,7 @@ from powerq.states import (
     DriverKind,
     PowerState,
 )
+from powerq.tokens import MAX_EXPIRES_IN_S, MIN_EXPIRES_IN_S
 
 _T = TypeVar("_T")
 
@@ -432,7 +433,15 @@ class TokenIn(JsonBody):
 
     role: Literal["reader", "operator", "admin"]
     name: Omittable[TokenName] = Field(
-        default=None, description="Actor name recorded on requests (default: generated)"
+        default=None,
+        description="Actor name recorded on requests, unique among live (unrevoked) tokens "
+        "(default: generated)",
+    )
+    expires_in: Omittable[int] = Field(
+        default=None,
+        ge=MIN_EXPIRES_IN_S,
+        le=MAX_EXPIRES_IN_S,
+        description="Seconds until the token stops working (default: never)",
     )
 
 
