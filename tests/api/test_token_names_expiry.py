@@ -120,7 +120,7 @@ def test_expires_at_is_the_database_clock_plus_expires_in(
     assert created["expires_at"].startswith(row.expires_at.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-@pytest.mark.parametrize("expires_in", [0, -5, MAX_EXPIRES_IN_S + 1, 1.5, "60", None])
+@pytest.mark.parametrize("expires_in", [0, -5, MAX_EXPIRES_IN_S + 1, 1.5, "60", True, None])
 def test_expires_in_is_bounded(
     client: FlaskClient, admin: dict[str, str], expires_in: object
 ) -> None:
