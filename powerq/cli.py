@@ -44,6 +44,8 @@ COMMANDS: Mapping[str, Lazy] = {
     "requests": Lazy("powerq.clicmds.power:requests_group", "Power requests (through the API)."),
     "status": Lazy("powerq.clicmds.power:status",
                    "Fleet summary: observed vs desired power, outstanding requests, faults."),
+    "tokens": Lazy("powerq.clicmds.tokens:tokens",
+                   "API bearer tokens (through the API; only their SHA-256 is stored)."),
     # Server side: database, Celery, the whole stack, BMC simulators.
     "beat": Lazy("powerq.tasks.cli:beat",
                  "Run celery beat (exactly one per installation) for the sweeper and monitor."),
@@ -53,7 +55,6 @@ COMMANDS: Mapping[str, Lazy] = {
     "sim-fleet": Lazy("powerq.bmc.simfleet.cli:sim_fleet",
                       "Run COUNT simulated BMCs, one loopback port each: IPMI v2.0 (RMCP+) over "
                       "UDP, or Redfish over HTTPS (--protocol redfish)."),
-    "tokens": Lazy("powerq.api.cli:tokens", "API bearer tokens (only their SHA-256 is stored)."),
     "up": Lazy("powerq.up:up",
                "Run the whole stack until Ctrl-C (embedded services when no URLs are set)."),
     "worker": Lazy("powerq.tasks.cli:worker",

@@ -282,6 +282,18 @@ class Client:
         """One page of batches, newest first."""
         return dict(self.call("GET", "/v1/batches", params={"limit": limit, "offset": offset}))
 
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create an API token (admin); the answer holds its secret, this once."""
+        return dict(self.call("POST", "/v1/tokens", json=dict(body)))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every API token, oldest first (admin; never their secrets)."""
+        return list(self.call("GET", "/v1/tokens")["items"])
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        """Revoke an API token (admin)."""
+        return dict(self.call("DELETE", f"/v1/tokens/{int(token_id)}"))
+
 
 def poll(
     fetch: Callable[[], T],

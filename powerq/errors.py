@@ -80,6 +80,14 @@ class BmcEndpointTaken(Conflict):
     slug = "bmc-endpoint-taken"
 
 
+class TokenNameTaken(Conflict):
+    """A live (not revoked) API token already has this name: names are actors, so
+    two live tokens may not share one."""
+
+    title = "Token name taken"
+    slug = "token-name-taken"
+
+
 class AlreadyOutstanding(Conflict):
     """The database refused a second outstanding request for a node.
 

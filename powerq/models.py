@@ -335,6 +335,15 @@ class ApiToken(Base):
     """A bearer token; only its SHA-256 is stored."""
 
     __tablename__ = "api_tokens"
+    __table_args__ = (
+        # Names are actors: two live tokens may not share one (revoked ones may).
+        Index(
+            "uq_api_tokens_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
@@ -343,6 +352,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(TZ)
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+    expires_at: Mapped[datetime | None] = mapped_column(TZ)
 
     def __repr__(self) -> str:
         return f"<ApiToken {self.id} {self.name} role={self.role}>"

@@ -64,9 +64,10 @@ from powerq.services import (
 )
 from powerq.states import DriverKind
 from powerq.supervisor import Backoff, Child, ProcessGroup, RestartPolicy
-from powerq.tokens import create_token, verify_token
+from powerq.tokens import create_token, revoke_named, verify_token
 
 ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_NAME = "powerq-up"
 LOCK_FILE = "up.lock"
 FLEET_STATE_FILE = "simfleet-state.json"
 READY_TIMEOUT_S = 120.0
@@ -343,7 +344,9 @@ def _admin_token(data_dir: Path) -> str:
             if verify_token(session, token) is not None:
                 return token
     with session_scope() as session:
-        _, token = create_token(session, role="admin", name="powerq-up")
+        # Its plaintext was only in the file: the old token is lost, so retire its name.
+        revoke_named(session, ADMIN_TOKEN_NAME)
+        _, token = create_token(session, role="admin", name=ADMIN_TOKEN_NAME)
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -49,6 +49,7 @@ from powerq.states import (
     DriverKind,
     PowerState,
 )
+from powerq.tokens import MAX_EXPIRES_IN_S, MIN_EXPIRES_IN_S
 
 _T = TypeVar("_T")
 
@@ -109,6 +110,13 @@ def _number_not_text(value: Any) -> Any:
 
 # A JSON Schema integer: 623 or 623.0, never "623" or true.
 Port = Annotated[int, Field(ge=1, le=65535), Strict(False), BeforeValidator(_number_not_text)]
+# Seconds until a token expires, a JSON Schema integer like Port (3600 or 3600.0).
+TokenLifetime = Annotated[
+    int,
+    Field(ge=MIN_EXPIRES_IN_S, le=MAX_EXPIRES_IN_S),
+    Strict(False),
+    BeforeValidator(_number_not_text),
+]
 Username = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
@@ -432,7 +440,12 @@ class TokenIn(JsonBody):
 
     role: Literal["reader", "operator", "admin"]
     name: Omittable[TokenName] = Field(
-        default=None, description="Actor name recorded on requests (default: generated)"
+        default=None,
+        description="Actor name recorded on requests, unique among live (unrevoked) tokens "
+        "(default: generated)",
+    )
+    expires_in: Omittable[TokenLifetime] = Field(
+        default=None, description="Seconds until the token stops working (default: never)"
     )
 
 

@@ -164,6 +164,7 @@ class TokenOut(OutModel):
     created_at: UtcDatetime
     last_used_at: UtcDatetime | None
     revoked_at: UtcDatetime | None
+    expires_at: UtcDatetime | None
 
 
 def request_out(request: PowerRequest) -> PowerRequestOut:
@@ -285,6 +286,7 @@ def token_out(token: ApiToken) -> TokenOut:
         created_at=token.created_at,
         last_used_at=token.last_used_at,
         revoked_at=token.revoked_at,
+        expires_at=token.expires_at,
     )
 
 

@@ -21,10 +21,16 @@ _MAX_ID = 2**31 - 1
 @bp.auth_required(auth, roles=[ADMIN])
 @bp.input(TokenIn, arg_name="body")
 @bp.output(TokenCreated, status_code=201, description="The token; `token` is shown only now")
+@bp.doc(responses={409: "A live token already has this name"})
 def post_token(body: TokenIn) -> ViewResult:
-    """Create a token"""
+    """Create a token
+
+    A live (unrevoked) token's name is unique: 409 if one already has it.
+    """
     with transaction() as session:
-        row, plaintext = create_token(session, role=body.role, name=body.name)
+        row, plaintext = create_token(
+            session, role=body.role, name=body.name, expires_in=body.expires_in
+        )
         session.refresh(row)
         created = TokenCreated(**token_out(row).model_dump(), token=plaintext)
     return created, 201, {"Location": url_for("tokens.get_tokens")}
