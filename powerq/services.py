@@ -310,7 +310,7 @@ def stop_stale_servers(data_dir: Path, timeout: float = 30.0) -> list[str]:
     ]
     for pid_file, name, sig in candidates:
         pid = _pid_from(pid_file)
-        if pid is None or not _is_server(pid, name):
+        if pid is None or not _is_server(pid, name, pid_file.parent):
             continue
         log.warning("stopping %s (pid %d) left running by an earlier run", name, pid)
         _stop_pid(pid, sig, timeout)
@@ -325,11 +325,15 @@ def _pid_from(path: Path) -> int | None:
         return None
 
 
-def _is_server(pid: int, name: str) -> bool:
+def _is_server(pid: int, name: str, home: Path) -> bool:
+    """Whether ``pid`` is a ``name`` server working in ``home`` (PostgreSQL runs in
+    its data dir, Redis in its ``--dir``): a pid file left by a crash may name a
+    pid that now belongs to another program, or to the system's own server."""
     import psutil
 
     try:
-        return name in psutil.Process(pid).name()
+        process = psutil.Process(pid)
+        return name in process.name() and Path(process.cwd()).resolve() == home.resolve()
     except psutil.Error:
         return False
 

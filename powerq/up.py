@@ -131,7 +131,7 @@ def run(options: UpOptions) -> None:
             _migrate(data_dir)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
-            _start_workers(group, data_dir, lock.fileno())
+            _start_workers(group, data_dir)
             _start_api(group, options, api_url)
             _wait_workers(group, data_dir)
             flower_auth = _start_flower(group, options, data_dir) if options.flower else None
@@ -354,11 +354,14 @@ def _admin_token(data_dir: Path) -> str:
     return token
 
 
-def _start_workers(group: ProcessGroup, data_dir: Path, lock_fd: int) -> None:
+def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
     """Fork one worker per lane and the control worker (which runs beat too).
 
     Their modules are imported here first, and the database pool emptied, so
     that every fork shares the imported pages and inherits no connection.
+    The workers keep the data dir's lock they inherit: if this process dies,
+    a second ``powerq up`` is refused until the last of them has stopped
+    (a lane still finishing its steps must not get a second consumer).
     """
     from powerq.tasks import worker
     from powerq.tasks.lifecycle import preload_drivers
@@ -375,19 +378,17 @@ def _start_workers(group: ProcessGroup, data_dir: Path, lock_fd: int) -> None:
     ready = data_dir / "run"
     ready.mkdir(exist_ok=True)
     for lane in range(get_settings().lanes):
-        _fork_worker(group, f"lane{lane}", ["lane", str(lane)], ready, lock_fd)
-    _fork_worker(group, "control", ["control", "--beat"], ready, lock_fd)
+        _fork_worker(group, f"lane{lane}", ["lane", str(lane)], ready)
+    _fork_worker(group, "control", ["control", "--beat"], ready)
 
 
-def _fork_worker(
-    group: ProcessGroup, name: str, args: list[str], ready: Path, lock_fd: int
-) -> Child:
+def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -> Child:
     from powerq.tasks import worker
 
     parsed = worker.parse(args)
     ready_file = ready / f"{name}.ready"
     ready_file.unlink(missing_ok=True)
-    return group.fork(name, lambda: worker.serve(parsed, ready_file), close_fds=[lock_fd])
+    return group.fork(name, lambda: worker.serve(parsed, ready_file))
 
 
 def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:
