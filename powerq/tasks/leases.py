@@ -422,8 +422,10 @@ _OBSERVE = text(
         RETURNING lease_expires_at
     ), observed AS (
         UPDATE nodes
-        SET power_state = :state, power_state_at = :read_started, last_checked_at = now()
+        SET power_state = CAST(:state AS power_state), power_state_at = :read_started,
+            last_checked_at = now()
         WHERE id = :node_id AND EXISTS (SELECT 1 FROM owner)
+          AND CAST(:state AS power_state) IS NOT NULL
           AND (power_state_at IS NULL OR power_state_at < :read_started)
     )
     SELECT now() AS now, EXISTS (SELECT 1 FROM owner) AS owned,
@@ -432,9 +434,10 @@ _OBSERVE = text(
 )
 
 
-def record_observation(c: Claim, state: PowerState, *, lease_s: float) -> Claim | None:
-    """Store a BMC read made by attempt ``c`` as the node's observed state, renew
-    the lease, and keep the claim's ``command_acked_at`` if none is recorded yet.
+def record_observation(c: Claim, state: PowerState | None, *, lease_s: float) -> Claim | None:
+    """Store a BMC read made by attempt ``c`` as the node's observed state (None:
+    no read to store), renew the lease, and keep the claim's ``command_acked_at``
+    if none is recorded yet.
 
     One statement, fenced: nothing is written unless ``c`` still owns its
     request, and an older read never overwrites a newer one. The read is
@@ -450,7 +453,7 @@ def record_observation(c: Claim, state: PowerState, *, lease_s: float) -> Claim 
         {
             "request_id": c.request_id,
             "attempt": c.attempt,
-            "state": state.value,
+            "state": state.value if state is not None else None,
             "read_started": c.now,
             "node_id": c.node_id,
             "lease_s": lease_s,

@@ -158,6 +158,7 @@ def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = Non
         task retries; the sweeper re-dispatches if it stays down).
     """
     settings = get_settings()
+    run_started = time.monotonic()  # the run's clock starts with its claim
     c = leases.claim(request_id, settings.lease_s, continuing=continuing)
     if c is None:
         log.debug("request %s not claimable (finished, leased, not due or unrunnable)", request_id)
@@ -171,7 +172,7 @@ def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = Non
         return
     with bmc_turn(c.node_id, timeout=BMC_TURN_WAIT_S) as taken:
         if taken:
-            _drive(c, driver)
+            _drive(c, driver, run_started)
         else:  # another thread is still talking to this BMC: come back shortly
             with _interrupted_as(c):
                 _park(c, Next(c.next_step, BUSY_BMC_RETRY_S, c))
@@ -189,12 +190,14 @@ def _interrupted_as(c: Claim) -> Iterator[None]:
         raise Interrupted(c) from exc
 
 
-def _drive(c: Claim, driver: PowerDriver) -> None:
+def _drive(c: Claim, driver: PowerDriver, run_started: float) -> None:
     """Perform steps while they are due within the horizon, then close or park.
+
+    ``run_started``: when the run claimed (:func:`time.monotonic`); the run
+    parks :data:`MAX_RUN_S` after it, whatever is due.
 
     :raises Interrupted: the database went away (with the claim as last written).
     """
-    run_started = time.monotonic()
     outcome: Outcome = Next(c.next_step, 0, c)
     for _ in range(MAX_STEPS_PER_RUN):
         with _interrupted_as(c):
@@ -208,6 +211,12 @@ def _drive(c: Claim, driver: PowerDriver) -> None:
         c = outcome.claim
         if not _stays_in_run(outcome, time.monotonic() - run_started):
             break
+        if _lease_running_out(c):
+            with _interrupted_as(c):
+                renewed = _store_read(c, outcome.unstored)
+            if renewed is None:
+                return  # a newer attempt owns the request now
+            c, outcome = renewed, replace(outcome, claim=renewed, unstored=None)
         if outcome.delay_s > 0:
             pause(outcome.delay_s)
     assert isinstance(outcome, Next)
@@ -218,12 +227,34 @@ def _drive(c: Claim, driver: PowerDriver) -> None:
 def _store_and_park(c: Claim, outcome: Next) -> None:
     """Store the run's last unstored read, if any, then park."""
     if outcome.unstored is not None:
-        stored = leases.record_observation(c, outcome.unstored, lease_s=get_settings().lease_s)
+        stored = _store_read(c, outcome.unstored)
         if stored is None:
             return  # a newer attempt owns the request now
-        c = replace(c, now=stored.now, now_mono=stored.now_mono, lease_until=stored.lease_until)
+        c = stored
     with _interrupted_as(c):
         _park(c, outcome)
+
+
+def _lease_running_out(c: Claim) -> bool:
+    """Whether the run's lease is within half its length of becoming claimable
+    (a claim may take one :data:`leases.CLAIM_TOLERANCE` before it ends): after
+    a long run of checks, or a slow BMC, the run writes to renew it first."""
+    if c.lease_until is None:
+        return False
+    left_s = (c.lease_until - c.clock()).total_seconds()
+    return left_s < get_settings().lease_s / 2 + leases.CLAIM_TOLERANCE.total_seconds()
+
+
+def _store_read(c: Claim, state: PowerState | None) -> Claim | None:
+    """Store ``state`` (read at ``c.now``; None: the node's state stays) and renew
+    the lease; the claim with the new lease, or None if ``c`` was fenced out.
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
+    """
+    stored = leases.record_observation(c, state, lease_s=get_settings().lease_s)
+    if stored is None:
+        return None
+    return replace(c, now=stored.now, now_mono=stored.now_mono, lease_until=stored.lease_until)
 
 
 def _stays_in_run(outcome: Next, ran_s: float) -> bool:
