@@ -147,9 +147,14 @@ def test_migration_renames_live_duplicates_keeping_the_oldest(session: Session) 
     session.execute(text("DROP INDEX uq_api_tokens_live_name"))
     session.add_all([ApiToken(name="dup", role="reader", token_hash=c * 64) for c in "abc"])
     session.flush()
+    first_id = session.scalars(select(ApiToken.id).where(ApiToken.name == "dup")).first()
+    assert first_id is not None
+    # a live token whose name is what a '-' suffix would have produced
+    session.add(ApiToken(name=f"dup-{first_id + 1}", role="reader", token_hash="d" * 64))
+    session.flush()
     session.execute(text(migration._RENAME_LATER_DUPLICATES))
     names = session.scalars(select(ApiToken.name).order_by(ApiToken.id)).all()
     session.rollback()  # the index comes back with the rollback
 
-    assert names[0] == "dup" and len(set(names)) == 3
-    assert all(name.startswith("dup-") for name in names[1:])
+    assert names[0] == "dup" and len(set(names)) == 4
+    assert all(name.startswith("dup#") for name in names[1:3])

@@ -2,8 +2,9 @@
 token may carry an expiry time
 
 Live tokens that already share a name keep the oldest one's name; each later
-one is renamed ``<name>-<id>`` (cut to 128 characters), so the index can be
-built without revoking anybody. Their holders keep working; only the actor
+one is renamed ``<name>#<id>`` (cut to 128 characters), so the index can be
+built without revoking anybody. ``#`` is not allowed in a name the API
+accepts, so the new name cannot be one that a live token already has. Their holders keep working; only the actor
 recorded for them from now on changes.
 
 Revision ID: 0006
@@ -21,7 +22,7 @@ depends_on = None
 
 _RENAME_LATER_DUPLICATES = """
 UPDATE api_tokens AS t
-SET name = left(t.name, 127 - length(t.id::text)) || '-' || t.id
+SET name = left(t.name, 127 - length(t.id::text)) || '#' || t.id
 WHERE t.revoked_at IS NULL
   AND EXISTS (
     SELECT 1 FROM api_tokens AS older
