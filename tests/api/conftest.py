@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from powerq.api import create_app
-from powerq.tokens import ROLES, create_token
+from powerq.tokens import ROLES, create_token, token_cache
 
 
 @pytest.fixture
@@ -87,3 +87,23 @@ def dead_broker() -> Iterator[None]:
         yield
     finally:
         point_broker_at(original)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """The token cache on a fake clock, empty before and after."""
+    fake = FakeClock()
+    monkeypatch.setattr(token_cache, "clock", fake)
+    token_cache.clear()
+    yield fake
+    token_cache.clear()

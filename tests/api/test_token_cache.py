@@ -4,7 +4,6 @@ written only when stale."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,30 +14,11 @@ from sqlalchemy.orm import Session
 from powerq.db import utcnow
 from powerq.models import ApiToken
 from powerq.tokens import TOKEN_CACHE_TTL_S, create_token, hash_token, token_cache
+from tests.api.conftest import FakeClock
 from tests.api.helpers import assert_problem
 from tests.statements import count_statements
 
 NODES = "/v1/nodes"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
-    """The token cache on a fake clock, empty before and after."""
-    fake = FakeClock()
-    monkeypatch.setattr(token_cache, "clock", fake)
-    token_cache.clear()
-    yield fake
-    token_cache.clear()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,21 +13,11 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from powerq.models import ApiToken
-from powerq.tokens import MAX_EXPIRES_IN_S, TOKEN_CACHE_TTL_S, token_cache
+from powerq.tokens import MAX_EXPIRES_IN_S, TOKEN_CACHE_TTL_S
+from tests.api.conftest import FakeClock
 from tests.api.helpers import assert_problem
-from tests.api.test_token_cache import FakeClock
 
 NODES = "/v1/nodes"
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
-    """The token cache on a fake clock, empty before and after."""
-    fake = FakeClock()
-    monkeypatch.setattr(token_cache, "clock", fake)
-    token_cache.clear()
-    yield fake
-    token_cache.clear()
 
 
 def _create(client: FlaskClient, admin: dict[str, str], **body: Any) -> Any:
