@@ -251,10 +251,7 @@ def _store_read(c: Claim, state: PowerState | None) -> Claim | None:
 
     :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
-    stored = leases.record_observation(c, state, lease_s=get_settings().lease_s)
-    if stored is None:
-        return None
-    return replace(c, now=stored.now, now_mono=stored.now_mono, lease_until=stored.lease_until)
+    return leases.record_observation(c, state, lease_s=get_settings().lease_s)
 
 
 def _stays_in_run(outcome: Next, ran_s: float) -> bool:
