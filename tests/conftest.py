@@ -19,10 +19,19 @@ _SERVICES: test_services.SuiteServices | None = None
 _DATA_DIR = Path(tempfile.mkdtemp(prefix="powerq-test-"))
 
 
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process only hands tests to pytest-xdist workers (``-n N``)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start services and export their URLs before any powerq module reads settings,
-    so worker subprocesses started by tests inherit the same environment."""
+    so worker subprocesses started by tests inherit the same environment. Each
+    pytest-xdist worker has its own database and Redis databases; the controller
+    that hands them tests needs none."""
     global _SERVICES
+    if _is_xdist_controller(config):
+        return
     _SERVICES = test_services.start(_DATA_DIR)
     os.environ.update(
         POWERQ_DATABASE_URL=_SERVICES.database_url,
@@ -48,6 +57,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     reset_engines()
     test_services.drop_database(_SERVICES.admin_pg_url, _SERVICES.database_name)
+    test_services.release_redis_databases()
     stop_embedded(_SERVICES.handles)
 
 

@@ -7,6 +7,7 @@ ones are started from wheels. Each test session gets a fresh database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -15,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 
 SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYSTEM_REDIS = ("127.0.0.1", 6379)
-# Concurrent test sessions on one machine each flush "their" Redis database:
-# spread them over databases 1-15 so one session does not eat the other's messages.
-TEST_REDIS_DB = 1 + os.getpid() % 15
+# Test processes on one machine (pytest-xdist's workers, a developer's run beside
+# CI) each flush "their" Redis databases: each claims its own among 1-15, so one
+# does not eat another's messages. Claims are keys in database 0 holding the pid.
+CLAIMABLE_REDIS_DBS = range(1, 16)
+CLAIM_KEY = "powerq-test:redis-db:{}"
+CLAIM_TTL_S = 6 * 3600
 
 
 @dataclass
@@ -31,6 +36,7 @@ class SuiteServices:
     database_url: str
     broker_url: str
     database_name: str
+    spare_broker_url: str
     handles: list[Any] = field(default_factory=list)
 
 
@@ -62,14 +68,63 @@ def _admin_postgres(data_dir: Path, handles: list[Any]) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://").replace("/powerq?", "/postgres?")
 
 
-def _broker(data_dir: Path, handles: list[Any]) -> str:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_redis_databases(count: int) -> list[int]:
+    """Claim ``count`` databases of the system Redis for this process: free ones,
+    or ones whose claimant has exited.
+
+    :raises RuntimeError: every database is claimed by a live process.
+    """
+    client = redis.Redis(*SYSTEM_REDIS, db=0)
+    me = str(os.getpid())
+    claimed: list[int] = []
+    for db in CLAIMABLE_REDIS_DBS:
+        key = CLAIM_KEY.format(db)
+        holder = client.get(key)
+        if holder is None:
+            if not client.set(key, me, ex=CLAIM_TTL_S, nx=True):
+                continue  # another process claimed it just now
+        elif _pid_alive(int(holder)):
+            continue
+        else:
+            client.set(key, me, ex=CLAIM_TTL_S)  # its claimant has exited
+        claimed.append(db)
+        if len(claimed) == count:
+            return claimed
+    release_redis_databases()
+    raise RuntimeError(f"no {count} free Redis databases among {CLAIMABLE_REDIS_DBS}")
+
+
+def release_redis_databases() -> None:
+    """Give back the databases this process claimed."""
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis(*SYSTEM_REDIS, db=0)
+        me = str(os.getpid()).encode()
+        for db in CLAIMABLE_REDIS_DBS:
+            if client.get(CLAIM_KEY.format(db)) == me:
+                client.delete(CLAIM_KEY.format(db))
+
+
+def _brokers(data_dir: Path, handles: list[Any]) -> tuple[str, str]:
+    """The broker URL of this run and a spare database on the same server."""
     if os.environ.get("POWERQ_TEST_EMBEDDED") != "1" and _port_open(*SYSTEM_REDIS):
-        return f"redis://{SYSTEM_REDIS[0]}:{SYSTEM_REDIS[1]}/{TEST_REDIS_DB}"
+        ours, spare = claim_redis_databases(2)
+        base = f"redis://{SYSTEM_REDIS[0]}:{SYSTEM_REDIS[1]}"
+        return f"{base}/{ours}", f"{base}/{spare}"
     from powerq.services import start_embedded_redis
 
     url, handle = start_embedded_redis(data_dir, port=0)
     handles.append(handle)
-    return url
+    return url, f"{url.rsplit('/', 1)[0]}/1"
 
 
 def with_database(admin_url: str, name: str) -> str:
@@ -99,6 +154,5 @@ def start(data_dir: Path) -> SuiteServices:
     name = f"powerq_test_{uuid.uuid4().hex[:10]}"
     create_database(admin, name)
     database_url = with_database(admin, name).replace("postgresql://", "postgresql+psycopg://", 1)
-    return SuiteServices(
-        admin, database_url, _broker(data_dir / "embedded", handles), name, handles
-    )
+    broker, spare = _brokers(data_dir / "embedded", handles)
+    return SuiteServices(admin, database_url, broker, name, spare, handles)

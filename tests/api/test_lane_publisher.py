@@ -21,24 +21,18 @@ from powerq.tasks.app import app as celery_app
 from powerq.tasks.dispatch import STEP_TASK, _publisher, send_step
 from powerq.tasks.routing import lane_for, lane_queue
 from tests.api.conftest import point_broker_at
-from tests.services import TEST_REDIS_DB
 
 NODE = "node-1"
 # Differ from one message to the next by nature.
 _PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "eta"}
 
 
-# A Redis database of its own: the suite's is shared with lane workers and with
-# other test runs, which could take or flush a message between push and pop.
-_PRIVATE_DB = TEST_REDIS_DB % 15 + 1
-
-
 @pytest.fixture
 def broker(services: Any, db: None) -> Iterator[redis.Redis]:
-    """The Celery app on a private database of the suite's Redis (restored after)."""
-    url = services.broker_url
-    if url.startswith("redis://"):
-        url = f"{url.rsplit('/', 1)[0]}/{_PRIVATE_DB}"
+    """The Celery app on a private database of the suite's Redis (restored after):
+    the suite's own is shared with lane workers, which could take a message
+    between push and pop."""
+    url = services.spare_broker_url
     original = celery_app.conf.broker_url
     point_broker_at(url)
     client = redis.Redis.from_url(url)

@@ -48,7 +48,11 @@ def test_get_request_serialises_times_in_utc_and_enums_as_strings(
     assert body["created_at"].endswith("Z")
 
 
-@pytest.mark.parametrize("path", [f"/v1/requests/{uuid.uuid4()}", "/v1/requests/not-a-uuid"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/requests/00000000-0000-4000-8000-000000000000", "/v1/requests/not-a-uuid"],
+    ids=["unknown-uuid", "not-a-uuid"],
+)
 def test_unknown_request_is_404(
     client: FlaskClient, reader: dict[str, str], node: Node, path: str
 ) -> None:
