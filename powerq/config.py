@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Monitor re-checks a node in power_fault this often"
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest API body")
+    # nginx's client_header_timeout is 60 s; a powerq request is a few hundred
+    # bytes on a datacentre network (powerq/gunicorn_worker.py).
+    api_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A client must send its whole request within this (else 408)",
+    )
     drivers: Annotated[tuple[DriverKind, ...], NoDecode] = Field(
         default=(DriverKind.IPMI, DriverKind.REDFISH),
         description="BMC drivers nodes may be registered with (comma-separated: ipmi, "

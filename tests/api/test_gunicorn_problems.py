@@ -5,56 +5,21 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from powerq.services import free_tcp_port
+from tests.api.gunicorn_server import running_gunicorn
 
-START_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 5.0
 
 
 @pytest.fixture(scope="module")
 def api(services: Any) -> Iterator[tuple[str, int]]:
     """gunicorn as the Procfile runs it (its config, its worker class), 1 worker."""
-    port = free_tcp_port()
-    argv = [
-        sys.executable, "-m", "gunicorn",
-        "--config", "python:powerq.gunicorn_conf",
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", "1", "--threads", "2",
-        "powerq.api.wsgi:app",
-    ]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_healthy(port, process)
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
-    """:raises AssertionError: gunicorn exited or did not answer in time."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"gunicorn did not answer on port {port} in {START_TIMEOUT_S} s")
+    with running_gunicorn() as address:
+        yield address
 
 
 def exchange(address: tuple[str, int], raw: bytes) -> tuple[int, dict[str, str], bytes]:
