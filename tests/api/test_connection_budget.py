@@ -63,3 +63,42 @@ def test_the_api_counts_a_connection_per_thread_plus_overflow(defaults: Settings
 
     assert budget.up_budget(wide).per_api_worker == 32 + defaults.db_max_overflow
     assert budget.up_budget(wide).per_lane == defaults.db_pool_size + defaults.db_max_overflow
+
+
+def test_the_server_room_is_max_connections_less_its_reserved_slots(services: object) -> None:
+    from powerq.db import get_engine
+
+    with get_engine().connect() as connection:
+        room = budget.server_room(connection)
+        shown = {
+            name: int(connection.exec_driver_sql(f"SHOW {name}").scalar_one())
+            for name in ("max_connections", "superuser_reserved_connections")
+        }
+
+    # PostgreSQL 16 adds reserved_connections, 0 by default.
+    assert room == shown["max_connections"] - shown["superuser_reserved_connections"]
+
+
+def test_powerq_up_warns_in_one_line_when_the_server_is_too_small(
+    services: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from powerq.config import get_settings
+    from powerq.up import warn_if_over_connection_budget
+
+    monkeypatch.setenv("POWERQ_LANES", "8")
+    get_settings.cache_clear()
+    try:
+        warn_if_over_connection_budget(api_workers=1)  # 67: fits a default server (97)
+        quiet = capsys.readouterr().err
+        monkeypatch.setenv("POWERQ_LANES", "40")
+        get_settings.cache_clear()
+        warn_if_over_connection_budget(api_workers=1)  # 40 x 6 + 6 + 11 + 2 = 259
+        warned = capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    assert quiet == ""
+    assert warned.count("\n") == 1
+    assert warned.startswith("powerq up: warning: this stack may open up to 259 PostgreSQL")
+    assert "raise max_connections" in warned
