@@ -409,6 +409,7 @@ class NodeChanges:
     password: str | None = field(default=None, repr=False)
     tags: tuple[str, ...] | None = None
     maintenance: bool | None = None
+    maintenance_reason: str | None = None
     clear_desired: bool = False
     options: NodeOptions = field(default_factory=NodeOptions)
 
@@ -452,6 +453,11 @@ def checked_changes(node: Node, changes: NodeChanges) -> NodeChanges:
     """
     if changes.port is not None and not 1 <= changes.port <= 65535:
         raise InvalidInput(f"port must be 1-65535, got {changes.port}")
+    in_maintenance = node.maintenance if changes.maintenance is None else changes.maintenance
+    if changes.maintenance_reason is not None and not in_maintenance:
+        raise InvalidInput(
+            "maintenance_reason is only for a node in maintenance (maintenance: true)"
+        )
     if changes.tags is not None:
         changes = dataclasses.replace(changes, tags=tuple(validate_tags(changes.tags)))
     if changes.driver is not None:
@@ -493,6 +499,7 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
     address, port, system = endpoint_after(node, changes)
     with _node_write(session, node.name, address, port, system, node_id=node.id):
         changed = apply_changes(node, changes)
+        changed += note_maintenance(node, changes.maintenance_reason, changed, actor=actor)
     if changed:
         record_event(
             session,
@@ -503,6 +510,26 @@ def update_node(session: Session, node: Node, changes: NodeChanges, *, actor: st
             detail={"fields": changed},
         )
     return changed
+
+
+def note_maintenance(
+    node: Node, reason: str | None, changed: list[str], *, actor: str
+) -> list[str]:
+    """Record who put ``node`` in maintenance, since when (PostgreSQL's clock) and
+    why, when ``changed`` says maintenance was just set; clear the note when it
+    was just lifted; change only the reason (and who gave it) for a node that
+    stays in maintenance. Returns ``["maintenance_reason"]`` when only the
+    reason changed, else nothing more."""
+    if "maintenance" in changed:
+        on = node.maintenance
+        node.maintenance_reason = reason if on else None
+        node.maintenance_by = actor if on else None
+        node.maintenance_since = func.now() if on else None
+        return []
+    if reason is not None and node.maintenance and reason != node.maintenance_reason:
+        node.maintenance_reason, node.maintenance_by = reason, actor
+        return ["maintenance_reason"]
+    return []
 
 
 def apply_changes(node: Node, changes: NodeChanges) -> list[str]:

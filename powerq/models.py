@@ -81,6 +81,10 @@ class Node(Base):
     )
     desired_power_state_at: Mapped[datetime | None] = mapped_column(TZ)
     maintenance: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Why, by whom and since when (set by the API; cleared when maintenance ends).
+    maintenance_reason: Mapped[str | None] = mapped_column(Text)
+    maintenance_by: Mapped[str | None] = mapped_column(Text)
+    maintenance_since: Mapped[datetime | None] = mapped_column(TZ)
     power_fault: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     power_fault_reason: Mapped[str | None] = mapped_column(Text)
     power_fault_at: Mapped[datetime | None] = mapped_column(TZ)

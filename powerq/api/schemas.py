@@ -165,6 +165,9 @@ BatchAction = Annotated[
 Tags = Annotated[list[Tag], Field(max_length=64)]
 TagList = Annotated[str, StringConstraints(pattern=TAG_LIST_PATTERN)]
 NamePrefix = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,63}$")]
+MaintenanceReason = Annotated[
+    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
+]
 TokenName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")]
 
 
@@ -315,6 +318,9 @@ class NodePatch(JsonBody):
     password: Omittable[Password] = None
     tags: Omittable[Tags] = None
     maintenance: Omittable[bool] = None
+    maintenance_reason: Omittable[MaintenanceReason] = Field(
+        default=None, description="Why (with maintenance: true, or for a node in maintenance)"
+    )
     desired_power_state: None = Field(
         default=None, description="Only null, which clears the desired power state"
     )
@@ -337,6 +343,7 @@ class NodePatch(JsonBody):
             password=password,
             tags=tuple(self.tags) if self.tags is not None else None,
             maintenance=self.maintenance,
+            maintenance_reason=self.maintenance_reason,
             clear_desired="desired_power_state" in self.model_fields_set,
             options=_options_of(self, self._cleared()),
         )

@@ -104,6 +104,9 @@ class NodeOut(OutModel):
     )
     desired_power_state_at: UtcDatetime | None
     maintenance: bool
+    maintenance_reason: str | None = Field(description="Why the node is in maintenance")
+    maintenance_by: str | None = Field(description="The token name that put it there")
+    maintenance_since: UtcDatetime | None
     power_fault: bool
     power_fault_reason: str | None
     power_fault_at: UtcDatetime | None
@@ -220,6 +223,9 @@ def node_out(node: Node, outstanding: PowerRequest | None = None) -> NodeOut:
         desired_power_state=node.desired_power_state,
         desired_power_state_at=node.desired_power_state_at,
         maintenance=node.maintenance,
+        maintenance_reason=node.maintenance_reason,
+        maintenance_by=node.maintenance_by,
+        maintenance_since=node.maintenance_since,
         power_fault=node.power_fault,
         power_fault_reason=node.power_fault_reason,
         power_fault_at=node.power_fault_at,

@@ -206,6 +206,42 @@ def test_patch_changes_fields_and_records_which(
     assert "n3w-Secret" not in str(event.message) + str(event.detail)
 
 
+def test_maintenance_records_why_who_and_since_and_lifting_clears_it(
+    client: FlaskClient, admin: dict[str, str], fleet: list[Node], session: Session
+) -> None:
+    on = client.patch(
+        "/v1/nodes/a-1",
+        json={"maintenance": True, "maintenance_reason": "PSU swap, ticket 4711"},
+        headers=admin,
+    ).get_json()
+    reworded = client.patch(
+        "/v1/nodes/a-1", json={"maintenance_reason": "PSU swap, ticket 4712"}, headers=admin
+    ).get_json()
+    off = client.patch("/v1/nodes/a-1", json={"maintenance": False}, headers=admin).get_json()
+
+    assert (on["maintenance"], on["maintenance_reason"], on["maintenance_by"]) == (
+        True,
+        "PSU swap, ticket 4711",
+        "admin-token",
+    )
+    assert on["maintenance_since"].endswith("Z")
+    assert reworded["maintenance_reason"] == "PSU swap, ticket 4712"
+    assert reworded["maintenance_since"] == on["maintenance_since"]
+    assert (off["maintenance"], off["maintenance_reason"], off["maintenance_by"]) == (
+        False,
+        None,
+        None,
+    )
+    assert off["maintenance_since"] is None
+    fields = [
+        e.detail["fields"]
+        for e in session.scalars(
+            select(PowerEvent).where(PowerEvent.kind == "updated").order_by(PowerEvent.id)
+        )
+    ]
+    assert fields == [["maintenance"], ["maintenance_reason"], ["maintenance"]]
+
+
 def test_patch_clears_the_desired_state(
     client: FlaskClient, admin: dict[str, str], fleet: list[Node]
 ) -> None:
@@ -223,6 +259,10 @@ def test_patch_clears_the_desired_state(
         {"port": None},
         {"port": 70000},
         {"maintenance": "yes"},
+        {"maintenance_reason": "not in maintenance"},
+        {"maintenance": False, "maintenance_reason": "lifting"},
+        {"maintenance": True, "maintenance_reason": ""},
+        {"maintenance": True, "maintenance_reason": "line\nbreak"},
         {"name": "renamed"},
         {"tags": "rack1"},
     ],
