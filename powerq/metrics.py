@@ -31,12 +31,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import (
     ColumnElement,
+    Float,
     String,
     and_,
     case,
     cast,
     exists,
-    extract,
     func,
     literal,
     or_,
@@ -140,17 +140,20 @@ def _failure_kind() -> ColumnElement[str]:
 
 
 def _seconds(later: Any, earlier: Any) -> Any:
-    return extract("epoch", later - earlier)
+    """Seconds between two timestamps, as double precision: ``date_part`` (EXTRACT
+    gives numeric, twice as slow over a history)."""
+    return func.date_part("epoch", later - earlier, type_=Float)
 
 
-def _histogram_columns(name: str, seconds: Any, where: Any, bounds: Sequence[float]) -> list[Any]:
-    """count, sum and a cumulative count per bucket of ``seconds`` over rows matching ``where``."""
+def _histogram_columns(name: str, seconds: Any, bounds: Sequence[float]) -> list[Any]:
+    """count, sum and a cumulative count per bucket of the column ``seconds`` (NULL:
+    not in the histogram)."""
     columns = [
-        func.count().filter(where).label(f"{name}_count"),
-        func.coalesce(func.sum(seconds).filter(where), 0.0).label(f"{name}_sum"),
+        func.count(seconds).label(f"{name}_count"),
+        func.coalesce(func.sum(seconds), 0.0).label(f"{name}_sum"),
     ]
     columns += [
-        func.count().filter(and_(where, seconds <= bound)).label(f"{name}_le_{i}")
+        func.count().filter(seconds <= bound).label(f"{name}_le_{i}")
         for i, bound in enumerate(bounds)
     ]
     return columns
@@ -158,6 +161,7 @@ def _histogram_columns(name: str, seconds: Any, where: Any, bounds: Sequence[flo
 
 _FINISHED = PowerRequest.status.in_([RequestStatus.SUCCEEDED, RequestStatus.FAILED])
 _RAN = and_(_FINISHED, PowerRequest.started_at.is_not(None))
+# name, seconds, which rows, bucket bounds
 _HISTOGRAMS: tuple[tuple[str, Any, Any, tuple[float, ...]], ...] = (
     ("queue_wait", _seconds(PowerRequest.started_at, PowerRequest.created_at), _RAN,
      QUEUE_WAIT_BUCKETS),
@@ -170,20 +174,31 @@ _HISTOGRAMS: tuple[tuple[str, Any, Any, tuple[float, ...]], ...] = (
 
 
 def _requests_statement() -> Any:
-    """One pass over power_requests, grouped by action, status and failure kind."""
-    kind = _failure_kind().label("kind")
-    columns: list[Any] = [
+    """One pass over power_requests, grouped by action, status and failure kind.
+
+    Each row's durations are computed once, in a subquery the buckets then only
+    compare: its ``OFFSET 0`` keeps PostgreSQL from pulling it up into the
+    aggregate, which would compute every duration again for each bucket (three
+    times slower at 50,000 rows).
+    """
+    inner: list[Any] = [
         PowerRequest.action.label("action"),
         PowerRequest.status.label("status"),
-        kind,
-        func.count().label("n"),
-        func.coalesce(func.sum(func.greatest(PowerRequest.dispatch_count - 1, 0)), 0).label(
-            "redispatches"
-        ),
+        _failure_kind().label("kind"),
+        func.greatest(PowerRequest.dispatch_count - 1, 0).label("again"),
     ]
-    for name, seconds, where, bounds in _HISTOGRAMS:
-        columns += _histogram_columns(name, seconds, where, bounds)
-    return select(*columns).group_by(PowerRequest.action, PowerRequest.status, kind)
+    inner += [case((where, seconds)).label(name) for name, seconds, where, _ in _HISTOGRAMS]
+    rows = select(*inner).offset(0).subquery("r")
+    columns: list[Any] = [
+        rows.c.action,
+        rows.c.status,
+        rows.c.kind,
+        func.count().label("n"),
+        func.coalesce(func.sum(rows.c.again), 0).label("redispatches"),
+    ]
+    for name, _, _, bounds in _HISTOGRAMS:
+        columns += _histogram_columns(name, rows.c[name], bounds)
+    return select(*columns).group_by(rows.c.action, rows.c.status, rows.c.kind)
 
 
 _REQUESTS = _requests_statement()
