@@ -3,9 +3,12 @@ scrape's statement count (fixed, whatever the size of the fleet and history)."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -338,3 +341,20 @@ def test_unknown_failures_are_other(session: Session, client: FlaskClient,
     samples = scrape(client, reader)
 
     assert value(samples, "powerq_request_failures_total", action="on", kind="other") == 1
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_dashboard_and_the_docs_name_only_exposed_metrics(
+    client: FlaskClient, reader: dict[str, str], history: dict[str, Node]
+) -> None:
+    exposed = {name for name, _ in scrape(client, reader)}
+    dashboard = json.loads((DOCS / "grafana-powerq.json").read_text())
+    used = set(re.findall(r"\bpowerq_[a-z_]+", json.dumps(dashboard)))
+    families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in exposed}
+    documented = set(re.findall(r"`(powerq_[a-z_]+)`", (DOCS / "metrics.md").read_text()))
+
+    assert used and used <= exposed, used - exposed
+    assert families <= documented | {name.removesuffix("_total") for name in documented}
+    assert documented <= families | exposed, documented - families - exposed
