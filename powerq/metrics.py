@@ -118,9 +118,8 @@ class Snapshot:
     requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, status)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, kind)
     redispatches: int = 0
-    queue_wait: dict[str, Histogram] = field(default_factory=dict)  # by action
-    execution: dict[str, Histogram] = field(default_factory=dict)
-    to_success: dict[str, Histogram] = field(default_factory=dict)
+    # histogram name (queue_wait, execution, to_success) -> action -> histogram
+    latency: dict[str, dict[str, Histogram]] = field(default_factory=dict)
     outstanding: dict[tuple[int, str], int] = field(default_factory=dict)  # (lane, state)
     nodes: dict[str, int] = field(default_factory=dict)  # total, power_fault, drift, maintenance
     oldest_observation_age_s: float | None = None
@@ -282,7 +281,7 @@ def _read_requests(connection: Connection, snapshot: Snapshot) -> None:
     snapshot.requests, snapshot.failures = dict(requests), dict(failures)
     for name, _, _, bounds in _HISTOGRAMS:
         merged = {action: _merge(bounds, groups) for action, groups in parts[name].items()}
-        setattr(snapshot, name, {a: h for a, h in merged.items() if h.count})
+        snapshot.latency[name] = {a: h for a, h in merged.items() if h.count}
 
 
 def _merge(bounds: tuple[float, ...], groups: Iterable[tuple[int, float, list[int]]]) -> Histogram:
@@ -400,8 +399,7 @@ def _latency_families(snapshot: Snapshot) -> list[Any]:
     result = []
     for name, (metric, doc) in _LATENCY_DOCS.items():
         family = HistogramMetricFamily(PREFIX + metric, doc, labels=["action"])
-        histograms: dict[str, Histogram] = getattr(snapshot, name)
-        for action, histogram in sorted(histograms.items()):
+        for action, histogram in sorted(snapshot.latency.get(name, {}).items()):
             family.add_metric([action], histogram.buckets(), histogram.total_s)
         result.append(family)
     return result

@@ -15,14 +15,17 @@ import redis
 from apiflask import APIFlask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from powerq.api import create_app
+from powerq.bmc import ipmi_errors
+from powerq.bmc.base import BmcTarget
 from powerq.config import Settings, get_settings
 from powerq.metrics import read_snapshot
 from powerq.models import Node, PowerRequest
 from powerq.states import Action, DesiredPowerState, PowerState, RequestStatus
+from powerq.tasks import verify
 from powerq.tasks.app import app as celery_app
 from powerq.tasks.routing import lane_for, lane_queue
 from tests.factories import make_node
@@ -234,6 +237,23 @@ def test_a_broker_that_is_down_is_a_metric_not_a_failed_scrape(
     assert value(samples, "powerq_requests_total", action="on", status="succeeded") == 2
 
 
+def test_a_database_that_is_down_is_a_503_problem(
+    client: FlaskClient, reader: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.get("/metrics", headers=reader)  # the token is verified (and cached) first
+    dead = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+    )
+    monkeypatch.setattr("powerq.metrics.get_engine", lambda: dead)
+
+    response = client.get("/metrics", headers=reader)
+
+    assert response.status_code == 503
+    assert response.content_type == "application/problem+json"
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["status"] == 503
+
+
 def test_metrics_need_a_token(client: FlaskClient, reader: dict[str, str]) -> None:
     anonymous = client.get("/metrics")
     wrong = client.get("/metrics", headers={"Authorization": "Bearer pq_not-a-token"})
@@ -358,3 +378,41 @@ def test_the_dashboard_and_the_docs_name_only_exposed_metrics(
     assert used and used <= exposed, used - exposed
     assert families <= documented | {name.removesuffix("_total") for name in documented}
     assert documented <= families | exposed, documented - families - exposed
+
+
+_TARGET = BmcTarget("ipmi", "10.0.0.9", 623, "admin", "hunter2")
+
+
+def _ipmi(reason: str) -> str:
+    return str(ipmi_errors.from_exception(Exception(reason), _TARGET, "login"))
+
+
+# What the executor, the sweeper and a batch deadline write (through their own
+# message builders where they are public), and the kind each is counted as.
+FAILURE_TEXTS: list[tuple[str, str]] = [
+    (f"BMC unreachable after 5 attempts: {_ipmi('timed out')}", "unreachable"),
+    (f"on failed: {_ipmi('Incorrect password provided')}", "auth"),
+    (f"on failed: {_ipmi('did not accept cipher suite 17')}", "protocol"),
+    (f"on failed: {ipmi_errors.from_response({'code': 0xD5}, _TARGET, 'power on')}", "rejected"),
+    (verify.expired_message(Action.OFF, PowerState.ON, 120.0), "deadline"),
+    ("on not verified by its deadline (120s): no worker could check it for 5 minutes", "deadline"),
+    ("not started before its batch's deadline (2026-01-01T00:00:00Z)", "not_started"),
+    ("cannot drive BMC 10.0.0.9:623: redfish is not enabled", "driver"),
+    ("reset was sent once to 10.0.0.9:623 and its answer is unknown (x)", "unknown_outcome"),
+    ("the BMC reports boot device disk after pxe was set", "boot_device"),
+    ("something nobody wrote a pattern for", "other"),
+]  # fmt: skip
+
+
+def test_failure_kinds_of_the_texts_powerq_writes(session: Session) -> None:
+    for i, (error, _) in enumerate(FAILURE_TEXTS):
+        node = make_node(session, f"k{i}")
+        add_request(session, node, Action.ON, RequestStatus.FAILED, error=error,
+                    started_after_s=1, finished_after_s=2)  # fmt: skip
+    expected: dict[str, int] = {}
+    for _, kind in FAILURE_TEXTS:
+        expected[kind] = expected.get(kind, 0) + 1
+
+    snapshot = read_snapshot(get_settings().lanes, broker=False)
+
+    assert {kind: n for (_, kind), n in snapshot.failures.items()} == expected
