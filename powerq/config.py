@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         gt=0,
         description="A client must send its whole request within this (else 408)",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="GET /metrics without a token (default: a reader token is required)",
+    )
     drivers: Annotated[tuple[DriverKind, ...], NoDecode] = Field(
         default=(DriverKind.IPMI, DriverKind.REDFISH),
         description="BMC drivers nodes may be registered with (comma-separated: ipmi, "

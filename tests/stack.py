@@ -105,7 +105,7 @@ class Stack:
             intent = request_power(session, node, action, actor="test", **options)  # type: ignore[arg-type]
             request_id, created = intent.request.id, intent.created
         if created:
-            dispatch_request(request_id, name)
+            dispatch_request(request_id, name, action)
         return request_id
 
     def wait_finished(

@@ -14,8 +14,9 @@ Layout: :mod:`.problems` (RFC 9457 errors), :mod:`.jsonbody` (the one strict
 parser of every JSON request body), :mod:`.auth` (tokens and roles),
 :mod:`.openapi` (document finishing), and one blueprint module per resource:
 :mod:`.health`, :mod:`.nodes`, :mod:`.power`, :mod:`.power_requests`,
-:mod:`.tokens`. Batches (issue 8) plug in the same way: add a
-``powerq.api.batches`` module with an ``init_app(app)`` to :data:`BLUEPRINT_MODULES`.
+:mod:`.tokens`, :mod:`.metrics` (``GET /metrics`` for Prometheus). Batches
+(issue 8) plug in the same way: add a ``powerq.api.batches`` module with an
+``init_app(app)`` to :data:`BLUEPRINT_MODULES`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ BLUEPRINT_MODULES: tuple[str, ...] = (
     "powerq.api.tokens",
     "powerq.api.ui",  # the status page (/, /nodes/<name>) and GET /v1/whoami
     "powerq.api.batches",
+    "powerq.api.metrics",  # GET /metrics (Prometheus), computed from PostgreSQL
 )
 
 _APIFLASK_CONFIG: dict[str, Any] = {

@@ -80,7 +80,7 @@ def post_node(body: NodeIn) -> ViewResult:
             check = request_power(session, node, Action.VALIDATE, actor=current_actor()).request
         out = node_out(node, check)
     if check is not None:
-        dispatch_request(check.id, out.name)
+        dispatch_request(check.id, out.name, Action.VALIDATE)
     return out, 201, {"Location": url_for("nodes.get_node", name=out.name)}
 
 

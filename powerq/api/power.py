@@ -166,7 +166,7 @@ def _ask(name: str, ask: Ask) -> ViewResult:
         if stored is None:
             raise
         return idempotency.replay(stored)
-    return _dispatch_and_answer(recorded, call)
+    return _dispatch_and_answer(recorded, call, ask.action)
 
 
 def _call_key(action: Action) -> CallKey | None:
@@ -287,20 +287,21 @@ def _location(request_id: uuid.UUID) -> dict[str, str]:
     return {"Location": url_for("requests.get_request", request_id=request_id)}
 
 
-def _dispatch_and_answer(recorded: Recorded, call: CallKey | None) -> ViewResult:
-    """Wake the lane for a new request (after commit) and answer.
+def _dispatch_and_answer(recorded: Recorded, call: CallKey | None, action: Action) -> ViewResult:
+    """Wake the lane for a new request (after commit) and answer (``action``: shown
+    with the node in Flower's task list).
 
     The answer is a finished response (``@output`` passes it through): its body
     is already JSON (:func:`powerq.api.rowjson.request_json` on the hot path).
     """
     body = recorded.body
     if recorded.marked_at is not None:
-        if not ring_marked(recorded.request_id, recorded.node_name, recorded.marked_at):
+        if not ring_marked(recorded.request_id, recorded.node_name, recorded.marked_at, action):
             body = _undispatched(body)
             if call is not None:
                 idempotency.replace_body(call, body)
     elif recorded.created:
-        dispatched = dispatch_request(recorded.request_id, recorded.node_name)
+        dispatched = dispatch_request(recorded.request_id, recorded.node_name, action)
         body = {**body, "dispatched": dispatched}
         if dispatched and call is not None:
             idempotency.note_dispatched(call)

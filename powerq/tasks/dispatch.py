@@ -28,7 +28,7 @@ from powerq.db import session_scope, utcnow
 from powerq.models import PowerRequest
 from powerq.tasks.app import app
 from powerq.tasks.routing import lane_for, lane_queue
-from powerq.tasks.stepmessage import StepTemplate
+from powerq.tasks.stepmessage import StepTemplate, step_kwargsrepr
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,31 @@ def send_step(
     request_id: uuid.UUID,
     node_name: str,
     *,
+    action: str | None = None,
     countdown: float | None = None,
     continuing: int | None = None,
     parked_until: str | None = None,
 ) -> None:
     """Publish one ``powerq.step`` for ``request_id`` on ``node_name``'s lane
     (``continuing``, ``parked_until``: the parked attempt this message
-    continues, and the lease it was parked with).
+    continues, and the lease it was parked with). The node and ``action`` (if
+    the caller knows it) are only shown, in ``kwargsrepr`` (Flower, worker
+    logs); the message's arguments stay the ids.
 
     :raises kombu.exceptions.OperationalError: the broker cannot be reached.
     """
     queue = lane_queue(lane_for(node_name, get_settings().lanes))
+    kwargsrepr = step_kwargsrepr(node_name, action)
     if countdown is None and continuing is None and not app.conf.task_send_sent_event:
-        _publisher.publish_step(queue, str(request_id))  # the common ring: from a template
+        _publisher.publish_step(queue, str(request_id), kwargsrepr)  # the common ring
         return
     args: list[Any] = [str(request_id)]
     if continuing is not None:
         args += [continuing, parked_until]
     if app.conf.task_send_sent_event:  # Flower asked for events: Celery's own path sends them
         app.send_task(STEP_TASK, args=args, queue=queue, routing_key=queue,
-                      countdown=countdown, retry=True, retry_policy=_PUBLISH_RETRY)  # fmt: skip
+                      countdown=countdown, retry=True, retry_policy=_PUBLISH_RETRY,
+                      argsrepr=repr(args), kwargsrepr=kwargsrepr)  # fmt: skip
         return
     message = app.amqp.create_task_message(
         str(uuid.uuid4()),
@@ -72,7 +77,7 @@ def send_step(
         reply_to=app.thread_oid,
         ignore_result=None,
         argsrepr=repr(args),  # what Celery's saferepr makes of an id (and an int), for less
-        kwargsrepr="{}",
+        kwargsrepr=kwargsrepr,
     )
     _publisher.publish(queue, message.headers, message.properties, message.body)
 
@@ -103,8 +108,9 @@ class _LanePublisher:
         self._client: Any = None
         self._templates: dict[str, StepTemplate] = {}
 
-    def publish_step(self, queue: str, request_id: str) -> None:
-        """LPUSH a ``powerq.step`` for ``request_id`` (no countdown) onto ``queue``'s list.
+    def publish_step(self, queue: str, request_id: str, kwargsrepr: str = "{}") -> None:
+        """LPUSH a ``powerq.step`` for ``request_id`` (no countdown) onto ``queue``'s list
+        (``kwargsrepr``: what Flower shows as its keyword arguments).
 
         :raises kombu.exceptions.OperationalError: the broker cannot be reached.
         """
@@ -113,7 +119,8 @@ class _LanePublisher:
             template = self._templates.get(queue)
             if template is None:
                 template = self._templates[queue] = StepTemplate.build(channel, queue, STEP_TASK)
-            self._lpush(client, template.key, template.render(request_id, app.thread_oid))
+            message = template.render(request_id, app.thread_oid, kwargsrepr)
+            self._lpush(client, template.key, message)
         except (RedisError, OSError) as exc:
             self.reset()
             raise OperationalError(str(exc)) from exc
@@ -182,15 +189,16 @@ class _LanePublisher:
 _publisher = _LanePublisher()
 
 
-def dispatch_request(request_id: uuid.UUID, node_name: str) -> bool:
-    """Wake the lane for a committed request and note when it was dispatched.
+def dispatch_request(request_id: uuid.UUID, node_name: str, action: str | None = None) -> bool:
+    """Wake the lane for a committed request and note when it was dispatched
+    (``action``: shown with the node in Flower, see :func:`send_step`).
 
     Never raises: returns False (and logs why) when the message could not be
     sent; the sweeper dispatches the request later. Call only after the intent
     has committed.
     """
     try:
-        send_step(request_id, node_name)
+        send_step(request_id, node_name, action=action)
     except Exception as exc:  # any broker or transport error: the intent is durable
         log.warning("broker unreachable, request %s left for the sweeper: %s", request_id, exc)
         return False
@@ -201,15 +209,18 @@ def dispatch_request(request_id: uuid.UUID, node_name: str) -> bool:
     return True
 
 
-def ring_marked(request_id: uuid.UUID, node_name: str, marked_at: datetime) -> bool:
+def ring_marked(
+    request_id: uuid.UUID, node_name: str, marked_at: datetime, action: str | None = None
+) -> bool:
     """Wake the lane for a committed request already written as dispatched at
-    ``marked_at`` (in the statement that recorded it).
+    ``marked_at`` (in the statement that recorded it; ``action``: shown with the
+    node in Flower, see :func:`send_step`).
 
     Never raises: when the message cannot be sent, the mark is taken back (so
     the sweeper dispatches the request at its next pass) and False returned.
     """
     try:
-        send_step(request_id, node_name)
+        send_step(request_id, node_name, action=action)
     except Exception as exc:  # any broker or transport error: the intent is durable
         log.warning("broker unreachable, request %s left for the sweeper: %s", request_id, exc)
         _unmark(request_id, marked_at)
@@ -248,12 +259,14 @@ def mark_dispatched(request_ids: list[uuid.UUID]) -> None:
 
 
 class StepMessage(NamedTuple):
-    """One ``powerq.step`` to publish: the request, its node (for the lane), and
-    seconds to hold it back (None: at once)."""
+    """One ``powerq.step`` to publish: the request, its node (for the lane),
+    seconds to hold it back (None: at once), and its action if known (shown in
+    Flower with the node)."""
 
     request_id: uuid.UUID
     node_name: str
     countdown: float | None = None
+    action: str | None = None
 
 
 def send_steps(messages: Iterable[StepMessage]) -> int:
@@ -273,15 +286,18 @@ def send_steps(messages: Iterable[StepMessage]) -> int:
         with app.producer_or_acquire() as producer, producer.batch():
             for message in messages:
                 queue = lane_queue(lane_for(message.node_name, lanes))
+                args = [str(message.request_id)]
                 app.send_task(
                     STEP_TASK,
-                    args=[str(message.request_id)],
+                    args=args,
                     queue=queue,
                     routing_key=queue,
                     countdown=message.countdown,
                     producer=producer,
                     retry=True,
                     retry_policy=_PUBLISH_RETRY,
+                    argsrepr=repr(args),
+                    kwargsrepr=step_kwargsrepr(message.node_name, message.action),
                 )
                 queued += 1
     except Exception as exc:  # any broker or transport error: the intents are durable

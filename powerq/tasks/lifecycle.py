@@ -47,7 +47,7 @@ def resume_lane(lane: int) -> list[uuid.UUID]:
     lanes = get_settings().lanes
     with session_scope() as session:
         held = session.execute(
-            select(PowerRequest.id, Node.name)
+            select(PowerRequest.id, Node.name, PowerRequest.action)
             .join(Node, Node.id == PowerRequest.node_id)
             .where(
                 PowerRequest.status == RequestStatus.RUNNING,
@@ -55,19 +55,19 @@ def resume_lane(lane: int) -> list[uuid.UUID]:
             )
             .with_for_update(of=PowerRequest, skip_locked=True)
         ).all()
-        mine = [(rid, name) for rid, name in held if lane_for(name, lanes) == lane]
+        mine = [(rid, name, action) for rid, name, action in held if lane_for(name, lanes) == lane]
         if mine:
             session.execute(
                 update(PowerRequest)
-                .where(PowerRequest.id.in_([rid for rid, _ in mine]))
+                .where(PowerRequest.id.in_([rid for rid, _, _ in mine]))
                 .values(lease_expires_at=func.now())
             )
-    for request_id, name in mine:
+    for request_id, name, action in mine:
         try:
-            send_step(request_id, name)
+            send_step(request_id, name, action=action)
         except Exception as exc:  # broker down: the sweeper rings it later
             log.warning("could not ring resumed request %s: %s", request_id, exc)
-    return [rid for rid, _ in mine]
+    return [rid for rid, _, _ in mine]
 
 
 def preload_drivers() -> tuple[DriverKind, ...]:

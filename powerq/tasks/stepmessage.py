@@ -4,7 +4,8 @@ Celery (:meth:`celery.app.amqp.AMQP.create_task_message`: the protocol-2
 headers a worker reads) and kombu's Redis channel (body serialisation and
 encoding, delivery info) build the payload once per lane queue, with holes for
 what differs from one message to the next: the task id (also ``root_id`` and
-``correlation_id``), the request id (in the args and ``argsrepr``), the sending
+``correlation_id``), the request id (in the args and ``argsrepr``), the node
+and action it is for (``kwargsrepr``, see :func:`step_kwargsrepr`), the sending
 thread's ``reply_to``, kombu's ``delivery_tag`` and the encoded body. A message
 is then the template with its holes filled: a few string joins instead of the
 ~350 Python calls of Celery's message building and kombu's framing per publish.
@@ -19,6 +20,7 @@ built by Celery each time (:func:`powerq.tasks.dispatch.send_step`).
 from __future__ import annotations
 
 import base64
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -36,6 +38,21 @@ _HOLE = re.compile(r"@@powerq:(\w+)@@")
 
 def _hole(name: str) -> str:
     return f"@@powerq:{name}@@"
+
+
+def step_kwargsrepr(node_name: str, action: str | None) -> str:
+    """What Flower (and the worker's log) shows as a step's keyword arguments: the
+    node and, where the publisher knows it, the action, e.g. ``{'node': 'n1',
+    'action': 'off'}``. Only shown: the task's real arguments stay the request id
+    alone (the task re-reads everything), and nothing secret is ever in here.
+    A dict's repr, so Flower's search finds ``kwargs:node=n1``."""
+    shown = {"node": node_name} if action is None else {"node": node_name, "action": str(action)}
+    return repr(shown)
+
+
+def _json_text(text: str) -> str:
+    """``text`` escaped to sit inside a JSON string (a hole of a template)."""
+    return json.dumps(text)[1:-1]
 
 
 class Template:
@@ -88,7 +105,7 @@ class StepTemplate:
             reply_to=_hole("reply_to"),
             ignore_result=None,
             argsrepr=repr(args),  # what Celery's saferepr makes of an id, for less
-            kwargsrepr="{}",
+            kwargsrepr=_hole("kwargsrepr"),
         )
         serialized = serialization.dumps(task.body, serializer="json")  # type: ignore[no-untyped-call]
         content_type, content_encoding, payload = serialized
@@ -104,14 +121,16 @@ class StepTemplate:
         key = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
         return cls(key, Template(json_dumps(message)), Template(payload))  # type: ignore[no-untyped-call]
 
-    def render(self, request_id: str, reply_to: str) -> str:
-        """The message waking the lane for ``request_id``: a new task id and delivery tag."""
+    def render(self, request_id: str, reply_to: str, kwargsrepr: str = "{}") -> str:
+        """The message waking the lane for ``request_id``: a new task id and delivery
+        tag; ``kwargsrepr`` is what Flower shows as its keyword arguments."""
         body = self.body.fill({"request_id": request_id}).encode("utf-8")
         return self.message.fill(
             {
                 "task_id": str(uuid.uuid4()),
                 "request_id": request_id,
                 "reply_to": reply_to,
+                "kwargsrepr": _json_text(kwargsrepr),
                 "delivery_tag": str(uuid.uuid4()),
                 "body": base64.b64encode(body).decode("ascii"),
             }

@@ -274,6 +274,7 @@ def _park(c: Claim, outcome: Next) -> None:
         send_step(
             c.request_id,
             c.node_name,
+            action=c.action,
             countdown=outcome.delay_s,
             continuing=c.attempt,
             parked_until=parked.isoformat(),

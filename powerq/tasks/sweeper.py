@@ -33,7 +33,7 @@ from powerq.config import get_settings
 from powerq.db import db_now, session_scope
 from powerq.health import record_failure
 from powerq.models import Node, PowerRequest
-from powerq.states import RequestStatus
+from powerq.states import Action, RequestStatus
 from powerq.tasks import batch_pump
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
@@ -89,9 +89,9 @@ def sweep_once(batch_size: int = BATCH_SIZE) -> SweepReport:
     batch_pump.pump_in_sweep()  # release held batch requests (survives restarts)
     with session_scope() as session:
         due = _claim_redispatch(session, batch_size)
-    for request_id, node_name in due:
+    for request_id, node_name, action in due:
         try:
-            send_step(request_id, node_name)
+            send_step(request_id, node_name, action=action)
             report.redispatched.append(request_id)
         except Exception as exc:  # broker down: try again next sweep
             report.publish_failures += 1
@@ -127,8 +127,9 @@ def _needs_redispatch(now: datetime) -> Any:
     return or_(and_(pending_due, stale_dispatch), lease_lost)
 
 
-def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str]]:
-    """Mark due requests dispatched now (locked, skipping rows others hold).
+def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str, Action]]:
+    """Mark due requests dispatched now (locked, skipping rows others hold); return
+    them with their node's name (the lane) and action (shown in Flower).
 
     A request whose lane still has messages queued is left alone: its own
     message is most likely among them (a busy lane, not a lost message), and
@@ -151,7 +152,7 @@ def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str
     if not wanted:
         return []
     rows = session.execute(
-        select(PowerRequest.id, Node.name)
+        select(PowerRequest.id, Node.name, PowerRequest.action)
         .join(Node, Node.id == PowerRequest.node_id)
         .where(PowerRequest.id.in_(wanted), due)
         .with_for_update(of=PowerRequest, skip_locked=True)
@@ -159,10 +160,10 @@ def _claim_redispatch(session: Session, limit: int) -> list[tuple[uuid.UUID, str
     if rows:
         session.execute(
             update(PowerRequest)
-            .where(PowerRequest.id.in_([rid for rid, _ in rows]))
+            .where(PowerRequest.id.in_([rid for rid, _, _ in rows]))
             .values(dispatched_at=now, dispatch_count=PowerRequest.dispatch_count + 1)
         )
-    return [(rid, name) for rid, name in rows]
+    return [(rid, name, action) for rid, name, action in rows]
 
 
 def backlogged_lanes(lanes: set[int]) -> set[int]:

@@ -1,6 +1,7 @@
 """send_step's lean publish puts on the lane exactly what Celery's ``send_task``
 would (same headers, properties and body framing), follows the app's broker URL,
-and says OperationalError when the broker is down."""
+and says OperationalError when the broker is down. Its ``kwargsrepr`` shows the
+node and action (Flower), never anything else; its arguments stay the id."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from powerq.config import get_settings
 from powerq.tasks.app import app as celery_app
 from powerq.tasks.dispatch import STEP_TASK, _publisher, send_step
 from powerq.tasks.routing import lane_for, lane_queue
+from powerq.tasks.stepmessage import step_kwargsrepr
 from tests.api.conftest import point_broker_at
 
 NODE = "node-1"
 # Differ from one message to the next by nature.
 _PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "eta"}
+_REPRS = {"argsrepr", "kwargsrepr"}
 
 
 @pytest.fixture
@@ -59,11 +62,10 @@ def _masked(message: dict[str, Any]) -> dict[str, Any]:
     def mask(part: dict[str, Any]) -> dict[str, Any]:
         return {k: ("…" if k in _PER_MESSAGE else v) for k, v in part.items()}
 
-    return {
-        **message,
-        "headers": mask(message["headers"]),
-        "properties": mask(message["properties"]),
-    }
+    # send_task also copies the reprs it was given into the properties; a worker
+    # and Flower read them from the headers.
+    properties = {k: v for k, v in message["properties"].items() if k not in _REPRS}
+    return {**message, "headers": mask(message["headers"]), "properties": mask(properties)}
 
 
 @pytest.mark.parametrize("countdown", [None, 2.5])
@@ -72,17 +74,36 @@ def test_the_message_is_the_one_send_task_would_publish(
 ) -> None:
     request_id = uuid.uuid4()
     queue = _queue()
-    celery_app.send_task(
-        STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue, countdown=countdown
-    )
+    shown = step_kwargsrepr(NODE, "cycle")
+    celery_app.send_task(STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue,
+                         countdown=countdown, kwargsrepr=shown)  # fmt: skip
     theirs = _pop(broker)
-    send_step(request_id, NODE, countdown=countdown)
+    send_step(request_id, NODE, action="cycle", countdown=countdown)
     ours = _pop(broker)
 
     assert _masked(ours) == _masked(theirs)
     assert (ours["headers"]["eta"] is None) is (countdown is None)
-    args = json.loads(base64.b64decode(ours["body"]))[0]
-    assert args == [str(request_id)]
+    args, kwargs, _ = json.loads(base64.b64decode(ours["body"]))
+    assert (args, kwargs) == ([str(request_id)], {})
+    assert ours["headers"]["kwargsrepr"] == "{'node': 'node-1', 'action': 'cycle'}"
+
+
+@pytest.mark.parametrize("name", ["node-1", "n.2_x", "Z"])
+def test_the_template_shows_any_node_name_exactly(broker: redis.Redis, name: str) -> None:
+    request_id = uuid.uuid4()
+    queue = lane_queue(lane_for(name, get_settings().lanes))
+    broker.delete(queue)
+    send_step(request_id, name, action="off")
+    raw = broker.rpop(queue)
+    assert raw is not None
+    headers = json.loads(raw)["headers"]
+
+    assert headers["kwargsrepr"] == repr({"node": name, "action": "off"})
+    assert headers["argsrepr"] == repr([str(request_id)])
+
+
+def test_without_an_action_only_the_node_is_shown() -> None:
+    assert step_kwargsrepr("n1", None) == "{'node': 'n1'}"
 
 
 def test_it_follows_the_broker_url_and_reports_a_dead_broker(
@@ -109,7 +130,8 @@ def _send_task_then_send_step(broker: redis.Redis) -> tuple[dict[str, Any], dict
     """What send_task and send_step put on the lane for one request, from this thread."""
     request_id = uuid.uuid4()
     queue = _queue()
-    celery_app.send_task(STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue)
+    celery_app.send_task(STEP_TASK, args=[str(request_id)], queue=queue, routing_key=queue,
+                         kwargsrepr=step_kwargsrepr(NODE, None))  # fmt: skip
     theirs = _pop(broker)
     send_step(request_id, NODE)
     return theirs, _pop(broker)

@@ -52,6 +52,7 @@ def test_a_new_request_is_202_with_location_and_wakes_the_lane(
     assert len(messages) == 1
     assert messages[0]["headers"]["task"] == "powerq.step"
     assert request_id in messages[0]["headers"]["argsrepr"]
+    assert messages[0]["headers"]["kwargsrepr"] == "{'node': 'node-1', 'action': 'on'}"
 
 
 def test_the_location_serves_the_request_which_stays_pending(

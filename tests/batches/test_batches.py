@@ -135,7 +135,7 @@ def test_held_and_not_yet_due_requests_are_neither_claimed_nor_redispatched(
     assert leases.claim(held.id, 60) is None
     assert leases.claim(staggered.id, 60) is None  # not before its not_before
     with session_scope() as s:
-        redispatched = {request_id for request_id, _ in _claim_redispatch(s, 100)}
+        redispatched = {request_id for request_id, _, _ in _claim_redispatch(s, 100)}
         s.rollback()
     assert redispatched.isdisjoint({held.id, staggered.id})
 
@@ -279,7 +279,7 @@ def test_a_broker_failure_leaves_the_releases_to_the_sweeper(
     assert batch_pump.dispatch_releases(created.releases) == 0
     with session_scope() as s:
         assert {r.dispatch_count for r in requests_of(created.batch.id)} == {1}
-        redispatch = {request_id for request_id, _ in _claim_redispatch(s, 100)}
+        redispatch = {request_id for request_id, _, _ in _claim_redispatch(s, 100)}
         s.rollback()
     assert redispatch == set()  # not stale yet: the sweeper rings them later
 

@@ -160,6 +160,8 @@ def _step_task(flower: Flower, request_id: uuid.UUID) -> dict[str, Any] | None:
 
 
 def test_flower_reads_lane_tasks_by_name_with_only_the_id(live: Stack, flower: Flower) -> None:
+    """The message's arguments are the request id alone; Flower shows the node and
+    the action beside it (the message's ``kwargsrepr``), and never a credential."""
     (name,) = live.register_fleet(1)
     task = None
     for action in (Action.OFF, Action.ON, Action.OFF):  # Flower may join the events late
@@ -180,8 +182,10 @@ def test_flower_reads_lane_tasks_by_name_with_only_the_id(live: Stack, flower: F
 
     assert task["name"] == "powerq.step"
     assert task["args"] in (f"['{request_id}']", f"('{request_id}',)")
-    assert task["kwargs"] == "{}"
+    assert task["kwargs"] == repr({"node": name, "action": action.value})
     assert task["worker"].startswith(f"lane{lane_for(name, live.lanes)}@")
+    (bmc,) = [row for row in live.fleet.manifest if row["name"] == name]
+    assert bmc["password"] not in json.dumps(task)
 
 
 def test_credentials_file_is_made_once_and_private(tmp_path: Path) -> None:
