@@ -75,10 +75,11 @@ def live(stack: Stack, db: None) -> Stack:
     return reset(stack)
 
 
-def error_line(result: Result, *, alone: bool = True) -> str:
+def error_line(result: Result, *, alone: bool = True, code: int = 1) -> str:
     """The one ``Error: …`` line a failing command printed on stderr (with ``alone``,
-    nothing else is on stderr; otherwise a progress bar may precede it)."""
-    assert result.exit_code == 1, result.output
+    nothing else is on stderr; otherwise a progress bar may precede it), which
+    ended it with exit ``code``."""
+    assert result.exit_code == code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
