@@ -81,7 +81,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from powerq.db import db_now
 from powerq.errors import Conflict, InvalidInput, NotFound
-from powerq.intents import validate_deadline, withdraw_desired
+from powerq.intents import validate_deadline, with_article, withdraw_desired
 from powerq.models import Batch, BatchMember, Node, PowerEvent, PowerRequest
 from powerq.states import Action, RequestStatus, desired_after
 
@@ -423,12 +423,6 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
     ).one()
     members = _join_all(session, batch, nodes, spec, actor)
     return CreatedBatch(batch, members, pump(session, only=[batch.id]))
-
-
-def with_article(word: str) -> str:
-    """``word`` after "a" or "an", as it is said ("an 'off'", "a 'cycle'")."""
-    article = "an" if word.strip("'\"")[:1].lower() in tuple("aeio") else "a"
-    return f"{article} {word}"
 
 
 def _join_all(

@@ -28,6 +28,7 @@ bp = APIBlueprint("requests", __name__, url_prefix="/v1", tag="Requests")
 @bp.auth_required(auth, roles=[READER])
 @bp.input(RequestQuery, location="query", arg_name="query")
 @bp.output(RequestPage)
+@bp.doc(responses={404: "No node has the name given as `node`"})
 def list_requests(query: RequestQuery) -> ViewResult:
     """List power requests, newest first
 

@@ -498,6 +498,8 @@ class NodeQuery(PageQuery):
 _STATUSES = "|".join(status.value for status in RequestStatus)
 _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A longer look back is the same as this one (and stays within PostgreSQL's range).
+_LONGEST_SINCE = timedelta(days=36525)
 
 
 def _since(value: str) -> str:
@@ -506,7 +508,7 @@ def _since(value: str) -> str:
     if _DURATION.match(value):
         return value
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows t and z
     except ValueError:
         raise ValueError(
             "give a duration (90s, 15m, 2h, 1d) or an ISO 8601 time with its offset "
@@ -524,7 +526,20 @@ class RequestQuery(PageQuery):
     status: Omittable[
         Annotated[str, StringConstraints(pattern=rf"^({_STATUSES})(,({_STATUSES}))*$")]
     ] = Field(default=None, description="Comma-separated statuses, any of which may match")
-    since: Omittable[Annotated[str, AfterValidator(_since)]] = Field(
+    since: Omittable[
+        Annotated[
+            str,
+            AfterValidator(_since),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "string", "pattern": _DURATION.pattern},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                }
+            ),
+        ]
+    ] = Field(
         default=None,
         description="Only requests created since then: a duration back from now (90s, 15m, "
         "2h, 1d) or an ISO 8601 time with its UTC offset",
@@ -540,8 +555,9 @@ class RequestQuery(PageQuery):
             return None
         duration = _DURATION.match(self.since)
         if duration:
-            return timedelta(seconds=int(duration[1]) * _UNIT_S[duration[2]])
-        return datetime.fromisoformat(self.since)
+            back = timedelta(seconds=int(duration[1]) * _UNIT_S[duration[2]])
+            return min(back, _LONGEST_SINCE)
+        return datetime.fromisoformat(self.since.upper())
 
 
 class ImportQuery(QueryString):
