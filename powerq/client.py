@@ -116,6 +116,25 @@ def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return next((value for key, value in environ.items() if key.lower() == wanted), None)
 
 
+def _timeout(environ: Mapping[str, str] | None) -> float:
+    """``POWERQ_API_TIMEOUT_S`` (seconds), else :data:`DEFAULT_TIMEOUT_S`.
+
+    :raises ConfigError: it is not a positive number.
+    """
+    text = setting("POWERQ_API_TIMEOUT_S", environ)
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"POWERQ_API_TIMEOUT_S must be a positive number of seconds (got {text!r})"
+        )
+    return value
+
+
 def _read_token(path: str) -> str | None:
     """The token in the file at ``path`` (None if there is no such file)."""
     if not os.path.isfile(path):
@@ -142,13 +161,15 @@ class Client:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Client:
-        """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached).
+        """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached),
+        waiting ``POWERQ_API_TIMEOUT_S`` seconds (default 30) for each answer.
 
         Without ``POWERQ_TOKEN``, the admin token ``powerq up`` wrote into
         ``$POWERQ_DATA_DIR`` is used when it exists. The defaults are those of
         :class:`powerq.config.Settings`.
 
-        :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL.
+        :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL, or
+            ``POWERQ_API_TIMEOUT_S`` is not a positive number.
         """
         token = setting("POWERQ_TOKEN", environ)
         if not token:
@@ -156,7 +177,7 @@ class Client:
             path = os.path.join(DEFAULT_DATA_DIR if data_dir is None else data_dir, TOKEN_FILE)
             token = _read_token(path)
         api_url = setting("POWERQ_API_URL", environ)
-        return cls(DEFAULT_API_URL if api_url is None else api_url, token)
+        return cls(DEFAULT_API_URL if api_url is None else api_url, token, _timeout(environ))
 
     # --- transport ----------------------------------------------------------------
     def call(
