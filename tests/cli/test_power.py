@@ -58,3 +58,15 @@ def test_an_unknown_node_is_one_line_and_exit_2(live: Stack, cli: Cli) -> None:
     result = cli("power", "ghost", "on", role="operator")
     assert error_line(result, code=2) == "Error: no node named 'ghost'; nothing was queued"
     assert result.stdout == ""
+
+
+def test_query_wait_prints_each_nodes_state(live: Stack, cli: Cli) -> None:
+    a, b = live.register_fleet(2)
+    cli("power", b, "off", "--wait", role="operator")
+
+    plain = cli("power", a, b, "QUERY", "--wait", role="operator")
+    table = cli("power", a, b, "query", "--wait", "-o", "table", role="operator")
+
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == f"{a}\ton\t\n{b}\toff\t\n"
+    assert table.stdout.splitlines()[1:] == [f"{a}  on", f"{b}  off"]
