@@ -5,8 +5,9 @@ code    meaning
 ======  =====================================================================
 0       everything asked for was accepted (and, with ``--wait``, succeeded)
 1       something failed or was refused (the others went on)
-2       usage: a bad option, an unknown node/request/batch, a bad setting;
-        nothing was queued
+2       usage: a bad option, an unknown node/request/batch, input the API
+        refused as invalid (400/404/422), a bad setting, a token that is
+        missing, refused (401) or lacks the role (403); nothing was done
 3       the API could not be reached, or could not record anything (503)
 4       ``--wait`` gave up waiting: the work goes on in the server
 ======  =====================================================================
@@ -50,6 +51,6 @@ def code_for(error: PowerqError) -> int:
     if isinstance(error, ApiError):
         if error.status == 503:
             return UNREACHABLE
-        if error.status in (400, 404, 422):
+        if error.status in (400, 401, 403, 404, 422):
             return USAGE
     return FAILED

@@ -55,7 +55,7 @@ def test_cancel_of_an_unknown_batch_or_by_a_reader_fails_with_one_line(
     assert error_line(malformed, code=2) == (
         "Error: no batch 'not-a-batch': batch ids are UUIDs"
     )  # in words, not "nothing at /v1/batches/not-a-batch"
-    assert "needs a token with the operator role" in error_line(by_reader)
+    assert "needs a token with the operator role" in error_line(by_reader, code=2)
 
 
 def test_a_batch_deadline_too_short_for_the_stagger_is_refused(session: Session, cli: Cli) -> None:

@@ -61,7 +61,7 @@ def test_set_refusals_are_one_line(cli: Cli, fleet: list[str]) -> None:
     assert nothing.exit_code == 2 and "nothing to change" in nothing.stderr
     assert error_line(unknown, code=2) == "Error: no node named 'ghost' (HTTP 404)"
     assert "already registered as node 'm1'" in error_line(taken)
-    assert "needs a token with the admin role" in error_line(reader)
+    assert "needs a token with the admin role" in error_line(reader, code=2)
 
 
 def test_delete_checks_every_name_before_deleting_any(
@@ -123,7 +123,7 @@ def test_maintenance_refusals(cli: Cli, fleet: list[str]) -> None:
     assert off_with_reason.exit_code == 2 and "--reason goes with on" in off_with_reason.stderr
     assert "no node named 'ghost'" in error_line(unknown, code=2)
     assert _node(cli, "m1")["maintenance"] is False  # nothing changed
-    assert "needs a token with the admin role" in error_line(reader)
+    assert "needs a token with the admin role" in error_line(reader, code=2)
 
 
 def test_a_node_in_maintenance_still_takes_single_requests(

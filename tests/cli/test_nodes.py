@@ -81,9 +81,9 @@ def test_api_errors_are_one_line_with_the_problem_detail(cli: Cli) -> None:
     unknown = error_line(cli("nodes", "show", "ghost"), code=2)
     assert unknown == "Error: no node named 'ghost' (HTTP 404)"
     forbidden = error_line(cli("nodes", "add", "n1", "--address", "h", "--username", "u",
-                               "--password", "p", role="reader"))  # fmt: skip
-    assert "(HTTP 403)" in forbidden
-    assert "(HTTP 401)" in error_line(cli("nodes", "list", POWERQ_TOKEN="pq_not-a-token"))
+                               "--password", "p", role="reader"), code=2)  # fmt: skip
+    assert "(HTTP 403)" in forbidden and "needs a token with the admin role" in forbidden
+    assert "(HTTP 401)" in error_line(cli("nodes", "list", POWERQ_TOKEN="pq_not-a-token"), code=2)
 
 
 def test_an_unreachable_api_is_one_line_naming_it(cli: Cli) -> None:

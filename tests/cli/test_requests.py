@@ -119,8 +119,8 @@ def test_a_reader_is_told_which_role_cancelling_needs(cli: Cli, fleet: list[str]
 
     result = cli("requests", "cancel", asked[0]["request"]["id"], role="reader")
 
-    assert "needs a token with the operator role" in error_line(result)
-    assert "powerq tokens create --role operator" in error_line(result)
+    assert "needs a token with the operator role" in error_line(result, code=2)
+    assert "powerq tokens create --role operator" in error_line(result, code=2)
 
 
 def test_a_bad_api_url_says_what_it_must_start_with(cli: Cli) -> None:

@@ -38,7 +38,7 @@ def test_create_list_revoke_through_the_api(cli: Cli, session: Session) -> None:
     assert revoked.exit_code == 0 and f"token {row.id} (dash) revoked" in revoked.stdout
     after = cli("tokens", "list", "-o", "table").stdout.splitlines()
     assert "revoked" in next(line for line in after if " dash " in line)
-    assert "HTTP 401" in error_line(cli("nodes", "list", POWERQ_TOKEN=token))
+    assert "HTTP 401" in error_line(cli("nodes", "list", POWERQ_TOKEN=token), code=2)
 
 
 def test_a_taken_name_is_one_line_with_the_409(cli: Cli) -> None:
@@ -49,8 +49,10 @@ def test_a_taken_name_is_one_line_with_the_409(cli: Cli) -> None:
 
 
 def test_only_an_admin_may_manage_tokens(cli: Cli) -> None:
-    assert "HTTP 403" in error_line(cli("tokens", "list", role="operator"))
-    assert "HTTP 403" in error_line(cli("tokens", "create", "--role", "reader", role="operator"))
+    assert "HTTP 403" in error_line(cli("tokens", "list", role="operator"), code=2)
+    assert "HTTP 403" in error_line(
+        cli("tokens", "create", "--role", "reader", role="operator"), code=2
+    )
 
 
 def test_revoking_an_unknown_token_is_one_line(cli: Cli) -> None:
