@@ -107,6 +107,22 @@ def _reason(exc: OSError | http.client.HTTPException) -> str:
     return type(exc).__name__
 
 
+# What a path names, for a 404 the router gave (the name was not even well-formed).
+_KINDS = {"nodes": "no node named {!r}", "requests": "no request {!r}",
+          "batches": "no batch {!r}", "tokens": "no token {!r}"}  # fmt: skip
+
+
+def _missing(path: str) -> str:
+    """A 404 of the API's router in words: "no node named 'x'" rather than
+    "nothing at /v1/nodes/x"."""
+    from urllib.parse import unquote
+
+    parts = path.split("?")[0].strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "v1" and parts[1] in _KINDS:
+        return _KINDS[parts[1]].format(unquote(parts[2]))
+    return f"the API has nothing at {path}: is POWERQ_API_URL the powerq API?"
+
+
 def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The ``POWERQ_*`` variable ``name``, its case ignored as pydantic-settings does."""
     environ = os.environ if environ is None else environ
@@ -228,6 +244,8 @@ class Client:
         try:
             return self._decode(method, self.base_url + target, answer)
         except ApiError as exc:
+            if exc.status == 404 and exc.detail.startswith("nothing at "):
+                raise ApiError(404, _missing(path), exc.problem_body) from None
             if exc.status == 403:
                 role = needed_role(method, path)
                 raise ApiError(

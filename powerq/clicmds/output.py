@@ -92,11 +92,6 @@ class Printer:
             click.echo(plain(grid), file=self.stream, nl=False)
 
 
-def out() -> Printer:
-    """The printer of stdout (tables)."""
-    return Printer(sys.stdout)
-
-
 def err() -> Console:
     """Console on stderr (progress).
 

@@ -130,3 +130,9 @@ def test_a_bad_api_url_says_what_it_must_start_with(cli: Cli) -> None:
         "Error: POWERQ_API_URL must start with http:// or https:// and name a host "
         "(got '127.0.0.1:8000')"
     )
+
+
+def test_a_name_the_router_cannot_take_is_said_in_words(cli: Cli) -> None:
+    result = cli("nodes", "show", "bad name!", role="reader")
+
+    assert error_line(result, code=2) == "Error: no node named 'bad name!' (HTTP 404)"
