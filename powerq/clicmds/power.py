@@ -27,7 +27,7 @@ from powerq.clicmds.output import (
     styled,
     table,
 )
-from powerq.client import ApiError, Client, poll
+from powerq.client import ApiError, Client, WaitTimeout, poll
 from powerq.errors import PowerqError
 from powerq.states import POWER_ENDPOINT_ACTIONS, BootDevice
 
@@ -174,8 +174,16 @@ def run_requests(
     check_names(api, nodes)
     names = list(dict.fromkeys(nodes))
     rows = [_ask(send, name, alone=len(names) == 1) for name in names]
-    if wait:
-        _wait_requests(api, rows, timeout, quiet=output.fmt != "table")
+    try:
+        if wait:
+            _wait_requests(api, rows, timeout, quiet=output.fmt != "table")
+    except WaitTimeout:
+        _print_rows(rows, output)  # where each stands now
+        unfinished = sum(_state(row) in ("pending", "running") for row in rows)
+        raise WaitTimeout(
+            f"{unfinished} request(s) still unfinished after {timeout:.0f}s: nothing failed, "
+            "they go on in the server; follow one with `powerq requests show ID`"
+        ) from None
     if shows_state:
         _print_states(rows, output)
     else:

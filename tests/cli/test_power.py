@@ -70,3 +70,18 @@ def test_query_wait_prints_each_nodes_state(live: Stack, cli: Cli) -> None:
     assert plain.exit_code == 0, plain.output
     assert plain.stdout == f"{a}\ton\t\n{b}\toff\t\n"
     assert table.stdout.splitlines()[1:] == [f"{a}  on", f"{b}  off"]
+
+
+def test_a_wait_that_gives_up_says_nothing_failed_and_exits_4(live: Stack, cli: Cli) -> None:
+    (name,) = live.register_fleet(1)
+    live.fleet.control.set_fault(name, "stuck")  # accepts the command, never changes
+
+    result = cli(
+        "power", name, "off", "--deadline", "3", "--wait", "--timeout", "1", role="operator"
+    )  # fmt: skip
+
+    line = error_line(result, code=4)
+    assert line.startswith("Error: 1 request(s) still unfinished after 1s: nothing failed")
+    assert "powerq requests show ID" in line
+    (row,) = result.stdout.splitlines()
+    assert row.split("\t")[:2] == [name, "created"] and row.split("\t")[2] in ("pending", "running")
