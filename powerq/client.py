@@ -10,7 +10,12 @@ Every failure becomes a :class:`~powerq.errors.PowerqError` with one clear
 line: the API's own problem+json ``detail`` (with the HTTP status), or what
 went wrong reaching it ("cannot reach the powerq API at http://…: connection
 refused — is `powerq up` running?"). The CLI prints that line, never a
-traceback.
+traceback. A 403 names the role the call needs, and a 404 of the API's router
+names what was not found.
+
+A batch is submitted with an ``Idempotency-Key`` and sent again with it when
+the submit may have reached the server without its answer reaching us
+(:meth:`Client.create_batch`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from powerq.client_wire import Answer, Wire
 from powerq.errors import ConfigError, PowerqError, ServiceUnavailable
@@ -115,8 +120,6 @@ _KINDS = {"nodes": "no node named {!r}", "requests": "no request {!r}",
 def _missing(path: str) -> str:
     """A 404 of the API's router in words: "no node named 'x'" rather than
     "nothing at /v1/nodes/x"."""
-    from urllib.parse import unquote
-
     parts = path.split("?")[0].strip("/").split("/")
     if len(parts) >= 3 and parts[0] == "v1" and parts[1] in _KINDS:
         return _KINDS[parts[1]].format(unquote(parts[2]))

@@ -21,7 +21,7 @@ from tests.factories import make_node
 
 
 @pytest.fixture
-def fleet(session: Session) -> list[str]:
+def fleet(session: Session, quiet_lanes: None) -> list[str]:
     """b1, b2, b3 tagged rack1; b2 in maintenance."""
     names = ["b1", "b2", "b3"]
     for i, name in enumerate(names):

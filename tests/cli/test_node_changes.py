@@ -17,7 +17,7 @@ from tests.factories import make_node
 
 
 @pytest.fixture
-def fleet(session: Session) -> list[str]:
+def fleet(session: Session, quiet_lanes: None) -> list[str]:
     names = ["m1", "m2", "m3"]
     for i, name in enumerate(names):
         make_node(session, name, address=f"10.8.0.{i + 1}", tags=("rack1",))

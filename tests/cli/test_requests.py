@@ -16,7 +16,7 @@ from tests.factories import make_node
 
 
 @pytest.fixture
-def fleet(session: Session) -> list[str]:
+def fleet(session: Session, quiet_lanes: None) -> list[str]:
     names = [f"q{i}" for i in range(1, 11)]
     for i, name in enumerate(names):
         make_node(session, name, address=f"10.7.0.{i + 1}")
