@@ -6,13 +6,14 @@ import re
 from typing import Any
 
 import pytest
+from apiflask import APIFlask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from powerq.models import IdempotentResponse, Node, PowerRequest
 from powerq.states import RequestStatus
-from tests.api.helpers import assert_problem, counts
+from tests.api.helpers import assert_problem, counts, live_server
 from tests.factories import make_node
 
 POWER = "/v1/nodes/node-1/power"
@@ -352,3 +353,23 @@ def test_a_malformed_batch_key_is_refused(
 
     assert_problem(response, 422)
     assert _batch_count(session) == 0
+
+
+def test_concurrent_batch_submits_with_one_key_make_one_batch(
+    app: APIFlask, operator: dict[str, str], session: Session
+) -> None:
+    from tests.api.test_concurrency import _fire
+
+    for i in range(1, 4):
+        make_node(session, f"c{i}", address=f"127.0.1.{i}")
+    headers = {**operator, "Idempotency-Key": "batch-storm-1"}
+    body = {"action": "off", "nodes": ["c1", "c2", "c3"]}
+
+    with live_server(app) as base:
+        answers = _fire(f"{base}/v1/batches", headers, [body] * 10)
+
+    assert {response.status_code for _, response in answers} == {201}
+    assert len({response.json()["id"] for _, response in answers}) == 1
+    assert sum("Idempotent-Replayed" in r.headers for _, r in answers) == 9
+    assert _batch_count(session) == 1
+    assert counts(session)[0] == 3
