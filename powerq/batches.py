@@ -39,6 +39,14 @@ stagger_s`` seconds at the least) is refused, and no batch waits more than
 **Cancelling.** :func:`cancel_batch` cancels, in one statement, every request
 of the batch no worker has claimed (held or pending); running ones finish.
 
+**Maintenance.** A node in maintenance is left out of the nodes a selector
+picks unless the batch asks for ``include_maintenance``; the ones left out are
+the batch's ``skipped`` (stored on the batch, with the selector as given,
+``{"node": …, "reason": "maintenance"}`` each). Named nodes always run, in
+maintenance or not (as single requests do, and as in Ironic): naming a node is
+asking for it. Leaving them out costs no statement: the selector's one query
+reads each node's maintenance flag.
+
 **Membership.** Every node of a batch is a ``batch_members`` row: its
 position, its outcome, and the request that answers it (the batch's own, the
 identical one reused, or the conflicting one). Requests the batch created also
@@ -73,7 +81,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from powerq.db import db_now
 from powerq.errors import Conflict, InvalidInput, NotFound
-from powerq.intents import validate_deadline, withdraw_desired
+from powerq.intents import validate_deadline, with_article, withdraw_desired
 from powerq.models import Batch, BatchMember, Node, PowerEvent, PowerRequest
 from powerq.states import Action, RequestStatus, desired_after
 
@@ -132,6 +140,8 @@ class BatchSpec:
     deadline_s: float | None = None
     # Seconds from creation until unstarted requests fail (:func:`batch_window_s`).
     batch_deadline_s: float | None = None
+    # Whether a selector also picks nodes in maintenance (named nodes always run).
+    include_maintenance: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,36 +293,76 @@ class Target(NamedTuple):
     name: str
 
 
-def select_nodes(session: Session, spec: BatchSpec) -> list[Target]:
-    """The batch's nodes: the named ones in the order given (duplicates dropped),
-    or the selector's matches by name. Each is held (FOR KEY SHARE) until the
-    transaction ends, as :func:`powerq.intents.request_power` holds its node: a
-    delete that locked a node first makes this wait and then not find it, one
-    that comes later sees the batch's request.
+class Selection(NamedTuple):
+    """The nodes a batch runs on, in batch order, and the names of those a selector
+    matched but left out because they are in maintenance."""
 
-    :raises NotFound: a named node does not exist, or the selector matches none.
+    targets: list[Target]
+    skipped: list[str]
+
+
+def select_nodes(session: Session, spec: BatchSpec) -> Selection:
+    """The batch's nodes: the named ones in the order given (duplicates dropped,
+    maintenance or not), or the selector's matches by name, those in maintenance
+    left out (``skipped``) unless ``include_maintenance``. One statement. Each
+    is held (FOR KEY SHARE) until the transaction ends, as
+    :func:`powerq.intents.request_power` holds its node: a delete that locked a
+    node first makes this wait and then not find it, one that comes later sees
+    the batch's request.
+
+    :raises NotFound: a named node does not exist, or the selector matches none
+        (or only nodes in maintenance).
     :raises InvalidInput: the selector matches more than :data:`MAX_BATCH_NODES`.
     """
     if spec.nodes is not None:
-        return _named_nodes(session, spec.nodes)
+        return Selection(_named_nodes(session, spec.nodes), [])
     assert spec.selector is not None
     query = _live_targets().order_by(Node.name).limit(MAX_BATCH_NODES + 1)
     if spec.selector.tags:
         query = query.where(Node.tags.contains(list(spec.selector.tags)))
     if spec.selector.name_glob:
         query = query.where(Node.name.like(glob_to_like(spec.selector.name_glob), escape="\\"))
-    nodes = [Target(row.id, row.name) for row in session.execute(query)]
+    rows = session.execute(query).all()
+    nodes = [Target(r.id, r.name) for r in rows if spec.include_maintenance or not r.maintenance]
+    skipped = [r.name for r in rows if r.maintenance and not spec.include_maintenance]
     if not nodes:
-        raise NotFound(f"no node matches the selector {_describe(spec.selector)}")
-    if len(nodes) > MAX_BATCH_NODES:
+        raise NotFound(_matches_none(spec.selector, skipped), skipped=_skipped_json(skipped))
+    if len(rows) > MAX_BATCH_NODES:
         raise InvalidInput(f"the selector matches more than {MAX_BATCH_NODES} nodes")
-    return nodes
+    return Selection(nodes, skipped)
 
 
-def _live_targets() -> Select[int, str]:
-    """Live nodes' ids and names, locked FOR KEY SHARE."""
+def _matches_none(selector: Selector, skipped: list[str]) -> str:
+    """Why a selector leaves no node to run on."""
+    if not skipped:
+        return f"no node matches the selector {_describe(selector)}"
+    shown = ", ".join(repr(name) for name in skipped[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
     return (
-        select(Node.id, Node.name)
+        f"every node the selector {_describe(selector)} matches is in maintenance "
+        f"({shown}{more}); set include_maintenance to run on them too"
+    )
+
+
+def _skipped_json(skipped: list[str]) -> list[dict[str, str]]:
+    """The skipped nodes as the batch reports them."""
+    return [{"node": name, "reason": "maintenance"} for name in skipped]
+
+
+def skipped_of(batch: Batch) -> list[dict[str, str]]:
+    """The nodes the batch's selector left out (in maintenance), as stored with it."""
+    return list(batch.selector.get("skipped") or [])
+
+
+def given_selector(batch: Batch) -> dict[str, Any]:
+    """The nodes or selector as given (what is stored beside it left out)."""
+    return {key: value for key, value in batch.selector.items() if key != "skipped"}
+
+
+def _live_targets() -> Select[int, str, bool]:
+    """Live nodes' ids, names and maintenance flags, locked FOR KEY SHARE."""
+    return (
+        select(Node.id, Node.name, Node.maintenance)
         .where(Node.deleted_at.is_(None))
         .with_for_update(read=True, key_share=True)
     )
@@ -349,9 +399,15 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
     :raises Conflict: a node stayed too busy to accept a request (rare; retry).
     """
     validate_spec(spec)
-    nodes = select_nodes(session, spec)
+    nodes, skipped = select_nodes(session, spec)
     window = batch_window_s(spec, len(nodes))
-    given = {"nodes": list(dict.fromkeys(spec.nodes))} if spec.nodes else {}
+    given: dict[str, Any] = {"nodes": list(dict.fromkeys(spec.nodes))} if spec.nodes else {}
+    if spec.selector is not None:
+        given = spec.selector.as_json()
+        if spec.include_maintenance:
+            given["include_maintenance"] = True
+    if skipped:
+        given["skipped"] = _skipped_json(skipped)
     batch = session.scalars(
         insert(Batch)
         .values(
@@ -359,7 +415,7 @@ def create_batch(session: Session, spec: BatchSpec, *, actor: str) -> CreatedBat
             action=spec.action,
             stagger_s=spec.stagger_s,
             max_in_flight=spec.max_in_flight,
-            selector=spec.selector.as_json() if spec.selector else given,
+            selector=given,
             requested_by=actor,
             deadline_at=func.now() + timedelta(seconds=window),
         )
@@ -390,7 +446,7 @@ def _join_all(
         "start_by": batch.deadline_at,
         "desired": desired.value if desired is not None else None,
         "message": f"{spec.action.value} requested",
-        "candidate": repr(spec.action.value),
+        "candidate": with_article(repr(spec.action.value)),
     }
     members: dict[int, Member] = {}
     waiting = dict(enumerate(nodes))
@@ -455,7 +511,7 @@ WITH given AS (
     SELECT g.node_id, g.position, r.id,
            r.action = CAST(:action AS power_action) AND NOT r.soft_fallback
                AND r.boot_device IS NULL AND NOT r.boot_persistent AS identical,
-           format('node %L has an outstanding %s request (%s); a %s request cannot be '
+           format('node %L has an outstanding %s request (%s); %s request cannot be '
                   'accepted until it finishes, and in-flight requests are never cancelled',
                   n.name,
                   CASE WHEN r.boot_device IS NULL THEN quote_literal(r.action::text)

@@ -8,7 +8,9 @@ table :data:`COMMANDS` names where each lives and its one-line help, so
 it that way and keeps the help lines true.
 
 Every powerq error ends the command with one clear line on stderr and a
-non-zero exit, never a traceback.
+non-zero exit code that says what kind of failure it was (0 all succeeded,
+1 some failed, 2 usage or unknown node, 3 API unreachable, 4 still running
+when ``--wait`` gave up: :mod:`powerq.clicmds.exits`), never a traceback.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ COMMANDS: Mapping[str, Lazy] = {
     "nodes": Lazy("powerq.clicmds.nodes:nodes", "Machines and their BMCs (through the API)."),
     "power": Lazy("powerq.clicmds.power:power",
                   "Request ACTION (on, off, soft_off, cycle, reset, query) on each NODE."),
-    "requests": Lazy("powerq.clicmds.power:requests_group", "Power requests (through the API)."),
+    "requests": Lazy("powerq.clicmds.requests:requests_group", "Power requests (through the API)."),
     "status": Lazy("powerq.clicmds.power:status",
                    "Fleet summary: observed vs desired power, outstanding requests, faults."),
     "tokens": Lazy("powerq.clicmds.tokens:tokens",
@@ -109,14 +111,26 @@ class PowerqGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand; a :class:`PowerqError` becomes a one-line click error.
+        """Run the subcommand; a :class:`PowerqError` becomes a one-line click error
+        whose exit code says what kind of failure it was
+        (:mod:`powerq.clicmds.exits`).
 
         :raises click.ClickException: the command failed with a powerq error.
         """
         try:
             return super().invoke(ctx)
         except PowerqError as exc:
-            raise click.ClickException(str(exc)) from None
+            from powerq.clicmds.exits import code_for  # only when something failed
+
+            raise Failure(str(exc), code_for(exc)) from None
+
+
+class Failure(click.ClickException):
+    """A command's one-line failure, with the exit code that says what kind it was."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.__dict__["exit_code"] = code  # click's class attribute, for this one failure
 
 
 def load(lazy: Lazy) -> click.Command:

@@ -10,7 +10,12 @@ Every failure becomes a :class:`~powerq.errors.PowerqError` with one clear
 line: the API's own problem+json ``detail`` (with the HTTP status), or what
 went wrong reaching it ("cannot reach the powerq API at http://…: connection
 refused — is `powerq up` running?"). The CLI prints that line, never a
-traceback.
+traceback. A 403 names the role the call needs, and a 404 of the API's router
+names what was not found.
+
+A batch is submitted with an ``Idempotency-Key`` and sent again with it when
+the submit may have reached the server without its answer reaching us
+(:meth:`Client.create_batch`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import json as jsonlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from powerq.client_wire import Answer, Wire
 from powerq.errors import ConfigError, PowerqError, ServiceUnavailable
@@ -31,6 +37,8 @@ DEFAULT_TIMEOUT_S = 30.0
 PAGE_SIZE = 500
 # Per-node results per page of GET /v1/batches/{id} (the server allows up to 10,000).
 BATCH_PAGE_SIZE = 2000
+# Up to this many node names are checked one GET each; more, with one listing.
+LOOKUPS_ONE_BY_ONE = 8
 # Hang guard for paging through lists (PAGE_SIZE x MAX_PAGES items).
 MAX_PAGES = 1000
 TOKEN_FILE = "admin-token"
@@ -38,7 +46,25 @@ TOKEN_FILE = "admin-token"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_DATA_DIR = ".powerq"
 
+# A batch submit that timed out (or found the API briefly away) is sent again with
+# the same Idempotency-Key this many times in all, so it never makes two batches.
+SUBMIT_ATTEMPTS = 4
+SUBMIT_BACKOFF_S = 1.0
+
 T = TypeVar("T")
+
+
+def needed_role(method: str, path: str) -> str:
+    """The least role a call needs (what a 403 names): tokens and node registration
+    are admin's, other changes operator's, reading reader's."""
+    if path.startswith("/v1/tokens"):
+        return "admin"
+    if method == "GET":
+        return "reader"
+    node_itself = path.startswith("/v1/nodes") and not path.endswith(
+        ("/power", "/boot-device", "/validate")
+    )
+    return "admin" if node_itself else "operator"
 
 
 class ApiError(PowerqError):
@@ -54,7 +80,13 @@ class ApiError(PowerqError):
 
 
 class ApiUnreachable(ServiceUnavailable):
-    """The API could not be reached at all."""
+    """The API could not be reached, or did not answer. ``maybe_sent`` says whether
+    the call may have reached it all the same (a timeout, a dropped connection):
+    only such a call is worth sending again with its ``Idempotency-Key``."""
+
+    def __init__(self, detail: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(detail)
+        self.maybe_sent = maybe_sent
 
 
 class WaitTimeout(PowerqError):
@@ -80,6 +112,20 @@ def _reason(exc: OSError | http.client.HTTPException) -> str:
     return type(exc).__name__
 
 
+# What a path names, for a 404 the router gave (the name was not even well-formed).
+_KINDS = {"nodes": "no node named {!r}", "requests": "no request {!r}",
+          "batches": "no batch {!r}", "tokens": "no token {!r}"}  # fmt: skip
+
+
+def _missing(path: str) -> str:
+    """A 404 of the API's router in words: "no node named 'x'" rather than
+    "nothing at /v1/nodes/x"."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "v1" and parts[1] in _KINDS:
+        return _KINDS[parts[1]].format(unquote(parts[2]))
+    return f"the API has nothing at {path}: is POWERQ_API_URL the powerq API?"
+
+
 def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The ``POWERQ_*`` variable ``name``, its case ignored as pydantic-settings does."""
     environ = os.environ if environ is None else environ
@@ -87,6 +133,25 @@ def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
         return environ[name]
     wanted = name.lower()
     return next((value for key, value in environ.items() if key.lower() == wanted), None)
+
+
+def _timeout(environ: Mapping[str, str] | None) -> float:
+    """``POWERQ_API_TIMEOUT_S`` (seconds), else :data:`DEFAULT_TIMEOUT_S`.
+
+    :raises ConfigError: it is not a positive number.
+    """
+    text = setting("POWERQ_API_TIMEOUT_S", environ)
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"POWERQ_API_TIMEOUT_S must be a positive number of seconds (got {text!r})"
+        )
+    return value
 
 
 def _read_token(path: str) -> str | None:
@@ -109,18 +174,21 @@ class Client:
             self.wire = Wire(self.base_url, timeout)  # loopback never goes through a proxy
         except ValueError:
             raise ConfigError(
-                f"POWERQ_API_URL must be an http:// or https:// URL (got {base_url!r})"
+                f"POWERQ_API_URL must start with http:// or https:// and name a host "
+                f"(got {base_url!r})"
             ) from None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Client:
-        """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached).
+        """A client for ``POWERQ_API_URL`` with ``POWERQ_TOKEN`` (read now, not cached),
+        waiting ``POWERQ_API_TIMEOUT_S`` seconds (default 30) for each answer.
 
         Without ``POWERQ_TOKEN``, the admin token ``powerq up`` wrote into
         ``$POWERQ_DATA_DIR`` is used when it exists. The defaults are those of
         :class:`powerq.config.Settings`.
 
-        :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL.
+        :raises ConfigError: ``POWERQ_API_URL`` is not an http(s) URL, or
+            ``POWERQ_API_TIMEOUT_S`` is not a positive number.
         """
         token = setting("POWERQ_TOKEN", environ)
         if not token:
@@ -128,7 +196,7 @@ class Client:
             path = os.path.join(DEFAULT_DATA_DIR if data_dir is None else data_dir, TOKEN_FILE)
             token = _read_token(path)
         api_url = setting("POWERQ_API_URL", environ)
-        return cls(DEFAULT_API_URL if api_url is None else api_url, token)
+        return cls(DEFAULT_API_URL if api_url is None else api_url, token, _timeout(environ))
 
     # --- transport ----------------------------------------------------------------
     def call(
@@ -141,6 +209,7 @@ class Client:
         data: bytes | None = None,
         content_type: str | None = None,
         authenticated: bool = True,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """One API call; returns the decoded JSON body (None for 204).
 
@@ -148,7 +217,7 @@ class Client:
         :raises ApiUnreachable: the API cannot be reached, or did not answer in time.
         :raises ApiError: the API answered with an error status.
         """
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **(headers or {})}
         if authenticated:
             if not self.token:
                 raise ConfigError(
@@ -167,13 +236,28 @@ class Client:
             answer = self.wire.send(method, target, data, headers)
         except TimeoutError:
             raise ApiUnreachable(
-                f"the powerq API at {self.base_url} did not answer within {self.timeout:.0f}s"
+                f"the powerq API at {self.base_url} did not answer within {self.timeout:.0f}s",
+                maybe_sent=True,
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise ApiUnreachable(
-                f"cannot reach the powerq API at {self.base_url}: {_reason(exc)}"
+                f"cannot reach the powerq API at {self.base_url}: {_reason(exc)}",
+                maybe_sent=isinstance(exc, ConnectionResetError | http.client.HTTPException),
             ) from None
-        return self._decode(method, self.base_url + target, answer)
+        try:
+            return self._decode(method, self.base_url + target, answer)
+        except ApiError as exc:
+            if exc.status == 404 and exc.detail.startswith("nothing at "):
+                raise ApiError(404, _missing(path), exc.problem_body) from None
+            if exc.status == 403:
+                role = needed_role(method, path)
+                raise ApiError(
+                    403,
+                    f"{exc.detail}: {method} {path} needs a token with the {role} role "
+                    f"(`powerq tokens create --role {role}`)",
+                    exc.problem_body,
+                ) from None
+            raise
 
     def _decode(self, method: str, url: str, answer: Answer) -> Any:
         """The JSON body of a successful answer.
@@ -228,6 +312,34 @@ class Client:
         """Register a node."""
         return dict(self.call("POST", "/v1/nodes", json=dict(body)))
 
+    def change_node(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Change a node's fields (``PATCH``; absent fields stay)."""
+        return dict(self.call("PATCH", f"/v1/nodes/{quote(name, safe='')}", json=dict(body)))
+
+    def delete_node(self, name: str) -> None:
+        """Delete a node (its requests and events stay)."""
+        self.call("DELETE", f"/v1/nodes/{quote(name, safe='')}")
+
+    def unknown_nodes(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that name no live node, in the order given.
+
+        A few names are looked up one by one; more, with one listing of every
+        node (a page per :data:`PAGE_SIZE` nodes).
+        """
+        wanted = list(dict.fromkeys(names))
+        if len(wanted) > LOOKUPS_ONE_BY_ONE:
+            known = {node["name"] for node in self.nodes()}
+            return [name for name in wanted if name not in known]
+        missing = []
+        for name in wanted:
+            try:
+                self.node(name)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                missing.append(name)
+        return missing
+
     def import_nodes(self, data: bytes, *, csv: bool, update: bool) -> dict[str, Any]:
         """Import a JSON or CSV manifest."""
         mode = "update" if update else "skip"
@@ -254,9 +366,45 @@ class Client:
         """One power request."""
         return dict(self.call("GET", f"/v1/requests/{quote(request_id, safe='')}"))
 
-    def create_batch(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a batch."""
-        return dict(self.call("POST", "/v1/batches", json=dict(body)))
+    def cancel_request(self, request_id: str) -> dict[str, Any]:
+        """Cancel a power request no worker has claimed (409 once claimed)."""
+        return dict(self.call("DELETE", f"/v1/requests/{quote(request_id, safe='')}"))
+
+    def requests(self, *, limit: int, **filters: Any) -> tuple[list[dict[str, Any]], int]:
+        """Up to ``limit`` power requests matching ``filters`` (the query parameters of
+        ``GET /v1/requests``), newest first, and how many match in all."""
+        items: list[dict[str, Any]] = []
+        total = 0
+        while len(items) < limit:
+            size = min(PAGE_SIZE, limit - len(items))
+            params = {**filters, "limit": size, "offset": len(items)}
+            page = self.call("GET", "/v1/requests", params=params)
+            items += page["items"]
+            total = int(page["total"])
+            if not page["items"] or len(items) >= total:
+                break
+        return items, total
+
+    def create_batch(self, body: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Create a batch, safely: with an ``Idempotency-Key`` (``key``, else a new
+        one), a submit that timed out or found the API away is sent again with the
+        same key, so a slow server makes neither a false failure nor a second batch.
+
+        :raises ApiUnreachable: still unreachable after :data:`SUBMIT_ATTEMPTS` tries.
+        :raises ApiError: the API refused the batch (503 after as many tries).
+        """
+        headers = {"Idempotency-Key": key or f"powerq-cli-{uuid.uuid4()}"}
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                return dict(self.call("POST", "/v1/batches", json=dict(body), headers=headers))
+            except ApiUnreachable as exc:
+                if not exc.maybe_sent or attempt == SUBMIT_ATTEMPTS:
+                    raise
+            except ApiError as exc:
+                if exc.status != 503 or attempt == SUBMIT_ATTEMPTS:
+                    raise
+            time.sleep(SUBMIT_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def batch(self, batch_id: str, *, results: bool = True) -> dict[str, Any]:
         """One batch (with every node's result, page by page, unless ``results`` is False)."""

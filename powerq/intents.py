@@ -169,8 +169,9 @@ def request_power(
                 return PowerIntent("existing", existing)
             raise ConflictingRequest(
                 f"node {node.name!r} has an outstanding {_describe(existing)} request "
-                f"({existing.status.value}); a {_describe(candidate)} request cannot be "
-                "accepted until it finishes, and in-flight requests are never cancelled",
+                f"({existing.status.value}); {with_article(_describe(candidate))} request "
+                "cannot be accepted until it finishes, and in-flight requests are never "
+                "cancelled",
                 outstanding=existing,
             ) from None
         _record_intent(session, node, candidate, actor)
@@ -341,6 +342,12 @@ def _identical(existing: PowerRequest, candidate: PowerRequest) -> bool:
         candidate.boot_device,
         candidate.boot_persistent,
     )
+
+
+def with_article(words: str) -> str:
+    """``words`` after "a" or "an", as said aloud ("an 'off'", "a 'cycle'")."""
+    article = "an" if words.strip("'\"")[:1].lower() in tuple("aeio") else "a"
+    return f"{article} {words}"
 
 
 def _describe(request: PowerRequest) -> str:

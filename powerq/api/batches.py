@@ -7,15 +7,22 @@ disturbed), commits, and only then publishes what may start at once. Every batch
 deadline: its requests not started by then fail. ``DELETE /v1/batches/{id}``
 cancels what has not started. Operators create and cancel batches; readers
 read them.
+
+The POST takes an ``Idempotency-Key`` (:mod:`powerq.api.idempotency`): its
+first answer is stored in the creating transaction, without the per-node
+results (they are the batch's, read afresh), and a retry with the same key and
+body answers 201 with the same batch as it stands now
+(``Idempotent-Replayed: true``) instead of making a second one; the same key
+with another body is refused with 422.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from apiflask import APIBlueprint, APIFlask
-from flask import url_for
+from flask import Response, current_app, request, url_for
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,8 +32,11 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from sqlalchemy.exc import IntegrityError
 
+from powerq.api import idempotency, openapi
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
+from powerq.api.idempotency import CallKey
 from powerq.api.results import ViewResult
 from powerq.api.schemas import (
     BatchAction,
@@ -56,7 +66,9 @@ from powerq.batches import (
     batch_view,
     cancel_batch,
     create_batch,
+    given_selector,
     list_batches,
+    skipped_of,
 )
 from powerq.intents import MAX_DEADLINE_S
 from powerq.states import Action
@@ -144,6 +156,11 @@ class BatchIn(JsonBody):
     deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_DEADLINE_S)]] = Field(
         default=None, description="Seconds each request may take (default depends on the action)"
     )
+    include_maintenance: bool = Field(
+        default=False,
+        description="A selector also picks nodes in maintenance (left out and reported in "
+        "`skipped` otherwise); named nodes always run",
+    )
     batch_deadline_s: Omittable[Annotated[float, Field(ge=1, le=MAX_BATCH_DEADLINE_S)]] = Field(
         default=None,
         description="Seconds from now until requests of the batch no worker has started fail "
@@ -169,6 +186,7 @@ class BatchIn(JsonBody):
             name=self.name,
             deadline_s=self.deadline_s,
             batch_deadline_s=self.batch_deadline_s,
+            include_maintenance=self.include_maintenance,
         )
 
 
@@ -220,6 +238,13 @@ class BatchOutcomes(OutModel):
     refused: int
 
 
+class SkippedOut(OutModel):
+    """A node the selector matched but left out."""
+
+    node: str
+    reason: Literal["maintenance"]
+
+
 class BatchOut(OutModel):
     """A batch, its counts and (unless `results=false`) its per-node results."""
 
@@ -229,6 +254,10 @@ class BatchOut(OutModel):
     stagger_s: float
     max_in_flight: int | None
     selector: dict[str, Any] = Field(description="The nodes or selector as given")
+    skipped: list[SkippedOut] = Field(
+        description="Nodes the selector matched but left out (in maintenance, without "
+        "include_maintenance); not counted in `total`"
+    )
     requested_by: str
     created_at: UtcDatetime
     deadline_at: UtcDatetime | None = Field(
@@ -300,7 +329,8 @@ def batch_out(view: BatchView) -> BatchOut:
         action=batch.action,
         stagger_s=batch.stagger_s,
         max_in_flight=batch.max_in_flight,
-        selector=batch.selector,
+        selector=given_selector(batch),
+        skipped=[SkippedOut(node=s["node"], reason="maintenance") for s in skipped_of(batch)],
         requested_by=batch.requested_by,
         created_at=batch.created_at,
         deadline_at=batch.deadline_at,
@@ -332,14 +362,69 @@ def post_batch(body: BatchIn) -> ViewResult:
     (`existing`), one with another action outstanding is `refused` (the
     conflicting request is in `outstanding`), nothing else is disturbed.
     `max_in_flight` and `stagger_s` are enforced by the server: requests wait
-    `held` until their turn, across restarts.
+    `held` until their turn, across restarts. A selector leaves out nodes in
+    maintenance (`skipped`) unless `include_maintenance`. Send
+    `Idempotency-Key` to make retries safe: a retry with the same key and body
+    answers with the same batch (as it stands now), never a second one.
+    """
+    call = _call_key(body)
+    if call is not None and (stored := idempotency.stored_answer(call)) is not None:
+        return _replay(stored.body["id"])
+    try:
+        out, releases = _create(body, call)
+    except IntegrityError:
+        # A concurrent first call with the same key committed first: answer with its batch.
+        stored = idempotency.stored_answer(call) if call is not None else None
+        if stored is None:
+            raise
+        return _replay(stored.body["id"])
+    dispatch_releases(releases)
+    return out, 201, _location(out.id)
+
+
+def _call_key(body: BatchIn) -> CallKey | None:
+    """The call's idempotency identity, or None without an ``Idempotency-Key``.
+
+    :raises InvalidInput: the header is malformed.
+    """
+    key = idempotency.key_from_request()
+    if key is None:
+        return None
+    fingerprint = idempotency.request_fingerprint()
+    action = body.action.value
+    return CallKey(current_actor(), key, request.method, request.path, action, fingerprint)
+
+
+def _create(body: BatchIn, call: CallKey | None) -> tuple[BatchOut, list[Any]]:
+    """Create the batch and (with a key) store its answer, in one transaction.
+
+    :raises InvalidInput: see :func:`powerq.batches.create_batch`.
+    :raises NotFound: see :func:`powerq.batches.create_batch`.
+    :raises IntegrityError: a concurrent call with the same key won.
     """
     with transaction() as session:
         created = create_batch(session, body.spec(), actor=current_actor())
         session.flush()
         out = batch_out(batch_view(session, created.batch.id))
-    dispatch_releases(created.releases)
-    return out, 201, {"Location": url_for("batches.get_batch", batch_id=out.id)}
+        if call is not None:
+            stored = out.model_dump(mode="json", exclude={"nodes", "limit", "offset"})
+            idempotency.remember(session, call, 201, stored, _location(out.id))
+    return out, created.releases
+
+
+def _location(batch_id: uuid.UUID) -> dict[str, str]:
+    return {"Location": url_for("batches.get_batch", batch_id=batch_id)}
+
+
+def _replay(batch_id: str) -> Response:
+    """The answer to a retried POST: the same batch as it stands now, marked replayed."""
+    with transaction() as session:
+        out = batch_out(batch_view(session, uuid.UUID(batch_id)))
+    response = cast(Response, current_app.json.response(out.model_dump(mode="json")))
+    response.status_code = 201
+    response.headers.update(_location(out.id))
+    response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 def _ended_out(ended: list[Ended]) -> list[EndedOut]:
@@ -400,6 +485,20 @@ def get_batches(page: PageQuery) -> ViewResult:
         views, total = list_batches(session, limit=page.limit, offset=page.offset)
         items = [batch_out(view) for view in views]
     return BatchPage(items=items, total=total, limit=page.limit, offset=page.offset)
+
+
+openapi.document_header(
+    "/v1/batches",
+    "post",
+    {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Makes retries safe: a retry with the same key and body answers with "
+        "the same batch, never a second one",
+        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+    },
+)
 
 
 def init_app(app: APIFlask) -> None:

@@ -1,9 +1,11 @@
-"""Power requests and history: read one, cancel a pending one, list a node's
-requests and its audit events (newest first)."""
+"""Power requests and history: list requests (filtered by node, status and age),
+read one, cancel a pending one, list a node's requests and its audit events
+(newest first)."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from apiflask import APIBlueprint, APIFlask
@@ -12,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from powerq.api.auth import OPERATOR, READER, auth, current_actor
 from powerq.api.results import ViewResult
-from powerq.api.schemas import EventPage, PageQuery, RequestPage
+from powerq.api.schemas import EventPage, PageQuery, RequestPage, RequestQuery
 from powerq.api.serializers import PowerRequestOut, event_out, request_out
 from powerq.api.session import transaction
 from powerq.errors import NotFound
@@ -20,6 +22,37 @@ from powerq.intents import cancel_request, find_node
 from powerq.models import PowerEvent, PowerRequest
 
 bp = APIBlueprint("requests", __name__, url_prefix="/v1", tag="Requests")
+
+
+@bp.get("/requests")
+@bp.auth_required(auth, roles=[READER])
+@bp.input(RequestQuery, location="query", arg_name="query")
+@bp.output(RequestPage)
+@bp.doc(responses={404: "No node has the name given as `node`"})
+def list_requests(query: RequestQuery) -> ViewResult:
+    """List power requests, newest first
+
+    Filters (all must match): `node`, `status` (comma-separated, any of them),
+    `since` (a duration back from now such as `15m`, or an ISO 8601 time with
+    its offset). A bad filter is 422 problem+json; an unknown node is 404.
+    A node's requests come from the index on (node, created_at), outstanding
+    ones from the partial indexes on pending and running requests.
+    """
+    with transaction() as session:
+        found = select(PowerRequest).order_by(
+            PowerRequest.created_at.desc(), PowerRequest.id.desc()
+        )
+        if query.node is not None:
+            found = found.where(PowerRequest.node_id == find_node(session, query.node).id)
+        if query.status is not None:
+            found = found.where(PowerRequest.status.in_(query.statuses()))
+        bound = query.since_bound()
+        if bound is not None:
+            since = func.now() - bound if isinstance(bound, timedelta) else bound
+            found = found.where(PowerRequest.created_at >= since)
+        rows, total = _page(session, found, query)
+        items = [request_out(row) for row in rows]
+        return RequestPage(items=items, total=total, limit=query.limit, offset=query.offset)
 
 
 @bp.get("/requests/<uuid:request_id>")

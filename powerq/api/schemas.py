@@ -10,7 +10,9 @@ constrained to characters it can store (no NUL, valid UTF-8). Passwords are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 
 from pydantic import (
@@ -48,6 +50,7 @@ from powerq.states import (
     DesiredPowerState,
     DriverKind,
     PowerState,
+    RequestStatus,
 )
 from powerq.tokens import MAX_EXPIRES_IN_S, MIN_EXPIRES_IN_S
 
@@ -490,6 +493,71 @@ class NodeQuery(PageQuery):
             tags=tuple(self.tag.split(",")) if self.tag else (),
             name_prefix=self.name_prefix,
         )
+
+
+_STATUSES = "|".join(status.value for status in RequestStatus)
+_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A longer look back is the same as this one (and stays within PostgreSQL's range).
+_LONGEST_SINCE = timedelta(days=36525)
+
+
+def _since(value: str) -> str:
+    """Check ``since``: a duration (``90s``, ``15m``, ``2h``, ``1d``) or an ISO 8601
+    time with its UTC offset."""
+    if _DURATION.match(value):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows t and z
+    except ValueError:
+        raise ValueError(
+            "give a duration (90s, 15m, 2h, 1d) or an ISO 8601 time with its offset "
+            "(2026-12-01T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError("the time needs its UTC offset (Z or +01:00)")
+    return value
+
+
+class RequestQuery(PageQuery):
+    """Filters of the request list; all must match. Newest first."""
+
+    node: Omittable[NodeName] = Field(default=None, description="Only this node's requests")
+    status: Omittable[
+        Annotated[str, StringConstraints(pattern=rf"^({_STATUSES})(,({_STATUSES}))*$")]
+    ] = Field(default=None, description="Comma-separated statuses, any of which may match")
+    since: Omittable[
+        Annotated[
+            str,
+            AfterValidator(_since),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "string", "pattern": _DURATION.pattern},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                }
+            ),
+        ]
+    ] = Field(
+        default=None,
+        description="Only requests created since then: a duration back from now (90s, 15m, "
+        "2h, 1d) or an ISO 8601 time with its UTC offset",
+    )
+
+    def statuses(self) -> list[RequestStatus]:
+        """The statuses asked for (none: any)."""
+        return [RequestStatus(value) for value in self.status.split(",")] if self.status else []
+
+    def since_bound(self) -> datetime | timedelta | None:
+        """The time given, or how long ago (a duration, by the database's clock)."""
+        if self.since is None:
+            return None
+        duration = _DURATION.match(self.since)
+        if duration:
+            back = timedelta(seconds=int(duration[1]) * _UNIT_S[duration[2]])
+            return min(back, _LONGEST_SINCE)
+        return datetime.fromisoformat(self.since.upper())
 
 
 class ImportQuery(QueryString):

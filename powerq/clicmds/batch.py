@@ -1,19 +1,31 @@
 """``powerq batch ACTION …`` (one action on many nodes, paced by the server) and
-``powerq batches list|show|cancel``."""
+``powerq batches list|show|cancel``.
+
+A batch is submitted with an ``Idempotency-Key`` and sent again with the same
+key when the submit timed out, so a slow server makes neither a false failure
+nor a second batch. Its report is one summary line (counts, skipped nodes in
+maintenance) and a row for each node that did not succeed (every node with
+``-v``). ``--wait`` that gives up says the batch is still running and how to
+follow it, and exits 4, never 1: nothing failed.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import IO, Any
 
 import click
 
-from powerq.clicmds.output import client, echo_json, out, progress, styled, table
+from powerq.clicmds.exits import USAGE, Exit
+from powerq.clicmds.output import Output, client, output_option, progress, styled, table
 from powerq.clicmds.power import ACTION
-from powerq.client import Client, WaitTimeout, poll
+from powerq.client import ApiError, Client, WaitTimeout, poll
 from powerq.errors import PowerqError
 
 BAD_STATES = ("failed", "cancelled", "refused")
+# A node in one of these states is going well: not listed without -v.
+GOING_WELL = ("succeeded", "held", "pending", "running")
 
 
 def read_node_file(handle: IO[str]) -> list[str]:
@@ -78,10 +90,14 @@ def _target(
 @click.option("--batch-deadline", type=click.FloatRange(1, 7 * 86400),
               help="Seconds until requests not started yet fail.")  # fmt: skip
 @click.option("--name", help="A label for the batch.")
+@click.option("--include-maintenance", is_flag=True,
+              help="--all/--tag/--glob: nodes in maintenance too.")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for the batch to finish (progress bar).")
 @click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
-              help="With --wait: give up waiting after this many seconds.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
+              help="With --wait: give up waiting after this many seconds (exit 4).")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True, help="List every node, not only the ones "
+              "that did not succeed.")  # fmt: skip
+@output_option
 def batch(
     action: str,
     nodes: tuple[str, ...],
@@ -94,17 +110,22 @@ def batch(
     deadline: float | None,
     batch_deadline: float | None,
     name: str | None,
+    include_maintenance: bool,
     wait: bool,
     timeout: float,
-    as_json: bool,
+    verbose: bool,
+    output: Output,
 ) -> None:
     """Run ACTION (on, off, soft_off, cycle, reset, query) on many nodes.
 
     The server enforces --max-in-flight and --stagger (across restarts). A node
     whose identical request is outstanding reuses it; one with another action
-    outstanding is refused. Requests not started by the batch's deadline fail
-    (--batch-deadline; `powerq batches cancel ID` cancels them at once). Exits 1
-    if any node was refused or failed.
+    outstanding is refused. --all/--tag/--glob leave out nodes in maintenance
+    (reported as skipped) unless --include-maintenance; named nodes always run.
+    Requests not started by the batch's deadline fail (--batch-deadline;
+    `powerq batches cancel ID` cancels them at once). Exits 1 if any node was
+    refused or failed, 2 if a named node is unknown (nothing queued), 4 if
+    --wait gave up (the batch goes on).
 
     \b
     powerq batch off --all --wait
@@ -115,15 +136,31 @@ def batch(
     options = {"max_in_flight": max_in_flight, "deadline_s": deadline,
                "batch_deadline_s": batch_deadline, "name": name}  # fmt: skip
     body.update({key: value for key, value in options.items() if value is not None})
+    if include_maintenance:
+        body["include_maintenance"] = True
     api = client()
-    created = api.create_batch(body)
+    created = submit(api, body)
     if wait:
-        result = wait_for(api, created, timeout, quiet=as_json)
+        result = wait_for(api, created, timeout, quiet=output.fmt != "table")
     elif len(created["nodes"] or []) < created["total"]:
         result = api.batch(str(created["id"]))  # the answer holds one page of results
     else:
         result = created
-    report(result, as_json=as_json)
+    report(result, output, verbose=verbose)
+
+
+def submit(api: Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Create the batch (with an Idempotency-Key, retried on a timeout).
+
+    :raises Exit: a named node is unknown, or no node is left to run on (exit 2).
+    :raises ApiError: the API refused the batch otherwise.
+    """
+    try:
+        return api.create_batch(body)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise Exit(f"{exc.detail}; nothing was queued", USAGE) from None
+        raise
 
 
 def wait_for(api: Client, created: dict[str, Any], timeout: float, quiet: bool) -> dict[str, Any]:
@@ -137,8 +174,8 @@ def wait_for(api: Client, created: dict[str, Any], timeout: float, quiet: bool) 
         return _wait(api, created, batch_id, timeout, quiet)
     except WaitTimeout:
         raise WaitTimeout(
-            f"batch {batch_id} has not finished after {timeout:.0f}s (it goes on in the server); "
-            f"follow it with `powerq batches show {batch_id} --wait`"
+            f"batch {batch_id} is still running after {timeout:.0f}s: nothing failed, it goes "
+            f"on in the server; follow it with `powerq batches show {batch_id} --wait`"
         ) from None
 
 
@@ -176,30 +213,15 @@ def _workload(batch: dict[str, Any]) -> int:
     return int(batch["total"]) - int(batch["counts"]["refused"])
 
 
-def report(batch: dict[str, Any], *, as_json: bool) -> None:
-    """Print the batch (table or JSON).
+def report(batch: dict[str, Any], output: Output, *, verbose: bool = False) -> None:
+    """Print the batch: a summary line and the nodes that did not succeed (every
+    node with ``verbose``), or the whole batch as JSON.
 
     :raises PowerqError: a node failed, was cancelled or was refused (exit 1).
     """
-    if as_json:
-        echo_json(batch)
-    else:
-        _print_batch(batch)
-    counts = batch["counts"]
-    bad = {state: counts[state] for state in BAD_STATES if counts[state]}
-    if bad:
-        parts = ", ".join(f"{count} {state}" for state, count in bad.items())
-        raise PowerqError(f"batch {batch['id']}: {parts} of {batch['total']} node(s)")
-
-
-def _print_batch(batch: dict[str, Any]) -> None:
-    counts = {state: count for state, count in batch["counts"].items() if count}
-    summary = ", ".join(f"{count} {state}" for state, count in counts.items())
-    title = f"batch {batch['id']} ({batch['action']}, {batch['total']} nodes): {summary}"
-    if batch.get("cancelled_at"):
-        title += f"; cancelled {batch['cancelled_at']}"
-    elif batch.get("deadline_at") and not batch["finished"]:
-        title += f"; unstarted requests fail at {batch['deadline_at']}"
+    output.note(summary_line(batch))
+    shown = [node for node in batch["nodes"] or []
+             if verbose or node["state"] not in GOING_WELL]  # fmt: skip
     rows = [
         (
             node["node"],
@@ -208,9 +230,42 @@ def _print_batch(batch: dict[str, Any]) -> None:
             (node["request"] or node["outstanding"] or {}).get("id"),
             node["error"],
         )
-        for node in batch["nodes"] or []
+        for node in shown
     ]
-    out().print(table(title, ("NODE", "RESULT", "OUTCOME", "REQUEST", "REASON"), rows))
+    if verbose:
+        rows += [(s["node"], styled("skipped"), "skipped", None, s["reason"])
+                 for s in batch.get("skipped") or []]  # fmt: skip
+    if rows or output.json:
+        output.show(table(None, ("NODE", "RESULT", "OUTCOME", "REQUEST", "REASON"), rows), batch)
+    counts = batch["counts"]
+    bad = {state: counts[state] for state in BAD_STATES if counts[state]}
+    if bad:
+        parts = ", ".join(f"{count} {state}" for state, count in bad.items())
+        raise PowerqError(f"batch {batch['id']}: {parts} of {batch['total']} node(s)")
+
+
+def _label(batch: dict[str, Any]) -> str:
+    """``batch ID`` with its name, if it has one."""
+    name = f" {batch['name']!r}" if batch.get("name") else ""
+    return f"batch {batch['id']}{name}"
+
+
+def summary_line(batch: dict[str, Any]) -> str:
+    """One line: the batch, its counts, what was skipped, and its deadline or cancel."""
+    counts = {state: count for state, count in batch["counts"].items() if count}
+    summary = ", ".join(f"{count} {state}" for state, count in counts.items()) or "no node"
+    line = f"{_label(batch)} ({batch['action']}, {batch['total']} nodes): {summary}"
+    skipped = [item["node"] for item in batch.get("skipped") or []]
+    if skipped:
+        names = ", ".join(skipped[:10]) + (
+            f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        )
+        line += f"; {len(skipped)} skipped (maintenance): {names}"
+    if batch.get("cancelled_at"):
+        line += f"; cancelled {batch['cancelled_at']}"
+    elif batch.get("deadline_at") and not batch["finished"]:
+        line += f"; unstarted requests fail at {batch['deadline_at']}"
+    return line
 
 
 @click.group("batches")
@@ -220,16 +275,14 @@ def batches() -> None:
 
 @batches.command("list")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the page as JSON.")
-def list_(limit: int, as_json: bool) -> None:
+@output_option
+def list_(limit: int, output: Output) -> None:
     """The most recent batches with their counts."""
     page = client().batches(limit=limit)
-    if as_json:
-        echo_json(page)
-        return
     rows = [
         (
             item["id"],
+            item.get("name"),
             item["created_at"],
             item["action"],
             item["total"],
@@ -240,8 +293,8 @@ def list_(limit: int, as_json: bool) -> None:
         )
         for item in page["items"]
     ]
-    columns = ("BATCH", "CREATED", "ACTION", "NODES", "STATE", "COUNTS", "DEADLINE", "BY")
-    out().print(table(f"{page['total']} batches", columns, rows))
+    columns = ("BATCH", "NAME", "CREATED", "ACTION", "NODES", "STATE", "COUNTS", "DEADLINE", "BY")
+    output.show(table(f"{page['total']} batches", columns, rows), page)
 
 
 def _batch_state(batch: dict[str, Any]) -> str:
@@ -253,31 +306,48 @@ def _batch_state(batch: dict[str, Any]) -> str:
 @batches.command("show")
 @click.argument("batch_id")
 @click.option("--wait", is_flag=True, help="Wait for the batch to finish.")
-@click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON.")
-def show(batch_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Show batch BATCH_ID with each node's result (exits 1 if any failed or was refused)."""
+@click.option("--timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
+              help="With --wait: give up waiting after this many seconds (exit 4).")  # fmt: skip
+@click.option("-v", "--verbose", is_flag=True, help="List every node.")
+@output_option
+def show(batch_id: str, wait: bool, timeout: float, verbose: bool, output: Output) -> None:
+    """Show batch BATCH_ID: a summary and the nodes that did not succeed (every node
+    with -v). Exits 1 if any failed or was refused."""
     api = client()
-    current = api.batch(batch_id)
+    current = api.batch(batch_uuid(batch_id))
     if wait and not current["finished"]:
-        current = wait_for(api, current, timeout, quiet=as_json)
-    report(current, as_json=as_json)
+        current = wait_for(api, current, timeout, quiet=output.fmt != "table")
+    report(current, output, verbose=verbose)
+
+
+def batch_uuid(text: str) -> str:
+    """``text`` as a batch id.
+
+    :raises Exit: it is not a UUID, so no batch has it (exit 2).
+    """
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise Exit(f"no batch {text!r}: batch ids are UUIDs", USAGE) from None
 
 
 @batches.command("cancel")
 @click.argument("batch_id")
-@click.option("--json", "as_json", is_flag=True, help="Print what was cancelled as JSON.")
-def cancel(batch_id: str, as_json: bool) -> None:
+@output_option
+def cancel(batch_id: str, output: Output) -> None:
     """Cancel every request of batch BATCH_ID not started yet (running ones finish).
 
     Each node's desired power state goes back to what it was before. Cancelling
     twice is harmless.
     """
-    result = client().cancel_batch(batch_id)
-    if as_json:
-        echo_json(result)
-    else:
+    result = client().cancel_batch(batch_uuid(batch_id))
+    if output.fmt in ("table", "value"):
         click.echo(cancel_line(result))
+        return
+    rows = [(e["node"], "cancelled", e["request_id"]) for e in result["cancelled"]]
+    rows += [(e["node"], "running", e["request_id"]) for e in result["running"]]
+    output.note(cancel_line(result))
+    output.show(table(None, ("NODE", "RESULT", "REQUEST"), rows), result)
 
 
 def cancel_line(result: dict[str, Any]) -> str:

@@ -1,13 +1,31 @@
-"""``powerq nodes add|list|show|import``."""
+"""``powerq nodes add|set|delete|maintenance|list|show|import|validate``.
+
+Commands that change several nodes check every name first: an unknown one
+changes nothing (exit 2). Then each node is changed on its own; one the API
+refuses (e.g. a delete while a request is outstanding) is reported in its row
+and the others go on (exit 1).
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from powerq.clicmds.output import client, echo_json, key_values, out, request_fields, table
+from powerq.clicmds.output import (
+    Output,
+    client,
+    key_values,
+    output_option,
+    request_fields,
+    styled,
+    table,
+)
+from powerq.clicmds.power import check_names
+from powerq.client import ApiError, Client
 from powerq.errors import PowerqError
 from powerq.states import DriverKind, PowerState
 
@@ -38,7 +56,7 @@ def nodes() -> None:
     "--port", type=click.IntRange(1, 65535), default=None, help="default: 623 ipmi, 443 redfish"
 )
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the node as JSON.")
+@output_option
 def add(
     name: str,
     address: str,
@@ -47,7 +65,7 @@ def add(
     driver: str,
     port: int | None,
     tags: tuple[str, ...],
-    as_json: bool,
+    output: Output,
 ) -> None:
     """Register node NAME (admin token)."""
     body: dict[str, Any] = {
@@ -61,10 +79,10 @@ def add(
     if port is not None:  # else the API's default for the driver
         body["port"] = port
     node = client().add_node(body)
-    if as_json:
-        echo_json(node)
-    else:
+    if output.fmt in ("table", "value"):
         click.echo(f"node {node['name']} added ({node['address']}:{node['port']}, {driver})")
+    else:
+        output.show(key_values(f"node {node['name']}", _fields(node)), node)
 
 
 def _outstanding(node: dict[str, Any]) -> str:
@@ -72,19 +90,37 @@ def _outstanding(node: dict[str, Any]) -> str:
     return f"{request['action']} ({request['status']})" if request else ""
 
 
+def maintenance_note(node: dict[str, Any]) -> str:
+    """Why, by whom and since when a node is in maintenance ("" when it is not)."""
+    if not node.get("maintenance"):
+        return ""
+    reason = node.get("maintenance_reason") or "no reason given"
+    by = node.get("maintenance_by") or "?"
+    return f"{reason} (by {by} since {node.get('maintenance_since') or '?'})"
+
+
 @nodes.command("list")
 @click.option("--tag", "tags", multiple=True, help="Only nodes with this tag (repeatable: all).")
-@click.option("--power-state", type=click.Choice([state.value for state in PowerState]))
+@click.option("--power-state", type=click.Choice([state.value for state in PowerState],
+              case_sensitive=False))  # fmt: skip
 @click.option("--fault", is_flag=True, help="Only nodes in power_fault.")
-@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
-def list_(tags: tuple[str, ...], power_state: str | None, fault: bool, as_json: bool) -> None:
-    """List nodes with their observed and desired power."""
+@click.option("--maintenance/--no-maintenance", default=None,
+              help="Only nodes in (or out of) maintenance.")  # fmt: skip
+@output_option
+def list_(
+    tags: tuple[str, ...],
+    power_state: str | None,
+    fault: bool,
+    maintenance: bool | None,
+    output: Output,
+) -> None:
+    """List nodes with their observed and desired power, and maintenance."""
     found = client().nodes(
-        tag=",".join(tags) or None, power_state=power_state, power_fault="true" if fault else None
+        tag=",".join(tags) or None,
+        power_state=power_state,
+        power_fault="true" if fault else None,
+        maintenance=None if maintenance is None else str(maintenance).lower(),
     )
-    if as_json:
-        echo_json(found)
-        return
     rows = [
         (
             n["name"],
@@ -94,52 +130,53 @@ def list_(tags: tuple[str, ...], power_state: str | None, fault: bool, as_json: 
             n["desired_power_state"] or "-",
             _outstanding(n),
             "FAULT" if n["power_fault"] else "",
+            maintenance_note(n),
             ",".join(n["tags"]),
         )
         for n in found
     ]
-    columns = ("NODE", "DRIVER", "BMC", "POWER", "DESIRED", "OUTSTANDING", "FAULT", "TAGS")
-    out().print(table(f"{len(rows)} nodes", columns, rows))
+    columns = ("NODE", "DRIVER", "BMC", "POWER", "DESIRED", "OUTSTANDING", "FAULT",
+               "MAINTENANCE", "TAGS")  # fmt: skip
+    output.show(table(f"{len(rows)} nodes", columns, rows), found)
+
+
+_SHOWN = (
+    "name", "driver", "address", "port", "username", "power_state", "power_state_at",
+    "desired_power_state", "desired_power_state_at", "maintenance", "maintenance_reason",
+    "maintenance_by", "maintenance_since", "power_fault", "power_fault_reason", "last_error",
+    "last_checked_at", "tags",
+)  # fmt: skip
+
+
+def _fields(node: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(key, node.get(key)) for key in _SHOWN]
 
 
 @nodes.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the node as JSON.")
-def show(name: str, as_json: bool) -> None:
-    """Show node NAME: BMC, observed and desired power, faults, outstanding request."""
+@output_option
+def show(name: str, output: Output) -> None:
+    """Show node NAME: BMC, power, maintenance (who, why, since), faults, outstanding request."""
     node = client().node(name)
-    if as_json:
-        echo_json(node)
-        return
-    keys = (
-        "name", "driver", "address", "port", "username", "power_state", "power_state_at",
-        "desired_power_state", "desired_power_state_at", "maintenance", "power_fault",
-        "power_fault_reason", "last_error", "last_checked_at", "tags",
-    )  # fmt: skip
-    console = out()
-    console.print(key_values(f"node {node['name']}", [(key, node.get(key)) for key in keys]))
-    if node.get("outstanding_request"):
-        console.print(
-            key_values("outstanding request", request_fields(node["outstanding_request"]))
-        )
+    output.show(key_values(f"node {node['name']}", _fields(node)), node)
+    if node.get("outstanding_request") and output.fmt == "table":
+        output.show(key_values("outstanding request", request_fields(node["outstanding_request"])))
 
 
 @nodes.command("import")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--update", is_flag=True, help="Overwrite nodes that exist (default: skip them).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def import_(manifest: Path, update: bool, as_json: bool) -> None:
+@output_option
+def import_(manifest: Path, update: bool, output: Output) -> None:
     """Import nodes from MANIFEST: a JSON list (or the sim fleet's manifest) or CSV
     (name,driver,address,port,username,password[,tags]). Exits 1 if a row was invalid."""
     data = manifest.read_bytes()
     is_csv = manifest.suffix.lower() == ".csv" or data.lstrip(b"\xef\xbb\xbf").startswith(b"name,")
     report = client().import_nodes(data, csv=is_csv, update=update)
-    if as_json:
-        echo_json(report)
-    else:
-        rows = [(r["row"], r["name"], r["outcome"], r["detail"]) for r in report["rows"]]
-        summary = ", ".join(f"{count} {kind}" for kind, count in report["summary"].items())
-        out().print(table(f"import: {summary}", ("ROW", "NODE", "OUTCOME", "DETAIL"), rows))
+    rows = [(r["row"], r["name"], r["outcome"], r["detail"]) for r in report["rows"]]
+    summary = ", ".join(f"{count} {kind}" for kind, count in report["summary"].items())
+    output.note(f"import: {summary}")
+    output.show(table(None, ("ROW", "NODE", "OUTCOME", "DETAIL"), rows), report)
     invalid = report["summary"].get("invalid", 0)
     if invalid:
         raise PowerqError(f"{invalid} row(s) of {manifest} were invalid and not imported")
@@ -150,8 +187,8 @@ def import_(manifest: Path, update: bool, as_json: bool) -> None:
 @click.option("--all", "every", is_flag=True, help="Every node.")
 @click.option("--timeout", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Give up waiting after this many seconds.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def validate(names: tuple[str, ...], every: bool, timeout: float, as_json: bool) -> None:
+@output_option
+def validate(names: tuple[str, ...], every: bool, timeout: float, output: Output) -> None:
     """Check each node's BMC: log in through its lane and read the power state.
 
     Prints what is wrong in one line per node (unreachable, authentication
@@ -164,4 +201,121 @@ def validate(names: tuple[str, ...], every: bool, timeout: float, as_json: bool)
     api = client()
     if every:
         names = tuple(node["name"] for node in api.nodes())
-    run_requests(api, names, api.validate, True, timeout, as_json)
+    run_requests(api, names, api.validate, True, timeout, output)
+
+
+@nodes.command("set")
+@click.argument("name")
+@click.option("--address", help="BMC host name or IP address.")
+@click.option("--port", type=click.IntRange(1, 65535), help="BMC port.")
+@click.option("--username", help="BMC user.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the new BMC password from the first line of stdin.")  # fmt: skip
+@click.option("--tags", help="Replace the tags: comma-separated (an empty string clears them).")
+@output_option
+def set_(
+    name: str,
+    address: str | None,
+    port: int | None,
+    username: str | None,
+    password_stdin: bool,
+    tags: str | None,
+    output: Output,
+) -> None:
+    """Change node NAME's BMC address, port, credentials or tags (admin token).
+
+    Fields not given stay as they are; nothing changes when any part is refused.
+    """
+    body: dict[str, Any] = {"address": address, "port": port, "username": username}
+    body = {key: value for key, value in body.items() if value is not None}
+    if password_stdin:
+        body["password"] = _password_from(sys.stdin)
+    if tags is not None:
+        body["tags"] = [tag.strip() for tag in tags.split(",") if tag.strip()]
+    if not body:
+        raise click.UsageError("nothing to change: give --address, --port, --username, "
+                               "--password-stdin or --tags")  # fmt: skip
+    node = client().change_node(name, body)
+    if output.fmt in ("table", "value"):
+        click.echo(f"node {node['name']} changed: {', '.join(sorted(body))}")
+    else:
+        output.show(key_values(f"node {node['name']}", _fields(node)), node)
+
+
+def _password_from(stream: Any) -> str:
+    """The first line of ``stream`` (without its line end).
+
+    :raises click.UsageError: it is empty.
+    """
+    password = stream.readline().rstrip("\r\n")
+    if not password:
+        raise click.UsageError("--password-stdin: stdin held no password")
+    return str(password)
+
+
+def _each(
+    api: Client, names: tuple[str, ...], change: Callable[[str], str], output: Output
+) -> None:
+    """Check every name, then ``change`` each node; print a row per node.
+
+    :raises Exit: a name is unknown (exit 2; nothing changed).
+    :raises PowerqError: the API refused some nodes (exit 1; the others changed).
+    """
+    check_names(api, names)
+    rows = []
+    for name in dict.fromkeys(names):
+        try:
+            rows.append((name, styled("succeeded"), change(name)))
+        except ApiError as exc:
+            if exc.status not in (404, 409, 422):
+                raise
+            rows.append((name, styled("failed"), str(exc)))
+    document = [{"node": n, "result": str(r), "detail": d} for n, r, d in rows]
+    output.show(table(None, ("NODE", "RESULT", "DETAIL"), rows), document)
+    failed = sum(str(row[1]) == "failed" for row in rows)
+    if failed:
+        raise PowerqError(f"{failed} of {len(rows)} node(s) were not changed")
+
+
+@nodes.command("delete")
+@click.argument("names", nargs=-1, required=True)
+@output_option
+def delete(names: tuple[str, ...], output: Output) -> None:
+    """Delete each node NAME (admin token); its requests and events are kept.
+
+    A node with a request outstanding is refused (exit 1) and stays.
+    """
+    api = client()
+
+    def remove(name: str) -> str:
+        api.delete_node(name)
+        return "deleted"
+
+    _each(api, names, remove, output)
+
+
+@nodes.command("maintenance")
+@click.argument("state", type=click.Choice(["on", "off"], case_sensitive=False))
+@click.argument("names", nargs=-1, required=True)
+@click.option("--reason", help="Why (with on); shown with who and since when.")
+@output_option
+def maintenance(state: str, names: tuple[str, ...], reason: str | None, output: Output) -> None:
+    """Put each node NAME in maintenance (on) or take it out (off) (admin token).
+
+    A node in maintenance is left out of selector batches (--all, --tag,
+    --glob) unless --include-maintenance; single requests on it still run, and
+    the sweeper never corrects its power. `on` for a node already in
+    maintenance changes only the reason.
+    """
+    if state == "off" and reason is not None:
+        raise click.UsageError("--reason goes with on: taking a node out clears its reason")
+    body: dict[str, Any] = {"maintenance": state == "on"}
+    if reason is not None:
+        body["maintenance_reason"] = reason
+    api = client()
+
+    def change(name: str) -> str:
+        node = api.change_node(name, body)
+        return maintenance_note(node) or "not in maintenance"
+
+    _each(api, names, change, output)

@@ -1,17 +1,23 @@
-"""How the API commands print: tables for people, ``--json`` for scripts.
+"""How the API commands print: tables for people, plain rows for scripts.
 
-On a terminal a table is drawn by rich; anywhere else (a pipe, a file, a
-script's capture) it is plain aligned text, one row per line, never folded,
-and rich is not imported at all: it costs more CPU to import than the rest of
-``powerq power NODE query`` together. The progress bars of ``--wait`` are
-rich's, on stderr.
+Every command that prints rows takes ``-o table|json|csv|value`` (and
+``--json``, the same as ``-o json``). Without ``-o``, a terminal gets a
+table drawn by rich, and anything else (a pipe, a file, a script's capture)
+gets ``value``: one tab-separated line per row, no title, no header, never
+folded, so ``powerq nodes list | wc -l`` counts nodes. ``-o table`` off a
+terminal is plain aligned text, and rich is not imported at all: it costs
+more CPU to import than the rest of ``powerq power NODE query`` together.
+Summary lines (``4 succeeded``) go to stdout with a table and to stderr with
+``value`` and ``csv``, so the rows stay alone on stdout. The progress bars of
+``--wait`` are rich's, on stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import click
@@ -35,6 +41,7 @@ STYLES = {
 }
 FINISHED = ("succeeded", "failed", "cancelled")
 GAP = "  "  # between the columns of a plain table
+FORMATS = ("table", "json", "csv", "value")
 
 
 def client() -> Client:
@@ -83,11 +90,6 @@ class Printer:
             console(self.stream).print(rich_table(grid))
         else:
             click.echo(plain(grid), file=self.stream, nl=False)
-
-
-def out() -> Printer:
-    """The printer of stdout (tables)."""
-    return Printer(sys.stdout)
 
 
 def err() -> Console:
@@ -192,3 +194,85 @@ def progress(description: str) -> Progress:
         console=err(),
         transient=False,
     )
+
+
+def _flat(value: Any) -> str:
+    """A cell of ``value``/``csv`` output: one line, tabs turned into spaces."""
+    return _cell(value).replace("\t", " ")
+
+
+def value_rows(grid: Grid) -> str:
+    """``grid``'s rows as tab-separated lines (no title, no header)."""
+    return "".join("\t".join(_flat(value) for value in row) + "\n" for row in grid.rows)
+
+
+def csv_rows(grid: Grid) -> str:
+    """``grid`` as CSV: a header (``field,value`` for fields), then the rows."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(grid.columns if grid.columns is not None else ("field", "value"))
+    writer.writerows([_flat(value) for value in row] for row in grid.rows)
+    return buffer.getvalue()
+
+
+class Output:
+    """Prints a command's result in one of :data:`FORMATS` on stdout."""
+
+    def __init__(self, fmt: str, stream: IO[str] | None = None) -> None:
+        self.fmt = fmt
+        self.stream = sys.stdout if stream is None else stream
+
+    @property
+    def json(self) -> bool:
+        """Whether the output is JSON (the API's documents, as they came)."""
+        return self.fmt == "json"
+
+    def show(self, grid: Grid, document: Any = None) -> None:
+        """Print ``grid`` (``document`` as JSON with ``-o json``)."""
+        if self.fmt == "json":
+            echo_json(document)
+        elif self.fmt == "table":
+            Printer(self.stream).print(grid)
+        else:
+            text = csv_rows(grid) if self.fmt == "csv" else value_rows(grid)
+            click.echo(text, file=self.stream, nl=False)
+
+    def note(self, line: str) -> None:
+        """A summary line: on stdout under a table, on stderr beside rows, none with JSON."""
+        if self.fmt == "table":
+            click.echo(line, file=self.stream)
+        elif self.fmt != "json":
+            click.echo(line, err=True)
+
+
+def resolve_format(fmt: str | None, as_json: bool, stream: IO[str] | None = None) -> str:
+    """The format asked for: ``-o``, or ``--json``, else table on a terminal and
+    ``value`` anywhere else.
+
+    :raises click.UsageError: ``--json`` with another ``-o``.
+    """
+    if as_json:
+        if fmt not in (None, "json"):
+            raise click.UsageError(f"--json is -o json; it cannot go with -o {fmt}")
+        return "json"
+    if fmt is not None:
+        return fmt.lower()
+    return "table" if (sys.stdout if stream is None else stream).isatty() else "value"
+
+
+def output_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command ``-o/--output`` and ``--json``; it receives ``output: Output``."""
+
+    @click.option("-o", "--output", "output_format", type=click.Choice(FORMATS,
+                  case_sensitive=False), default=None,
+                  help="table (default on a terminal), json, csv, or value (tab-separated "
+                       "rows, the default anywhere else).")  # fmt: skip
+    @click.option("--json", "as_json", is_flag=True, help="The same as -o json.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, output_format: str | None, as_json: bool, **kwargs: Any) -> Any:
+        return func(*args, output=Output(resolve_format(output_format, as_json)), **kwargs)
+
+    return wrapper

@@ -1,4 +1,12 @@
-"""``powerq power``, ``powerq requests show`` and ``powerq status``."""
+"""``powerq power``, ``powerq boot``, ``powerq requests show|list|cancel`` and
+``powerq status``.
+
+Every node named is checked before anything is queued: one unknown name ends
+the command with exit 2 and one line naming the unknown ones, and nothing was
+asked of the others. Without ``--wait`` a request the API accepted (new or the
+identical outstanding one) is a success; with ``--wait`` only a succeeded one
+is.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +16,43 @@ from typing import Any
 
 import click
 
+from powerq.clicmds.exits import USAGE, Exit
 from powerq.clicmds.output import (
     FINISHED,
+    Output,
     client,
-    echo_json,
     key_values,
-    out,
+    output_option,
     progress,
-    request_fields,
     styled,
     table,
 )
-from powerq.client import ApiError, Client, poll
+from powerq.client import ApiError, Client, WaitTimeout, poll
 from powerq.errors import PowerqError
 from powerq.states import POWER_ENDPOINT_ACTIONS, BootDevice
 
-ACTION = click.Choice([action.value for action in POWER_ENDPOINT_ACTIONS])
-BOOT_DEVICE = click.Choice([device.value for device in BootDevice])
+# Actions and devices in any case (`ON` is `on`); the API itself stays strict.
+ACTION = click.Choice([action.value for action in POWER_ENDPOINT_ACTIONS], case_sensitive=False)
+BOOT_DEVICE = click.Choice([device.value for device in BootDevice], case_sensitive=False)
 Send = Callable[[str], dict[str, Any]]
 # Answers that concern one node only: reported in its row, the others go on.
 _PER_NODE_STATUSES = (404, 409, 422)
+# A row that counts as done without --wait: the API accepted the request.
+_ACCEPTED = ("pending", "running", "succeeded")
 
 
-def _ask(send: Send, name: str) -> dict[str, Any]:
-    """Send the request for one node; a refusal or unknown node is a row, not an abort."""
+def _ask(send: Send, name: str, *, alone: bool = False) -> dict[str, Any]:
+    """Send the request for one node; a refusal (or a node deleted since the
+    names were checked) is a row, not an abort.
+
+    :raises Exit: ``alone`` (the only node named) and unknown (exit 2).
+    :raises ApiError: the API failed otherwise.
+    """
     try:
         answer = send(name)
     except ApiError as exc:
+        if exc.status == 404 and alone:
+            raise Exit(f"no node named {name!r}; nothing was queued", USAGE) from None
         if exc.status not in _PER_NODE_STATUSES:
             raise
         outcome = "refused" if exc.status == 409 else "error"
@@ -90,7 +108,7 @@ def _wait_requests(api: Client, rows: list[dict[str, Any]], timeout: float, quie
     help="on/cycle/reset: set this boot device first, in the same request.",
 )
 @click.option("--persistent-boot", is_flag=True, help="With --boot-device: for every boot.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@output_option
 def power(
     nodes: tuple[str, ...],
     action: str,
@@ -100,13 +118,14 @@ def power(
     timeout: float,
     boot_device: str | None,
     persistent_boot: bool,
-    as_json: bool,
+    output: Output,
 ) -> None:  # fmt: skip
     """Request ACTION (on, off, soft_off, cycle, reset, query) on each NODE.
 
-    A node whose identical request is outstanding gets that request; one with
-    another action outstanding is refused. Exits 1 if any node was refused or
-    (with --wait) did not succeed.
+    Every NODE is checked first: an unknown one queues nothing (exit 2). A node
+    whose identical request is outstanding gets that request; one with another
+    action outstanding is refused. `query --wait` prints each node's power
+    state. Exits 1 if any node was refused or (with --wait) did not succeed.
     """
     api = client()
     body: dict[str, Any] = {"action": action}
@@ -116,27 +135,62 @@ def power(
         body["soft_fallback"] = True
     if boot_device is not None:
         body.update(boot_device=boot_device, boot_persistent=persistent_boot)
-    run_requests(api, nodes, lambda name: api.power(name, body), wait, timeout, as_json)
+    shows_state = action == "query" and wait
+    run_requests(api, nodes, lambda name: api.power(name, body), wait, timeout, output,
+                 shows_state=shows_state)  # fmt: skip
+
+
+def check_names(api: Client, nodes: tuple[str, ...]) -> None:
+    """Make sure every name is a node before anything is asked of any.
+
+    One name needs no look-up: its own request answers 404 and queues nothing.
+
+    :raises Exit: some names are unknown (exit 2), naming them.
+    """
+    if len(set(nodes)) < 2:
+        return
+    missing = api.unknown_nodes(nodes)
+    if missing:
+        shown = ", ".join(repr(name) for name in missing)
+        raise Exit(f"no node named {shown}; nothing was queued", USAGE)
 
 
 def run_requests(
-    api: Client, nodes: tuple[str, ...], send: Send, wait: bool, timeout: float, as_json: bool
+    api: Client,
+    nodes: tuple[str, ...],
+    send: Send,
+    wait: bool,
+    timeout: float,
+    output: Output,
+    *,
+    shows_state: bool = False,
 ) -> None:
-    """Send one request per node, optionally wait, print the rows.
+    """Check the names, send one request per node, optionally wait, print the rows.
 
-    :raises PowerqError: a node was refused or unknown, or (with ``wait``) did
-        not succeed.
+    :raises Exit: a node is unknown (exit 2; nothing was queued).
+    :raises PowerqError: a node was refused, or (with ``wait``) did not succeed.
+    :raises WaitTimeout: ``wait`` gave up (exit 4; the requests go on).
     """
-    rows = [_ask(send, name) for name in dict.fromkeys(nodes)]
-    if wait:
-        _wait_requests(api, rows, timeout, quiet=as_json)
-    if as_json:
-        echo_json(rows)
+    check_names(api, nodes)
+    names = list(dict.fromkeys(nodes))
+    rows = [_ask(send, name, alone=len(names) == 1) for name in names]
+    try:
+        if wait:
+            _wait_requests(api, rows, timeout, quiet=output.fmt != "table")
+    except WaitTimeout:
+        _print_rows(rows, output)  # where each stands now
+        unfinished = sum(_state(row) in ("pending", "running") for row in rows)
+        raise WaitTimeout(
+            f"{unfinished} request(s) still unfinished after {timeout:.0f}s: nothing failed, "
+            "they go on in the server; follow one with `powerq requests show ID`"
+        ) from None
+    if shows_state:
+        _print_states(rows, output)
     else:
-        _print_rows(rows)
-    bad = [row for row in rows if _state(row) not in ("succeeded", "pending", "running")]
-    if bad or (wait and any(_state(row) != "succeeded" for row in rows)):
-        counts = Counter(_state(row) for row in rows if _state(row) != "succeeded")
+        _print_rows(rows, output)
+    done = ("succeeded",) if wait else _ACCEPTED
+    counts = Counter(_state(row) for row in rows if _state(row) not in done)
+    if counts:
         raise PowerqError(_tally(counts, len(rows)))
 
 
@@ -147,10 +201,10 @@ def run_requests(
 @click.option("--wait", is_flag=True, help="Wait until every request has finished.")
 @click.option("--timeout", type=click.FloatRange(1), default=900.0, show_default=True,
               help="With --wait: give up waiting after this many seconds.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@output_option
 def boot(
     nodes: tuple[str, ...], device: str, persistent: bool, wait: bool, timeout: float,
-    as_json: bool,
+    output: Output,
 ) -> None:  # fmt: skip
     """Set the boot DEVICE (pxe, disk, cdrom, bios) of each NODE.
 
@@ -160,44 +214,36 @@ def boot(
     """
     api = client()
     body = {"device": device, "persistent": persistent}
-    run_requests(api, nodes, lambda name: api.boot_device(name, body), wait, timeout, as_json)
+    run_requests(api, nodes, lambda name: api.boot_device(name, body), wait, timeout, output)
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
+def _reason(row: dict[str, Any]) -> Any:
+    return row["error"] or (row["request"] or {}).get("error")
+
+
+def _print_rows(rows: list[dict[str, Any]], output: Output) -> None:
     table_rows = [
-        (
-            row["node"],
-            row["outcome"],
-            styled(_state(row)),
-            (row["request"] or {}).get("id"),
-            row["error"] or (row["request"] or {}).get("error"),
-        )
+        (row["node"], row["outcome"], styled(_state(row)), (row["request"] or {}).get("id"),
+         _reason(row))
         for row in rows
-    ]
+    ]  # fmt: skip
     columns = ("NODE", "OUTCOME", "STATUS", "REQUEST", "REASON")
-    out().print(table(None, columns, table_rows))
+    output.show(table(None, columns, table_rows), rows)
+
+
+def _print_states(rows: list[dict[str, Any]], output: Output) -> None:
+    """What a waited query read: ``NODE  POWER`` (the reason when it failed)."""
+    table_rows = []
+    for row in rows:
+        request = row["request"] or {}
+        read = request.get("observed_after") if _state(row) == "succeeded" else None
+        table_rows.append((row["node"], styled(read or _state(row)), _reason(row)))
+    output.show(table(None, ("NODE", "POWER", "REASON"), table_rows), rows)
 
 
 def _tally(counts: Counter[str], total: int) -> str:
     parts = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
     return f"{sum(counts.values())} of {total} node(s) did not succeed: {parts}"
-
-
-@click.group("requests")
-def requests_group() -> None:
-    """Power requests (through the API)."""
-
-
-@requests_group.command("show")
-@click.argument("request_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
-def show(request_id: str, as_json: bool) -> None:
-    """Show power request REQUEST_ID and how its execution went."""
-    request = client().request(request_id)
-    if as_json:
-        echo_json(request)
-    else:
-        out().print(key_values(f"request {request['id']}", request_fields(request)))
 
 
 def summarise(nodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,15 +282,12 @@ def _line(counts: dict[str, int]) -> str:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def status(as_json: bool) -> None:
+@output_option
+def status(output: Output) -> None:
     """Fleet summary: observed vs desired power, outstanding requests, faults."""
     api = client()
     health = api.health()
     summary = {"api": api.base_url, "health": health.get("status"), **summarise(api.nodes())}
-    if as_json:
-        echo_json(summary)
-        return
     outstanding = summary["outstanding"]
     pairs = [
         ("api", f"{summary['api']} ({summary['health']})"),
@@ -255,8 +298,7 @@ def status(as_json: bool) -> None:
         ("outstanding", f"{sum(outstanding.values())}: {_line(outstanding)}"),
         ("faults", len(summary["faults"])),
     ]
-    console = out()
-    console.print(key_values("powerq status", pairs))
-    if summary["faults"]:
+    output.show(key_values("powerq status", pairs), summary)
+    if summary["faults"] and not output.json:
         rows = [(fault["node"], fault["reason"]) for fault in summary["faults"]]
-        console.print(table("nodes in power_fault", ("NODE", "REASON"), rows))
+        output.show(table("nodes in power_fault", ("NODE", "REASON"), rows))

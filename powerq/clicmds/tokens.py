@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from powerq.clicmds.output import client, echo_json, out, table
+from powerq.clicmds.output import Output, client, echo_json, output_option, table
 from powerq.errors import ConfigError
 
 # powerq.tokens.ROLES and the bounds of expires_in, repeated here so that the
@@ -112,13 +112,10 @@ def _state(token: dict[str, Any], now: datetime) -> str:
 
 
 @tokens.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
-def list_(as_json: bool) -> None:
+@output_option
+def list_(output: Output) -> None:
     """List tokens (id, name, role, state, expiry, last use); never their secrets."""
     found = client().tokens()
-    if as_json:
-        echo_json(found)
-        return
     now = datetime.now(UTC)
     rows = [
         (t["id"], t["name"], t["role"], _state(t, now), t["created_at"], t.get("expires_at"),
@@ -126,7 +123,7 @@ def list_(as_json: bool) -> None:
         for t in found
     ]  # fmt: skip
     columns = ("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED")
-    out().print(table(f"{len(rows)} tokens", columns, rows))
+    output.show(table(f"{len(rows)} tokens", columns, rows), found)
 
 
 @tokens.command("revoke")

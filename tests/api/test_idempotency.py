@@ -6,13 +6,14 @@ import re
 from typing import Any
 
 import pytest
+from apiflask import APIFlask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from powerq.models import IdempotentResponse, Node, PowerRequest
 from powerq.states import RequestStatus
-from tests.api.helpers import assert_problem, counts
+from tests.api.helpers import assert_problem, counts, live_server
 from tests.factories import make_node
 
 POWER = "/v1/nodes/node-1/power"
@@ -250,3 +251,125 @@ def test_an_answer_stored_without_a_fingerprint_replays_as_before(
     assert retry.get_json() == first.get_json()
     assert "already used for another call" in assert_problem(other, 422)["detail"]
     assert counts(session)[0] == 1
+
+
+# --- POST /v1/batches ----------------------------------------------------------------
+
+
+def _batch_count(session: Session) -> int:
+    from powerq.models import Batch
+
+    session.expire_all()
+    return int(session.scalar(select(func.count()).select_from(Batch)) or 0)
+
+
+def test_a_retried_batch_submit_answers_the_same_batch_and_makes_no_second(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    make_node(session, "node-2", address="127.0.0.2")
+    body = {"action": "off", "nodes": ["node-1", "node-2"], "name": "nightly"}
+
+    first = client.post("/v1/batches", json=body, headers=_with_key(operator, "b-1"))
+    # The same body, spelled otherwise (member order): the same call.
+    retry = client.post(
+        "/v1/batches", json=dict(reversed(body.items())), headers=_with_key(operator, "b-1")
+    )
+
+    assert first.status_code == retry.status_code == 201, retry.get_json()
+    assert retry.get_json()["id"] == first.get_json()["id"]
+    assert retry.get_json()["name"] == "nightly"
+    assert [n["node"] for n in retry.get_json()["nodes"]] == ["node-1", "node-2"]
+    assert retry.headers["Location"] == first.headers["Location"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert _batch_count(session) == 1
+    assert counts(session)[0] == 2  # one request per node, once
+
+
+def test_a_replayed_batch_is_shown_as_it_stands_now(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    body = {"action": "off", "nodes": ["node-1"]}
+    first = client.post("/v1/batches", json=body, headers=_with_key(operator, "b-2")).get_json()
+    client.delete(f"/v1/batches/{first['id']}", headers=operator)
+
+    retry = client.post("/v1/batches", json=body, headers=_with_key(operator, "b-2")).get_json()
+
+    assert first["counts"]["pending"] == 1 and first["cancelled_at"] is None
+    assert retry["id"] == first["id"]
+    assert retry["counts"]["cancelled"] == 1 and retry["cancelled_at"] is not None
+    assert _batch_count(session) == 1
+
+
+def test_the_same_batch_key_with_another_body_is_refused_and_writes_nothing(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    make_node(session, "node-2", address="127.0.0.2")
+    client.post(
+        "/v1/batches",
+        json={"action": "off", "nodes": ["node-1"]},
+        headers=_with_key(operator, "b-3"),
+    )
+    before = counts(session), _batch_count(session)
+
+    response = client.post(
+        "/v1/batches",
+        json={"action": "off", "nodes": ["node-2"]},
+        headers=_with_key(operator, "b-3"),
+    )
+
+    detail = assert_problem(response, 422)["detail"]
+    assert detail.startswith(
+        "Idempotency-Key 'b-3' was first used for POST /v1/batches with a different body at "
+    ), detail
+    assert (counts(session), _batch_count(session)) == before
+
+
+def test_without_a_key_two_submits_make_two_batches_and_a_refusal_is_not_stored(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    body = {"action": "query", "nodes": ["node-1"]}
+    client.post("/v1/batches", json=body, headers=operator)
+    client.post("/v1/batches", json=body, headers=operator)
+    unknown = {"action": "query", "nodes": ["ghost"]}
+    refused = client.post("/v1/batches", json=unknown, headers=_with_key(operator, "b-4"))
+    make_node(session, "ghost", address="127.0.0.3")
+
+    later = client.post("/v1/batches", json=unknown, headers=_with_key(operator, "b-4"))
+
+    assert_problem(refused, 404)
+    assert later.status_code == 201 and "Idempotent-Replayed" not in later.headers
+    assert _batch_count(session) == 3
+
+
+def test_a_malformed_batch_key_is_refused(
+    client: FlaskClient, operator: dict[str, str], node: Node, session: Session
+) -> None:
+    response = client.post(
+        "/v1/batches",
+        json={"action": "on", "nodes": ["node-1"]},
+        headers=_with_key(operator, "a b"),
+    )
+
+    assert_problem(response, 422)
+    assert _batch_count(session) == 0
+
+
+def test_concurrent_batch_submits_with_one_key_make_one_batch(
+    app: APIFlask, operator: dict[str, str], session: Session
+) -> None:
+    from tests.api.test_concurrency import _fire
+
+    for i in range(1, 4):
+        make_node(session, f"c{i}", address=f"127.0.1.{i}")
+    headers = {**operator, "Idempotency-Key": "batch-storm-1"}
+    body = {"action": "off", "nodes": ["c1", "c2", "c3"]}
+
+    with live_server(app) as base:
+        answers = _fire(f"{base}/v1/batches", headers, [body] * 10)
+
+    assert {response.status_code for _, response in answers} == {201}
+    assert len({response.json()["id"] for _, response in answers}) == 1
+    assert sum("Idempotent-Replayed" in r.headers for _, r in answers) == 9
+    assert _batch_count(session) == 1
+    assert counts(session)[0] == 3

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -163,3 +165,67 @@ def test_bad_paging_is_422(
 def test_history_of_unknown_node_is_404(client: FlaskClient, reader: dict[str, str]) -> None:
     assert_problem(client.get("/v1/nodes/ghost/events", headers=reader), 404)
     assert_problem(client.get("/v1/nodes/ghost/requests", headers=reader), 404)
+
+
+# --- GET /v1/requests ----------------------------------------------------------------
+
+
+def _listed(client: FlaskClient, headers: dict[str, str], query: str) -> dict[str, Any]:
+    response = client.get(f"/v1/requests?{query}", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return dict(response.get_json())
+
+
+def test_requests_are_listed_newest_first_filtered_by_node_status_and_age(
+    client: FlaskClient, operator: dict[str, str], reader: dict[str, str], session: Session,
+    node: Node,
+) -> None:  # fmt: skip
+    make_node(session, "node-2", address="127.0.0.2")
+    old = _request(client, operator, "on")
+    _set_status(session, old, RequestStatus.SUCCEEDED)
+    row = session.get(PowerRequest, uuid.UUID(old))
+    assert row is not None
+    row.created_at = datetime.now(UTC) - timedelta(hours=3)
+    session.commit()
+    newer = _request(client, operator, "off")
+    other = client.post("/v1/nodes/node-2/power", json={"action": "on"}, headers=operator)
+    other_id = other.get_json()["request"]["id"]
+
+    every = _listed(client, reader, "")
+    of_node = _listed(client, reader, "node=node-1")
+    pending = _listed(client, reader, "status=pending")
+    either = _listed(client, reader, "status=pending,succeeded&node=node-1")
+    recent = _listed(client, reader, "since=1h")
+    hours = (datetime.now(UTC) - timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since_time = _listed(client, reader, f"since={hours}")
+    page = _listed(client, reader, "limit=1&offset=1")
+
+    assert [r["id"] for r in every["items"]] == [other_id, newer, old]
+    assert every["total"] == 3
+    assert [r["id"] for r in of_node["items"]] == [newer, old]
+    assert {r["id"] for r in pending["items"]} == {newer, other_id}
+    assert [r["id"] for r in either["items"]] == [newer, old]
+    assert {r["id"] for r in recent["items"]} == {newer, other_id}
+    assert since_time["total"] == 3
+    assert ([r["id"] for r in page["items"]], page["total"]) == ([newer], 3)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status=done", "status=pending,", "since=yesterday", "since=2026-12-01T10:00:00",
+     "since=15", "limit=0", "node=bad name", "colour=red"],
+)  # fmt: skip
+def test_a_bad_request_filter_is_a_422_problem(
+    client: FlaskClient, reader: dict[str, str], node: Node, query: str
+) -> None:
+    problem = assert_problem(client.get(f"/v1/requests?{query}", headers=reader), 422)
+    assert problem["detail"]
+
+
+def test_listing_requests_of_an_unknown_node_is_404_and_needs_a_token(
+    client: FlaskClient, reader: dict[str, str], node: Node
+) -> None:
+    problem = assert_problem(client.get("/v1/requests?node=ghost", headers=reader), 404)
+
+    assert problem["detail"] == "no node named 'ghost'"
+    assert_problem(client.get("/v1/requests"), 401)

@@ -62,6 +62,16 @@ def cli(api_url: str, session: Session) -> Cli:
     return Cli(api_url, tokens)
 
 
+@pytest.fixture
+def quiet_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process API records requests and batches as usual but rings no lane, so
+    they stay pending even when this process's live stack (package-scoped) runs
+    workers: for tests of what the CLI is answered, not of execution."""
+    monkeypatch.setattr("powerq.api.power.ring_marked", lambda *args: True)
+    monkeypatch.setattr("powerq.api.power.dispatch_request", lambda *args: True)
+    monkeypatch.setattr("powerq.api.batches.dispatch_releases", lambda releases: len(releases))
+
+
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, services: object) -> Iterator[Stack]:
     """Real workers against the suite's PostgreSQL and Redis, and a fleet of sim BMCs."""
@@ -75,10 +85,11 @@ def live(stack: Stack, db: None) -> Stack:
     return reset(stack)
 
 
-def error_line(result: Result, *, alone: bool = True) -> str:
+def error_line(result: Result, *, alone: bool = True, code: int = 1) -> str:
     """The one ``Error: …`` line a failing command printed on stderr (with ``alone``,
-    nothing else is on stderr; otherwise a progress bar may precede it)."""
-    assert result.exit_code == 1, result.output
+    nothing else is on stderr; otherwise a progress bar may precede it), which
+    ended it with exit ``code``."""
+    assert result.exit_code == code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr

@@ -27,8 +27,8 @@ def test_cancel_says_what_it_cancelled_in_one_line(session: Session, cli: Cli) -
 
     first = cli("batches", "cancel", batch_id, role="operator")
     second = cli("batches", "cancel", batch_id, "--json", role="operator")
-    shown = cli("batches", "show", batch_id, role="reader")
-    listed = cli("batches", "list", role="reader")
+    shown = cli("batches", "show", batch_id, "-o", "table", role="reader")
+    listed = cli("batches", "list", "-o", "table", role="reader")
 
     assert first.exit_code == 0, first.output
     assert first.stdout == f"batch {batch_id}: cancelled 3 request(s) not started yet\n"
@@ -50,9 +50,12 @@ def test_cancel_of_an_unknown_batch_or_by_a_reader_fails_with_one_line(
     malformed = cli("batches", "cancel", "not-a-batch", role="operator")
     by_reader = cli("batches", "cancel", batch_id, role="reader")
 
-    assert "no batch" in error_line(unknown) and "(HTTP 404)" in error_line(unknown)
-    assert "(HTTP 404)" in error_line(malformed)
-    assert "(HTTP 403)" in error_line(by_reader)
+    assert "no batch" in error_line(unknown, code=2)
+    assert "(HTTP 404)" in error_line(unknown, code=2)
+    assert error_line(malformed, code=2) == (
+        "Error: no batch 'not-a-batch': batch ids are UUIDs"
+    )  # in words, not "nothing at /v1/batches/not-a-batch"
+    assert "needs a token with the operator role" in error_line(by_reader, code=2)
 
 
 def test_a_batch_deadline_too_short_for_the_stagger_is_refused(session: Session, cli: Cli) -> None:
@@ -64,5 +67,5 @@ def test_a_batch_deadline_too_short_for_the_stagger_is_refused(session: Session,
         role="operator",
     )  # fmt: skip
 
-    line = error_line(result)
+    line = error_line(result, code=2)  # refused as given: a usage error, nothing queued
     assert "need 120s to start the last one" in line and "(HTTP 422)" in line

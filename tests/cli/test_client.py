@@ -98,7 +98,7 @@ def test_errors_are_one_line(server: _Server) -> None:
     closed = f"http://127.0.0.1:{free_tcp_port()}"
     with pytest.raises(ApiUnreachable) as unreachable:
         Client(closed, "t").call("GET", "/a")
-    with pytest.raises(ConfigError, match="POWERQ_API_URL must be an http"):
+    with pytest.raises(ConfigError, match="POWERQ_API_URL must start with http:// or https://"):
         Client("127.0.0.1:8000", "t")
 
     assert str(refused.value) == "no node named 'x' (HTTP 404)"

@@ -24,9 +24,9 @@ def test_add_list_and_show(cli: Cli) -> None:
     _add(cli, "n1", "rack1")
     _add(cli, "n2", "rack2")
 
-    listed = cli("nodes", "list", role="reader")
+    listed = cli("nodes", "list", "-o", "table", role="reader")
     only_rack1 = cli("nodes", "list", "--tag", "rack1", "--json", role="reader")
-    shown = cli("nodes", "show", "n1", role="reader")
+    shown = cli("nodes", "show", "n1", "-o", "table", role="reader")
     as_json = json.loads(cli("nodes", "show", "n2", "--json", role="reader").stdout)
 
     assert listed.exit_code == 0 and "2 nodes" in listed.stdout
@@ -56,7 +56,7 @@ def test_import_json_and_csv_manifests(cli: Cli, tmp_path: Path) -> None:
         "j1,ipmi,10.0.1.9,623,u,p,\n"
     )
 
-    first = cli("nodes", "import", str(manifest))
+    first = cli("nodes", "import", str(manifest), "-o", "table")
     second = cli("nodes", "import", str(csv), "--json")
 
     assert first.exit_code == 0 and "1 created" in first.stdout
@@ -74,21 +74,22 @@ def test_an_invalid_manifest_row_exits_1_with_one_line(cli: Cli, tmp_path: Path)
     result = cli("nodes", "import", str(bad))
 
     assert "invalid" in result.stdout
-    assert "1 row(s) of" in error_line(result)
+    assert "1 row(s) of" in error_line(result, alone=False)  # after the summary line
 
 
 def test_api_errors_are_one_line_with_the_problem_detail(cli: Cli) -> None:
-    assert error_line(cli("nodes", "show", "ghost")) == ("Error: no node named 'ghost' (HTTP 404)")
+    unknown = error_line(cli("nodes", "show", "ghost"), code=2)
+    assert unknown == "Error: no node named 'ghost' (HTTP 404)"
     forbidden = error_line(cli("nodes", "add", "n1", "--address", "h", "--username", "u",
-                               "--password", "p", role="reader"))  # fmt: skip
-    assert "(HTTP 403)" in forbidden
-    assert "(HTTP 401)" in error_line(cli("nodes", "list", POWERQ_TOKEN="pq_not-a-token"))
+                               "--password", "p", role="reader"), code=2)  # fmt: skip
+    assert "(HTTP 403)" in forbidden and "needs a token with the admin role" in forbidden
+    assert "(HTTP 401)" in error_line(cli("nodes", "list", POWERQ_TOKEN="pq_not-a-token"), code=2)
 
 
 def test_an_unreachable_api_is_one_line_naming_it(cli: Cli) -> None:
     url = f"http://127.0.0.1:{free_tcp_port()}"
 
-    line = error_line(cli("nodes", "list", POWERQ_API_URL=url))
+    line = error_line(cli("nodes", "list", POWERQ_API_URL=url), code=3)
 
     assert line == (
         f"Error: cannot reach the powerq API at {url}: connection refused — is `powerq up` running?"
@@ -97,7 +98,7 @@ def test_an_unreachable_api_is_one_line_naming_it(cli: Cli) -> None:
 
 def test_a_missing_token_is_one_line(cli: Cli, tmp_path: Path) -> None:
     result = cli("status", POWERQ_TOKEN="", POWERQ_DATA_DIR=str(tmp_path))
-    assert "POWERQ_TOKEN is not set" in error_line(result)
+    assert "POWERQ_TOKEN is not set" in error_line(result, code=2)
 
 
 def test_the_token_powerq_up_wrote_is_used_when_none_is_set(cli: Cli, tmp_path: Path) -> None:

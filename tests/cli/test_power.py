@@ -54,7 +54,34 @@ def test_a_conflicting_power_request_is_refused_in_its_row(live: Stack, cli: Cli
     assert error_line(result, alone=False) == ("Error: 1 of 2 node(s) did not succeed: 1 refused")
 
 
-def test_an_unknown_node_is_a_row_and_exit_1(live: Stack, cli: Cli) -> None:
+def test_an_unknown_node_is_one_line_and_exit_2(live: Stack, cli: Cli) -> None:
     result = cli("power", "ghost", "on", role="operator")
-    assert "no node named 'ghost'" in result.stdout
-    assert "1 error" in error_line(result)
+    assert error_line(result, code=2) == "Error: no node named 'ghost'; nothing was queued"
+    assert result.stdout == ""
+
+
+def test_query_wait_prints_each_nodes_state(live: Stack, cli: Cli) -> None:
+    a, b = live.register_fleet(2)
+    cli("power", b, "off", "--wait", role="operator")
+
+    plain = cli("power", a, b, "QUERY", "--wait", role="operator")
+    table = cli("power", a, b, "query", "--wait", "-o", "table", role="operator")
+
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == f"{a}\ton\t\n{b}\toff\t\n"
+    assert table.stdout.splitlines()[1:] == [f"{a}  on", f"{b}  off"]
+
+
+def test_a_wait_that_gives_up_says_nothing_failed_and_exits_4(live: Stack, cli: Cli) -> None:
+    (name,) = live.register_fleet(1)
+    live.fleet.control.set_fault(name, "stuck")  # accepts the command, never changes
+
+    result = cli(
+        "power", name, "off", "--deadline", "3", "--wait", "--timeout", "1", role="operator"
+    )  # fmt: skip
+
+    line = error_line(result, code=4)
+    assert line.startswith("Error: 1 request(s) still unfinished after 1s: nothing failed")
+    assert "powerq requests show ID" in line
+    (row,) = result.stdout.splitlines()
+    assert row.split("\t")[:2] == [name, "created"] and row.split("\t")[2] in ("pending", "running")

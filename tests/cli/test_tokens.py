@@ -29,17 +29,16 @@ def test_create_list_revoke_through_the_api(cli: Cli, session: Session) -> None:
     assert row.expires_at is not None
     assert cli("nodes", "list", POWERQ_TOKEN=token).exit_code == 0  # it works, and is noted
 
-    listed = cli("tokens", "list")
+    listed = cli("tokens", "list", "-o", "table")
     line = next(line for line in listed.stdout.splitlines() if " dash " in line)
     assert "reader" in line and "active" in line and token not in listed.stdout
     assert cli("tokens", "list", "--json").stdout.count('"last_used_at": "') >= 2
 
     revoked = cli("tokens", "revoke", str(row.id))
     assert revoked.exit_code == 0 and f"token {row.id} (dash) revoked" in revoked.stdout
-    assert "revoked" in next(
-        line for line in cli("tokens", "list").stdout.splitlines() if " dash " in line
-    )
-    assert "HTTP 401" in error_line(cli("nodes", "list", POWERQ_TOKEN=token))
+    after = cli("tokens", "list", "-o", "table").stdout.splitlines()
+    assert "revoked" in next(line for line in after if " dash " in line)
+    assert "HTTP 401" in error_line(cli("nodes", "list", POWERQ_TOKEN=token), code=2)
 
 
 def test_a_taken_name_is_one_line_with_the_409(cli: Cli) -> None:
@@ -50,16 +49,18 @@ def test_a_taken_name_is_one_line_with_the_409(cli: Cli) -> None:
 
 
 def test_only_an_admin_may_manage_tokens(cli: Cli) -> None:
-    assert "HTTP 403" in error_line(cli("tokens", "list", role="operator"))
-    assert "HTTP 403" in error_line(cli("tokens", "create", "--role", "reader", role="operator"))
+    assert "HTTP 403" in error_line(cli("tokens", "list", role="operator"), code=2)
+    assert "HTTP 403" in error_line(
+        cli("tokens", "create", "--role", "reader", role="operator"), code=2
+    )
 
 
 def test_revoking_an_unknown_token_is_one_line(cli: Cli) -> None:
-    assert "HTTP 404" in error_line(cli("tokens", "revoke", "9999"))
+    assert "HTTP 404" in error_line(cli("tokens", "revoke", "9999"), code=2)
 
 
 def test_without_a_token_create_says_how_to_bootstrap(cli: Cli, tmp_path: object) -> None:
     result = cli("tokens", "create", "--role", "admin", POWERQ_TOKEN="",
                  POWERQ_DATA_DIR=str(tmp_path))  # fmt: skip
 
-    assert "--database-url" in error_line(result)
+    assert "--database-url" in error_line(result, code=2)
