@@ -48,6 +48,8 @@ class FleetFilter:
     nodes: NodeFilter
     condition: Condition | None = None
     changed_since: datetime | None = None
+    name_from: str | None = None
+    name_to: str | None = None
 
 
 def _busy() -> Any:
@@ -83,6 +85,10 @@ def fleet_filtered(query: Select[Any], filters: FleetFilter) -> Select[Any]:
         query = query.where(~_busy(), ~_out_of_sync())
     if filters.changed_since is not None:
         query = query.where(_changed_since(filters.changed_since))
+    if filters.name_from is not None:
+        query = query.where(Node.name >= filters.name_from)
+    if filters.name_to is not None:
+        query = query.where(Node.name <= filters.name_to)
     return query
 
 

@@ -31,7 +31,7 @@ from powerq.api.serializers import NodeOut, node_out
 from powerq.api.session import transaction
 from powerq.api.summary_schemas import FleetNodeQuery
 from powerq.errors import InvalidInput
-from powerq.fleet_summary import list_fleet
+from powerq.fleet_summary import FleetFilter, list_fleet
 from powerq.intents import find_node, request_power
 from powerq.inventory import (
     ImportOutcome,
@@ -93,13 +93,14 @@ def get_nodes(query: FleetNodeQuery) -> ViewResult:
     """List nodes
 
     Sorted by name; every given filter must match. `tag=a,b` selects nodes
-    that have both tags. `changed_since` lists only nodes changed since then
-    (the status page's delta refresh).
+    that have both tags. `changed_since` lists only nodes changed since then,
+    and `name_from`/`name_to` only a range of names (the status page's delta
+    refresh of the page it shows).
     """
     with transaction() as session:
         page = {"limit": query.limit, "offset": query.offset}
         fleet = query.fleet_filter()
-        if fleet.condition is None and fleet.changed_since is None:
+        if fleet == FleetFilter(fleet.nodes):  # only the plain list's filters
             nodes, total = list_nodes(session, fleet.nodes, **page)
         else:
             nodes, total = list_fleet(session, fleet, **page)

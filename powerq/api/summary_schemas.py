@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from powerq.api.schemas import NodeQuery, Omittable
 from powerq.api.serializers import OutModel, UtcDatetime
@@ -27,10 +27,21 @@ class FleetNodeQuery(NodeQuery):
         "minus a few seconds, as the status page does",
     )
 
+    name_from: Omittable[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        default=None, description="Names from this one on (inclusive, in the list's order)"
+    )
+    name_to: Omittable[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        default=None, description="Names up to this one (inclusive, in the list's order)"
+    )
+
     def fleet_filter(self) -> FleetFilter:
         """The fleet query's view of these filters."""
         return FleetFilter(
-            nodes=self.filters(), condition=self.condition, changed_since=self.changed_since
+            nodes=self.filters(),
+            condition=self.condition,
+            changed_since=self.changed_since,
+            name_from=self.name_from,
+            name_to=self.name_to,
         )
 
 
