@@ -114,3 +114,14 @@ def test_nodes_changed_since_a_time(
     assert _names(client, reader, query + "&power_state=off") == ["synced"]
     assert_problem(client.get("/v1/nodes?changed_since=yesterday", headers=reader), 422)
     assert_problem(client.get("/v1/nodes?changed_since=2026-01-01T00:00:00", headers=reader), 422)
+
+
+def test_nodes_in_a_range_of_names(
+    client: FlaskClient, session: Session, reader: dict[str, str]
+) -> None:
+    bulk_fleet(session, 12, "r-")
+    assert _names(client, reader, "name_from=r-00004&name_to=r-00006") == [
+        "r-00004", "r-00005", "r-00006",
+    ]  # fmt: skip
+    assert _names(client, reader, "name_from=r-00011") == ["r-00011", "r-00012"]
+    assert_problem(client.get("/v1/nodes?name_from=", headers=reader), 422)

@@ -302,3 +302,19 @@ def bulk_fleet(session: Session, count: int, prefix: str = "dc2-n") -> list[str]
     )
     session.commit()
     return [f"{prefix}{i:05d}" for i in range(1, count + 1)]
+
+
+def bulk_fleet_counts(count: int) -> dict[str, int]:
+    """What the summary counts for :func:`bulk_fleet` (the same rules, in Python)."""
+    ids = range(1, count + 1)
+    unknown = [i for i in ids if i % 97 == 0]
+    off = [i for i in ids if i % 97 and (i % 10 == 0 or i % 53 == 0)]
+    return {
+        "total": count,
+        "off": len(off),
+        "unknown": len(unknown),
+        "on": count - len(off) - len(unknown),
+        "drift": len([i for i in off if i % 10]),
+        "fault": len(unknown),
+        "maintenance": len([i for i in ids if i % 211 == 0]),
+    }
