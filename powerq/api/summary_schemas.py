@@ -3,13 +3,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, BeforeValidator, Field, StringConstraints
 
 from powerq.api.schemas import NodeQuery, Omittable
 from powerq.api.serializers import OutModel, UtcDatetime
 from powerq.fleet_summary import FleetFilter, FleetSummary
+
+
+def _iso_8601(value: Any) -> Any:
+    """An ISO 8601 date-time only (pydantic alone also takes "0.5" as a Unix time).
+
+    :raises ValueError: a string that is not an ISO 8601 date-time.
+    """
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
 
 
 class FleetNodeQuery(NodeQuery):
@@ -20,7 +32,7 @@ class FleetNodeQuery(NodeQuery):
         description="drift: observed differs from desired and nothing is outstanding; "
         "busy: a request is outstanding; ok: neither",
     )
-    changed_since: Omittable[AwareDatetime] = Field(
+    changed_since: Omittable[IsoDatetime] = Field(
         default=None,
         description="Only nodes changed at or after this time (state read, desired state, "
         "flags, or their outstanding request's progress); use `as_of` of GET /v1/summary "

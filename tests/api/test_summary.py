@@ -125,3 +125,10 @@ def test_nodes_in_a_range_of_names(
     ]  # fmt: skip
     assert _names(client, reader, "name_from=r-00011") == ["r-00011", "r-00012"]
     assert_problem(client.get("/v1/nodes?name_from=", headers=reader), 422)
+
+
+def test_changed_since_takes_iso_8601_only(client: FlaskClient, reader: dict[str, str]) -> None:
+    for wrong in ("0.5", "1700000000", "2026-01-01", "2026-01-01T00:00:00"):
+        assert_problem(client.get(f"/v1/nodes?changed_since={wrong}", headers=reader), 422)
+    ok = client.get("/v1/nodes?changed_since=2026-01-01T00:00:00Z", headers=reader)
+    assert ok.status_code == 200
