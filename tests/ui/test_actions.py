@@ -7,7 +7,7 @@ was shown (202, 200, 409, 403, 422 alike). No workers run: requests stay pending
 from __future__ import annotations
 
 from playwright.sync_api import Page, expect
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from powerq.models import Node, PowerRequest
@@ -29,8 +29,11 @@ def requests_of(session: Session, name: str) -> list[tuple[str, str]]:
     return [(action.value, status.value) for action, status in rows]
 
 
-def node_button(page: Page, action: str) -> object:
-    return page.locator(f'#node-actions button[data-action="{action}"]')
+def open_more(page: Page, name: str) -> None:
+    """Open the row's "More" menu (it stays open while the row refreshes)."""
+    menu = row(page, name).locator(".more-actions")
+    if menu.get_attribute("open") is None:
+        menu.locator("summary").click()
 
 
 def test_soft_off_reset_and_query_are_requested_and_answered(
@@ -187,23 +190,43 @@ def test_the_fleet_rows_more_menu_has_the_rarer_actions(
     node_in_state(session, "n1", observed="on", desired="on")
     page = ui.sign_in(tokens["admin"])
     n1 = row(page, "n1")
-    n1.locator(".more-actions summary").click()
+    open_more(page, "n1")
     n1.locator('.more-menu button[data-action="soft_off"]').click()
     page.click("#confirm-ok")
     expect(message(page, "success")).to_contain_text("n1: Soft off requested")
     expect(n1.locator(".c-request")).to_contain_text("pending")
 
-    row(page, "n1").locator(".more-actions summary").click()
+    open_more(page, "n1")
     row(page, "n1").locator(".more-menu button[data-cancel]").click()
     page.click("#confirm-ok")
     expect(message(page, "success").filter(has_text="request cancelled")).to_be_visible()
     expect(row(page, "n1").locator(".c-request")).to_have_text(NOTHING)
     assert requests_of(session, "n1") == [("soft_off", "cancelled")]
 
-    row(page, "n1").locator(".more-actions summary").click()
+    open_more(page, "n1")
     row(page, "n1").locator('.more-menu button[data-maintenance="on"]').click()
     row(page, "n1").locator(".maintenance-form input").fill("firmware update")
     row(page, "n1").locator(".maintenance-form button[type=submit]").click()
     expect(row(page, "n1").locator(".c-flags")).to_have_text(
         "maintenance: firmware update (by admin-carol)"
     )
+
+
+def test_a_row_that_changes_keeps_its_open_menu_and_the_reason_being_typed(
+    ui: Ui, tokens: dict[str, str], session: Session
+) -> None:
+    node_in_state(session, "n1", observed="on", desired="on")
+    page = ui.sign_in(tokens["admin"])
+    n1 = row(page, "n1")
+    open_more(page, "n1")
+    n1.locator('.more-menu button[data-maintenance="on"]').click()
+    n1.locator(".maintenance-form input").fill("half typed")
+
+    session.execute(
+        text("UPDATE nodes SET power_state = 'off', power_state_at = now() WHERE name = 'n1'")
+    )
+    session.commit()
+    expect(n1.locator(".c-observed .badge")).to_have_text("off")  # the row was rebuilt
+    expect(n1.locator(".more-actions")).to_have_attribute("open", "")
+    expect(n1.locator(".maintenance-form input")).to_have_value("half typed")
+    expect(n1.locator(".maintenance-form")).to_be_visible()

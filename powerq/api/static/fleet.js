@@ -261,13 +261,29 @@ function renderRows(nodes) {
   const rows = nodes.map((node) => {
     const sig = signature(node);
     const old = existing.get(node.name);
-    return old && old.dataset.sig === sig ? old : row(node, sig);
+    if (old && old.dataset.sig === sig) return old;
+    const fresh = row(node, sig);
+    if (old) keepOpen(old, fresh);
+    return fresh;
   });
   // Reorder/replace in place, leaving unchanged rows (and their buttons) alone.
   rows.forEach((tr, index) => {
     if (tbody.children[index] !== tr) tbody.insertBefore(tr, tbody.children[index] || null);
   });
   while (tbody.children.length > rows.length) tbody.lastElementChild.remove();
+}
+
+/** A rebuilt row keeps an open "More" menu and a reason being typed. */
+function keepOpen(old, fresh) {
+  const menu = old.querySelector(".more-actions[open]");
+  if (!menu) return;
+  fresh.querySelector(".more-actions").open = true;
+  const form = old.querySelector(".maintenance-form:not([hidden])");
+  const input = fresh.querySelector(".maintenance-form input");
+  if (!form || !input) return;
+  input.value = form.querySelector("input").value;
+  input.closest("form").hidden = false;
+  fresh.querySelector("[data-maintenance='on']").hidden = true;
 }
 
 function row(node, sig) {
