@@ -110,7 +110,7 @@ function resultRow(result) {
     el("td", {}, request
       ? [el("code", { text: request.id.slice(0, 8), title: request.id }), request.attempt ? ` · attempt ${request.attempt}` : ""]
       : ["–"]),
-    el("td", { className: result.error ? "error-text wrap" : "wrap", text: outcomeText(result) }),
+    el("td", { className: "wrap" }, [el("span", { className: result.error ? "error-text wrap" : "", text: outcomeText(result) })]),
   ]);
 }
 
