@@ -42,6 +42,7 @@ BLUEPRINT_MODULES: tuple[str, ...] = (
     "powerq.api.ui",  # the status page (/, /nodes/<name>) and GET /v1/whoami
     "powerq.api.batches",
     "powerq.api.metrics",  # GET /metrics (Prometheus), computed from PostgreSQL
+    "powerq.api.summary",  # GET /v1/summary: the fleet's counts (the status page's cards)
 )
 
 _APIFLASK_CONFIG: dict[str, Any] = {

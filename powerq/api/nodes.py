@@ -26,11 +26,12 @@ from powerq.api.schemas import (
     NodeIn,
     NodePage,
     NodePatch,
-    NodeQuery,
 )
 from powerq.api.serializers import NodeOut, node_out
 from powerq.api.session import transaction
+from powerq.api.summary_schemas import FleetNodeQuery
 from powerq.errors import InvalidInput
+from powerq.fleet_summary import FleetFilter, list_fleet
 from powerq.intents import find_node, request_power
 from powerq.inventory import (
     ImportOutcome,
@@ -86,16 +87,23 @@ def post_node(body: NodeIn) -> ViewResult:
 
 @bp.get("")
 @bp.auth_required(auth, roles=[READER])
-@bp.input(NodeQuery, location="query", arg_name="query")
+@bp.input(FleetNodeQuery, location="query", arg_name="query")
 @bp.output(NodePage)
-def get_nodes(query: NodeQuery) -> ViewResult:
+def get_nodes(query: FleetNodeQuery) -> ViewResult:
     """List nodes
 
     Sorted by name; every given filter must match. `tag=a,b` selects nodes
-    that have both tags.
+    that have both tags. `changed_since` lists only nodes changed since then,
+    and `name_from`/`name_to` only a range of names (the status page's delta
+    refresh of the page it shows).
     """
     with transaction() as session:
-        nodes, total = list_nodes(session, query.filters(), limit=query.limit, offset=query.offset)
+        page = {"limit": query.limit, "offset": query.offset}
+        fleet = query.fleet_filter()
+        if fleet == FleetFilter(fleet.nodes):  # only the plain list's filters
+            nodes, total = list_nodes(session, fleet.nodes, **page)
+        else:
+            nodes, total = list_fleet(session, fleet, **page)
         outstanding = outstanding_by_node(session, [node.id for node in nodes])
         items = [node_out(node, outstanding.get(node.id)) for node in nodes]
     return NodePage(items=items, total=total, limit=query.limit, offset=query.offset)

@@ -1,9 +1,12 @@
-"""The web status page: ``/`` (the fleet) and ``/nodes/<name>`` (one node), and
+"""The web status page: ``/`` (the fleet), ``/nodes/<name>`` (one node),
+``/batches`` and ``/batches/<id>`` (batches and their per-node results), and
 ``GET /v1/whoami`` (who the caller's token is, so the page knows its role).
 
 The pages are static HTML shells; the browser fills them from the JSON API with
-the operator's token (``GET /v1/nodes`` with filters, ``GET /v1/nodes/{name}``,
-``…/requests``, ``…/events``, ``POST …/power``), so a node looks the same on the
+the operator's token (``GET /v1/summary``, ``GET /v1/nodes`` with filters and
+``changed_since``, ``GET /v1/nodes/{name}``, ``…/requests``, ``…/events``,
+``POST …/power``, ``PATCH /v1/nodes/{name}``, ``DELETE /v1/requests/{id}``,
+``GET``/``DELETE /v1/batches…``), so a node looks the same on the
 page as it does to scripts, and the page can never show or do more than the
 token allows. The token is kept in the tab's ``sessionStorage`` and sent only in
 the ``Authorization`` header, never in a URL. Scripts and styles come from this
@@ -13,6 +16,7 @@ Content-Security-Policy that forbids anything else (including inline script).
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from apiflask import APIBlueprint, APIFlask
@@ -83,6 +87,18 @@ def fleet_page() -> Response:
 def node_page(name: str) -> Response:
     """One node: its state, its power history and its audit trail."""
     return _page("node.html", page="node", node=name)
+
+
+@pages.get("/batches")
+def batches_page() -> Response:
+    """The batches, newest first, with their progress."""
+    return _page("batches.html", page="batches")
+
+
+@pages.get("/batches/<uuid:batch_id>")
+def batch_page(batch_id: uuid.UUID) -> Response:
+    """One batch: its progress and each node's result."""
+    return _page("batches.html", page="batches", batch=str(batch_id))
 
 
 def _page(template: str, **context: str) -> Response:

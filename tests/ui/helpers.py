@@ -8,12 +8,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from playwright.sync_api import Locator, Page
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from powerq.audit import record_event
 from powerq.db import utcnow
 from powerq.models import Node, PowerEvent, PowerRequest
+from powerq.secrets import encrypt_password
 from powerq.states import (
     DEFAULT_DEADLINE_S,
     Action,
@@ -265,3 +266,55 @@ _ARRANGE = {
     "maintenance": _maintenance,
     "unknown": _unknown,
 }
+
+
+# --- a large fleet, inserted set-based ---
+
+_BULK_FLEET = text(
+    """
+    INSERT INTO nodes (name, driver, bmc_address, bmc_port, bmc_username,
+                       bmc_password_encrypted, tags, power_state, power_state_at,
+                       last_checked_at, desired_power_state, desired_power_state_at,
+                       maintenance, power_fault, power_fault_reason, last_error,
+                       created_at, updated_at)
+    SELECT :prefix || lpad(i::text, 5, '0'), 'sim', :prefix || i || '.invalid', 623, 'admin',
+           :secret, ARRAY['rack-' || lpad((i % 40)::text, 2, '0'),
+                          CASE WHEN i % 4 = 0 THEN 'gpu' ELSE 'compute' END],
+           (CASE WHEN i % 97 = 0 THEN 'unknown' WHEN i % 10 = 0 OR i % 53 = 0 THEN 'off'
+                 ELSE 'on' END)::power_state,
+           now() - interval '1 hour', now() - interval '1 hour',
+           (CASE WHEN i % 10 = 0 THEN 'off' ELSE 'on' END)::desired_power_state,
+           now() - interval '2 hours', i % 211 = 0, i % 97 = 0,
+           CASE WHEN i % 97 = 0 THEN '3 consecutive failed power requests' END,
+           CASE WHEN i % 97 = 0 THEN 'BMC unreachable' END,
+           now() - interval '3 days', now() - interval '1 hour'
+    FROM generate_series(1, :count) AS i
+    """
+)
+
+
+def bulk_fleet(session: Session, count: int, prefix: str = "dc2-n") -> list[str]:
+    """``count`` nodes in one INSERT (mostly on and in sync; every 53rd drifts,
+    every 97th is unknown with a power fault, every 211th is in maintenance);
+    their names in order (committed)."""
+    session.execute(
+        _BULK_FLEET, {"prefix": prefix, "secret": encrypt_password("secret"), "count": count}
+    )
+    session.commit()
+    return [f"{prefix}{i:05d}" for i in range(1, count + 1)]
+
+
+def bulk_fleet_counts(count: int) -> dict[str, int]:
+    """What the summary counts for :func:`bulk_fleet` (the same rules, in Python)."""
+    ids = range(1, count + 1)
+    unknown = [i for i in ids if i % 97 == 0]
+    off = [i for i in ids if i % 97 and (i % 10 == 0 or i % 53 == 0)]
+    return {
+        "total": count,
+        "off": len(off),
+        "unknown": len(unknown),
+        "on": count - len(off) - len(unknown),
+        "drift": len([i for i in off if i % 10]),
+        "fault": len(unknown),
+        "maintenance": len([i for i in ids if i % 211 == 0]),
+    }

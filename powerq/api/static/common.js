@@ -1,5 +1,6 @@
-// Shared by the fleet and node pages: the token, API calls, sign-in, messages,
-// the power buttons and the formatting of states, times and durations.
+// Shared by every page: the token, API calls, sign-in, messages, the
+// confirmation dialog, roles and the formatting of states, times and durations.
+// The buttons that change things are in actions.js.
 //
 // Every value from the API is put into the page with textContent (never as
 // HTML), so a BMC error message cannot inject markup.
@@ -16,11 +17,8 @@ export const ACTION_LABEL = {
   cycle: "Power cycle",
   reset: "Reset",
   query: "Query",
+  validate: "Validate",
 };
-const BUTTON_LABEL = { on: "On", off: "Off", cycle: "Cycle" };
-// Actions that take a running machine down ask for confirmation first.
-const NEEDS_CONFIRM = new Set(["off", "soft_off", "cycle", "reset"]);
-const DESIRED_AFTER = { on: "on", off: "off", soft_off: "off", cycle: "on", reset: "on" };
 
 // --- token (sessionStorage only; never in a URL, never in localStorage) -----
 
@@ -275,7 +273,7 @@ function showIdentity(identity) {
   $("#identity").hidden = false;
   $("#login").hidden = true;
   $("#app").hidden = false;
-  const canAct = identity.role !== "reader";
+  const canAct = allowed(identity, "operator");
   for (const node of document.querySelectorAll("[data-operator-only]")) node.hidden = !canAct;
 }
 
@@ -296,7 +294,7 @@ export function boot(start) {
     showIdentity(identity);
     if (!started) {
       started = true;
-      start({ ...identity, canAct: identity.role !== "reader" });
+      start({ ...identity, canAct: allowed(identity, "operator"), canAdmin: allowed(identity, "admin") });
     }
   };
   onSignedOut = (reason) => {
@@ -396,15 +394,14 @@ export function poll(refresh, intervalMs) {
   };
 }
 
-// --- power actions -----------------------------------------------------------
+// --- confirmation ------------------------------------------------------------
 
-function confirmAction(node, action) {
+/** Ask in the page's <dialog> (never window.confirm); resolves true for OK. */
+export function confirmDialog({ title, text, ok }) {
   const dialog = $("#confirm");
-  $("#confirm-title").textContent = `${ACTION_LABEL[action]} ${node}?`;
-  $("#confirm-text").textContent = action === "cycle"
-    ? `${node} will be switched off and on again (if it is off, it is switched on). This cannot be cancelled once a worker has started it.`
-    : `${node} will be switched off. This cannot be cancelled once a worker has started it.`;
-  $("#confirm-ok").textContent = ACTION_LABEL[action];
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = ok;
   return new Promise((resolve) => {
     const answer = (event) => {
       const button = event.target.closest("button[data-answer]");
@@ -422,82 +419,11 @@ function confirmAction(node, action) {
   });
 }
 
-/** Report the API's answer to a power request as a readable message. */
-export function reportPowerAnswer(node, action, answer) {
-  const label = ACTION_LABEL[action];
-  const data = answer.data || {};
-  const request = data.request;
-  if (answer.status === 202) {
-    const desired = DESIRED_AFTER[action];
-    const wanted = desired ? ` Desired state is now ${desired}.` : "";
-    if (data.dispatched === false) {
-      return notify("warning", `${node}: ${label} recorded`,
-        `The request is saved but the worker queue could not be reached; the sweeper will start it shortly.${wanted}`);
-    }
-    return notify("success", `${node}: ${label} requested`,
-      `Request ${request.id.slice(0, 8)} is queued and will be verified against the BMC.${wanted}`);
-  }
-  if (answer.status === 200) {
-    return notify("info", `${node}: ${label} already in progress`,
-      `An identical request (${request.status}${request.attempt ? `, attempt ${request.attempt}` : ""}) was already outstanding, so no new one was made.`);
-  }
-  if (answer.status === 409) {
-    const outstanding = data.outstanding;
-    const detail = outstanding
-      ? `${node} is busy with a ${ACTION_LABEL[outstanding.action].toLowerCase()} request (${outstanding.status}, requested by ${outstanding.requested_by}). Only one power action runs on a machine at a time and an in-flight one is never cancelled: try again when it has finished.`
-      : problemText(answer);
-    return notify("error", `${node}: ${label} refused (409 conflict)`, detail);
-  }
-  if (answer.status === 401) {
-    return notify("error", `${node}: ${label} not sent`, "Your token is no longer valid. Sign in again.");
-  }
-  if (answer.status === 403) {
-    return notify("error", `${node}: ${label} not allowed`, "Your token's role may not request power actions (an operator token is needed).");
-  }
-  if (answer.status === 503) {
-    return notify("error", `${node}: ${label} not recorded`, `powerq cannot reach its database: ${problemText(answer)}. Nothing was recorded; try again.`);
-  }
-  return notify("error", `${node}: ${label} failed`, problemText(answer));
-}
+// --- roles -------------------------------------------------------------------
 
-/** Ask for `action` on `node` (confirming disruptive ones); report the answer. */
-export async function requestPower(node, action) {
-  if (NEEDS_CONFIRM.has(action) && !(await confirmAction(node, action))) return null;
-  let answer;
-  try {
-    answer = await api(`/v1/nodes/${encodeURIComponent(node)}/power`, { method: "POST", body: { action } });
-  } catch (error) {
-    notify("error", `${node}: ${ACTION_LABEL[action]} unconfirmed`,
-      `${error.message}. The request may or may not have been recorded: check the node's history before trying again.`);
-    return null;
-  }
-  reportPowerAnswer(node, action, answer);
-  return answer;
-}
+const RANK = { reader: 0, operator: 1, admin: 2 };
 
-/** On / Off / Cycle buttons for `node`; the outstanding action is marked. */
-export function powerButtons(node, outstanding, onAnswer) {
-  const group = el("div", { className: "power-buttons", role: "group", "aria-label": `Power ${node}` });
-  for (const action of ["on", "off", "cycle"]) {
-    const current = outstanding && outstanding.action === action;
-    const button = el("button", {
-      type: "button",
-      className: `btn btn-small btn-${action}${current ? " is-current" : ""}`,
-      text: BUTTON_LABEL[action],
-      title: `${ACTION_LABEL[action]} ${node}`,
-      dataset: { action, node },
-      "aria-pressed": current ? "true" : "false",
-    });
-    button.addEventListener("click", async () => {
-      button.disabled = true;
-      try {
-        const answer = await requestPower(node, action);
-        if (answer && onAnswer) onAnswer(answer);
-      } finally {
-        button.disabled = false;
-      }
-    });
-    group.append(button);
-  }
-  return group;
+/** Whether `identity` (from GET /v1/whoami) holds at least `role`. */
+export function allowed(identity, role) {
+  return (RANK[identity.role] ?? -1) >= RANK[role];
 }

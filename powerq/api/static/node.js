@@ -1,11 +1,13 @@
 // One node: its state (GET /v1/nodes/{name}), its power history
 // (GET /v1/nodes/{name}/requests) and its audit trail (GET /v1/nodes/{name}/events),
-// refreshed every few seconds; operators get the power buttons.
+// refreshed every few seconds; operators get every power action and the
+// cancel of a pending request, admins the maintenance switch too.
 
 import {
   $, ACTION_LABEL, AnswerError, api, between, boot, clock, condition, duration, el, inSync,
-  poll, powerButtons, requestSummary, since, startAgeTicker, stateBadge, statusBadge,
+  poll, requestSummary, since, startAgeTicker, stateBadge, statusBadge,
 } from "./common.js";
+import { cancelRequestButton, maintenanceControls, powerButtons } from "./actions.js";
 
 const HISTORY_LIMIT = 50;
 const EVENTS_LIMIT = 100;
@@ -15,6 +17,7 @@ const base = `/v1/nodes/${encodeURIComponent(name)}`;
 let identity = null;
 let poller = null;
 let lastButtons = null;
+let lastMaintenance = null;
 
 async function refresh() {
   const [node, history, events] = await Promise.all([
@@ -62,17 +65,31 @@ function renderNode(node) {
   set("#n-bmc", el("code", { text: `${node.username}@${node.address}:${node.port}` }));
   set("#n-driver", node.driver);
   set("#n-tags", node.tags.length ? node.tags.map((tag) => el("span", { className: "tag", text: tag })) : el("span", { className: "muted", text: "none" }));
-  set("#n-maintenance", node.maintenance ? el("span", { className: "flag flag-maintenance", text: "yes: the sweeper leaves it alone" }) : "no");
+  set("#n-maintenance", node.maintenance
+    ? [el("span", { className: "flag flag-maintenance", text: "yes: the sweeper leaves it alone" }),
+      el("div", { className: "maintenance-why" }, [
+        el("span", { className: "maintenance-reason-text", text: node.maintenance_reason || "no reason given" }),
+        node.maintenance_by ? [" · by ", el("strong", { className: "maintenance-by", text: node.maintenance_by })] : null,
+        node.maintenance_since ? [" · ", since(node.maintenance_since, "since ")] : null,
+      ].flat())]
+    : "no");
   set("#n-fault", node.power_fault
     ? [el("span", { className: "flag flag-fault", text: "yes" }), " ", el("span", { text: node.power_fault_reason || "" }), node.power_fault_at ? [" ", since(node.power_fault_at, "since ")] : null]
     : "no");
 
   if (identity.canAct) {
     const outstanding = node.outstanding_request;
-    const key = outstanding ? `${outstanding.action}` : "";
+    const key = outstanding ? `${outstanding.id}:${outstanding.status}` : "";
     if (lastButtons !== key) {
       lastButtons = key;
-      set("#node-actions", powerButtons(name, outstanding, () => poller.now()));
+      const done = () => poller.now();
+      set("#node-actions", powerButtons(identity, name, outstanding, done),
+        outstanding ? cancelRequestButton(identity, name, outstanding, done) : null);
+    }
+    const maintenanceKey = JSON.stringify([node.maintenance, node.maintenance_reason]);
+    if (lastMaintenance !== maintenanceKey) {
+      lastMaintenance = maintenanceKey;
+      set("#maintenance-actions", maintenanceControls(identity, node, () => poller.now()));
     }
   }
 }
