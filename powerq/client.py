@@ -236,7 +236,7 @@ class Client:
             answer = self.wire.send(method, target, data, headers)
         except TimeoutError:
             raise ApiUnreachable(
-                f"the powerq API at {self.base_url} did not answer within {self.timeout:.0f}s",
+                f"the powerq API at {self.base_url} did not answer within {self.timeout:g} s",
                 maybe_sent=True,
             ) from None
         except (OSError, http.client.HTTPException) as exc:

@@ -87,6 +87,7 @@ def flower(address: str, port: int) -> None:
 
     Replaces itself with Flower. Refuses to start without the variable: Flower
     is never run without authentication.
+    \f
 
     :raises click.UsageError: POWERQ_FLOWER_AUTH is unset or malformed.
     """

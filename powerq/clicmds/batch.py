@@ -32,7 +32,7 @@ def read_node_file(handle: IO[str]) -> list[str]:
     """Node names from a file: one per line (``#`` comments), a JSON list of names,
     or a JSON manifest (objects with ``name``, optionally under ``"nodes"``).
 
-    :raises PowerqError: the file names no node, or its JSON has no names.
+    :raises Exit: (usage, exit 2) the file names no node, or its JSON has no names.
     """
     text = handle.read()
     try:
@@ -44,12 +44,12 @@ def read_node_file(handle: IO[str]) -> list[str]:
         if isinstance(document, dict):
             document = document.get("nodes")
         if not isinstance(document, list):
-            raise PowerqError(f"{handle.name}: expected a JSON list of node names or objects")
+            raise Exit(f"{handle.name}: expected a JSON list of node names or objects", USAGE)
         names = [item["name"] if isinstance(item, dict) else item for item in document]
         if not all(isinstance(name, str) for name in names):
-            raise PowerqError(f"{handle.name}: every entry needs a node name")
+            raise Exit(f"{handle.name}: every entry needs a node name", USAGE)
     if not names:
-        raise PowerqError(f"{handle.name} names no node")
+        raise Exit(f"{handle.name} names no node; nothing was queued", USAGE)
     return names
 
 
@@ -254,7 +254,9 @@ def summary_line(batch: dict[str, Any]) -> str:
     """One line: the batch, its counts, what was skipped, and its deadline or cancel."""
     counts = {state: count for state, count in batch["counts"].items() if count}
     summary = ", ".join(f"{count} {state}" for state, count in counts.items()) or "no node"
-    line = f"{_label(batch)} ({batch['action']}, {batch['total']} nodes): {summary}"
+    total = batch["total"]
+    nodes = f"{total} node" + ("" if total == 1 else "s")
+    line = f"{_label(batch)} ({batch['action']}, {nodes}): {summary}"
     skipped = [item["node"] for item in batch.get("skipped") or []]
     if skipped:
         names = ", ".join(skipped[:10]) + (

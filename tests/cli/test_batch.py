@@ -68,6 +68,7 @@ def test_batch_from_a_file_by_tag_and_listing(live: Stack, cli: Cli, tmp_path: P
     from_file = cli("batch", "on", "--file", str(listing), "--json", role="operator")
     no_match = cli("batch", "on", "--tag", "nowhere", role="operator")
     usage = cli("batch", "on", "--all", names[0], role="operator")
+    empty = cli("batch", "on", "--file", "-", role="operator", stdin="# nothing\n")
     listed = cli("batches", "list", "--json", role="reader")
 
     assert from_file.exit_code == 0, from_file.output
@@ -76,6 +77,7 @@ def test_batch_from_a_file_by_tag_and_listing(live: Stack, cli: Cli, tmp_path: P
         "Error: no node matches the selector tags nowhere; nothing was queued"
     )
     assert usage.exit_code == 2 and "name the nodes one way" in usage.stderr
+    assert error_line(empty, code=2) == "Error: <stdin> names no node; nothing was queued"
     assert json.loads(listed.stdout)["total"] == 1
 
 
