@@ -28,9 +28,10 @@ def redis_server_binary() -> str:
 class ThrowawayRedis:
     """A redis-server on a free loopback port that keeps nothing on disk."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_tcp_port()
         self.workdir = workdir
+        self.extra_args = extra_args  # e.g. ("--replicaof", "127.0.0.1", "6380")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +47,8 @@ class ThrowawayRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 20
