@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POWERQ_", extra="ignore")
 
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of PostgreSQL; unset: embedded PostgreSQL"
+        default=None,
+        description="SQLAlchemy URL of PostgreSQL (several servers: ?host=h1:p1&host=h2:p2"
+        "&target_session_attrs=read-write, see docs/high-availability.md); unset: embedded",
     )
     broker_url: str | None = Field(
         default=None,

@@ -63,7 +63,7 @@ class ThrowawaySentinel:
         """The port of the primary this sentinel names now (None: it does not answer)."""
         with contextlib.suppress(redis.RedisError):
             address = self.client().sentinel_get_master_addr_by_name(MASTER_NAME)
-            if address:
+            if isinstance(address, tuple | list):
                 return int(address[1])
         return None
 
@@ -114,6 +114,7 @@ class SentinelGroup:
             return False
         for sentinel in self.sentinels:
             state = sentinel.client().sentinel_master(MASTER_NAME)
+            assert isinstance(state, dict)
             if int(state["num-other-sentinels"]) < len(self.sentinels) - 1:
                 return False
             if int(state["num-slaves"]) < 1:
