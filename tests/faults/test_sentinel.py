@@ -23,6 +23,7 @@ from unittest import mock
 
 import pytest
 import requests
+from kombu.exceptions import OperationalError
 
 from powerq.api import create_app
 from powerq.bmc.simfleet.launcher import SimFleetProcess
@@ -33,6 +34,8 @@ from powerq.errors import ConfigError
 from powerq.metrics import lane_depths
 from powerq.states import Action, RequestStatus
 from powerq.tasks.app import app
+from powerq.tasks.dispatch import _publisher
+from powerq.tasks.routing import lane_queue
 from powerq.tokens import create_token
 from tests.api.helpers import live_server
 from tests.faults.conftest import FaultStack, _environment
@@ -184,6 +187,53 @@ def _backlogged_after_ring(lane: int) -> set[int]:
                 return sweeper.backlogged_lanes({lane})
         finally:
             client.delete(key)
+
+
+def test_lane_publisher_fails_fast_then_reaches_the_promoted_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's publisher alone: while the sentinels still name the dead primary
+    a publish raises (the caller leaves the request to the sweeper) rather than
+    hanging; the first publish after the promotion lands on the new primary."""
+    group = SentinelGroup(tmp_path / "redis")
+    environment = _environment(
+        monkeypatch, group.url, None, {"POWERQ_BROKER_MASTER_NAME": MASTER_NAME}
+    )
+    try:
+        group.start()
+        environment.__enter__()
+        queue = lane_queue(0)
+        _publisher.publish_step(queue, str(uuid.uuid4()))
+        assert group.primary.client().llen(queue) == 1
+
+        group.kill_primary()
+        failures, landed = 0, 0
+        deadline = time.monotonic() + 60  # hang guard: wait_promoted below says why
+        while time.monotonic() < deadline and not all(
+            s.master_port() == group.replica.port for s in group.sentinels
+        ):
+            time.sleep(0.02)
+            request_id = str(uuid.uuid4())
+            try:
+                _publisher.publish_step(queue, request_id)
+            except OperationalError:
+                failures += 1  # the caller leaves the request to the sweeper
+                continue
+            # some sentinel already names the promoted replica: it must be there
+            messages = group.replica.client().lrange(queue, 0, -1)
+            assert any(request_id.encode() in message for message in messages)
+            landed += 1
+        assert failures, "the sentinels failed over before a publish was tried"
+        group.wait_promoted()
+
+        request_id = str(uuid.uuid4())
+        _publisher.publish_step(queue, request_id)
+        messages = group.replica.client().lrange(queue, 0, -1)
+        assert any(request_id.encode() in message for message in messages)
+        print(f"\n{failures} publishes refused during the failover, {landed} landed early")
+    finally:
+        environment.__exit__(None, None, None)
+        group.stop()
 
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380;sentinel://127.0.0.1:26381"
