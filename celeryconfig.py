@@ -47,9 +47,10 @@ broker_transport_options = {
     # A Redis that accepts connections but never answers must not hang an API
     # call that is only ringing a lane (the intent is already durable).
     "socket_timeout": 5,
-    # With sentinel:// URLs: the master name (POWERQ_BROKER_MASTER_NAME) and the
-    # sentinels' password, if any. Every connection asks the sentinels where the
-    # primary is, so a reconnect after a failover reaches the promoted replica.
+    # With sentinel:// URLs: the master name (POWERQ_BROKER_MASTER_NAME) and how
+    # to ask the sentinels (their password if any, 1 s timeouts, no retries:
+    # powerq.broker). Every connection asks the sentinels where the primary is,
+    # so a reconnect after a failover reaches the promoted replica.
     **sentinel_transport_options(_settings),
 }
 # A worker whose broker connection drops (primary lost, failover under way)

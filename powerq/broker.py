@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from powerq.config import Settings
 
 # Sentinels answer in microseconds on a sane network; a dead one must not hold
-# up the question to the next (redis-py asks them in turn).
-SENTINEL_SOCKET_TIMEOUT_S = 2.0
+# up the question to the next (redis-py asks them in turn, in the URL's order).
+SENTINEL_SOCKET_TIMEOUT_S = 1.0
 
 
 def is_sentinel_url(url: str | None) -> bool:
@@ -27,19 +30,23 @@ def is_sentinel_url(url: str | None) -> bool:
 def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
     """kombu transport options for ``settings``' broker: empty unless it is Sentinel.
 
-    With sentinels: the master name and, if the sentinels need one, their own
-    password. Without a password no ``sentinel_kwargs`` is given, so redis-py
-    asks the sentinels with the primary's ``socket_*`` options (and
-    ``/healthz``'s 1 s bound applies to them too); with one, it needs its own
-    timeouts, since redis-py then copies nothing.
+    With sentinels: the master name, and how to ask the sentinels
+    (``sentinel_kwargs``: their own password if they need one, short socket
+    timeouts, and **no retries**). redis-py's client retries a failed command
+    three times with a backoff of 1, 2, 4 s by default, and asks the sentinels
+    in the URL's order with a new client for every kombu channel: with the
+    first sentinel down, every new channel (the API's publisher after any
+    broker error, a worker reconnecting, ``/healthz``) waited ~7 s before
+    asking the second. Without retries a dead sentinel costs one refused
+    connection (or one timeout) and the next is asked at once.
     """
     if not is_sentinel_url(settings.broker_url):
         return {}
-    options: dict[str, Any] = {"master_name": settings.broker_master_name}
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if settings.broker_sentinel_password:
-        options["sentinel_kwargs"] = {
-            "password": settings.broker_sentinel_password,
-            "socket_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-            "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_S,
-        }
-    return options
+        sentinel_kwargs["password"] = settings.broker_sentinel_password
+    return {"master_name": settings.broker_master_name, "sentinel_kwargs": sentinel_kwargs}
