@@ -29,10 +29,15 @@ FAILOVER_TIMEOUT_MS = 5000
 class ThrowawaySentinel:
     """One ``redis-server --sentinel`` on a free loopback port, watching ``MASTER_NAME``."""
 
-    def __init__(self, workdir: Path, primary_port: int) -> None:
+    def __init__(
+        self, workdir: Path, primary_port: int, *, primary_password: str | None = None,
+        password: str | None = None,
+    ) -> None:  # fmt: skip
         self.port = free_tcp_port()
         self.workdir = workdir
         self.primary_port = primary_port
+        self.primary_password = primary_password  # sentinel auth-pass
+        self.password = password  # the sentinel's own requirepass
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -48,7 +53,10 @@ class ThrowawaySentinel:
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
-        )
+            + (f"sentinel auth-pass {MASTER_NAME} {self.primary_password}\n"
+               if self.primary_password else "")
+            + (f"requirepass {self.password}\n" if self.password else "")
+        )  # fmt: skip
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -57,7 +65,9 @@ class ThrowawaySentinel:
 
     def client(self) -> redis.Redis:
         """A client of this sentinel."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, password=self.password
+        )
 
     def master_port(self) -> int | None:
         """The port of the primary this sentinel names now (None: it does not answer)."""
@@ -78,23 +88,37 @@ class ThrowawaySentinel:
 class SentinelGroup:
     """A primary, its replica and three sentinels (quorum two)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.primary = ThrowawayRedis(workdir / "primary")
+    def __init__(
+        self, workdir: Path, *, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
+        """``password``: the primary's and replica's requirepass; ``sentinel_password``:
+        the sentinels' own."""
         # diskless sync without the default 5 s wait for more replicas to join
         replica_args = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
-        self.primary.extra_args = replica_args
+        self.password = password
+        self.primary = ThrowawayRedis(workdir / "primary", replica_args, password)
         self.replica = ThrowawayRedis(
             workdir / "replica",
             ("--replicaof", "127.0.0.1", str(self.primary.port), *replica_args),
+            password,
         )
         self.sentinels = [
-            ThrowawaySentinel(workdir / f"sentinel{k}", self.primary.port) for k in range(3)
-        ]
+            ThrowawaySentinel(
+                workdir / f"sentinel{k}", self.primary.port,
+                primary_password=password, password=sentinel_password,
+            )
+            for k in range(3)
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:
-        """The broker URL: every sentinel, ``;``-separated (kombu's syntax)."""
-        return ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels)
+        """The broker URL: every sentinel, ``;``-separated (kombu's syntax); the
+        primary's password, if any, in the first part."""
+        auth = f":{self.password}@" if self.password else ""
+        return ";".join(
+            f"sentinel://{auth if k == 0 else ''}127.0.0.1:{s.port}"
+            for k, s in enumerate(self.sentinels)
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """Start everything and wait until the replica is in sync and every sentinel

@@ -15,6 +15,8 @@ lost and nothing is done twice. Deadlines are hang guards, not assertions.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ import requests
 from kombu.exceptions import OperationalError
 
 from powerq.api import create_app
+from powerq.api.health import broker_check
 from powerq.bmc.simfleet.launcher import SimFleetProcess
 from powerq.broker import sentinel_transport_options
 from powerq.config import load_settings
@@ -236,6 +239,90 @@ def test_lane_publisher_fails_fast_then_reaches_the_promoted_replica(
         group.stop()
 
 
+@pytest.mark.parametrize("sentinel_password", ["s3ntinel", "wrong"])
+def test_passwords_of_the_primary_and_of_the_sentinels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentinel_password: str
+) -> None:
+    """The primary's password from the URL, the sentinels' own from
+    POWERQ_BROKER_SENTINEL_PASSWORD: /healthz's broker check and the lane
+    publisher reach the primary with the right one, and not with a wrong one."""
+    group = SentinelGroup(tmp_path / "redis", password="prim4ry", sentinel_password="s3ntinel")
+    environment = _environment(
+        monkeypatch, group.url, None,
+        {"POWERQ_BROKER_MASTER_NAME": MASTER_NAME,
+         "POWERQ_BROKER_SENTINEL_PASSWORD": sentinel_password},
+    )  # fmt: skip
+    try:
+        group.start()
+        environment.__enter__()
+        right = sentinel_password == "s3ntinel"
+        assert broker_check().ok is right
+        if right:
+            _publisher.publish_step(lane_queue(0), str(uuid.uuid4()))
+            assert group.primary.client().llen(lane_queue(0)) == 1
+        else:
+            with pytest.raises(OperationalError):
+                _publisher.publish_step(lane_queue(0), str(uuid.uuid4()))
+    finally:
+        environment.__exit__(None, None, None)
+        group.stop()
+
+
+class _HangingUp:
+    """A TCP listener that accepts and at once closes every connection, counting
+    them: a sentinel that is there but broken (a redis-py client retries it)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.port = int(self.server.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.server.close()
+
+
+def test_a_broken_first_sentinel_is_asked_once_then_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py retries a failed command three times with a 1, 2, 4 s backoff by
+    default; a sentinel listed first that hangs up must cost one connection per
+    question, not four (then seconds per new kombu channel: the API's publisher
+    after any broker error, /healthz, every worker reconnecting)."""
+    group = SentinelGroup(tmp_path / "redis")
+    broken = _HangingUp()
+    environment = _environment(
+        monkeypatch, f"sentinel://127.0.0.1:{broken.port};{group.url}", None,
+        {"POWERQ_BROKER_MASTER_NAME": MASTER_NAME},
+    )  # fmt: skip
+    try:
+        group.start()
+        environment.__enter__()
+        assert broker_check().ok
+        asked = broken.accepted
+        _publisher.publish_step(lane_queue(0), str(uuid.uuid4()))
+        assert group.primary.client().llen(lane_queue(0)) == 1
+        assert 1 <= asked <= 2, f"/healthz connected {asked} times to the broken sentinel"
+    finally:
+        environment.__exit__(None, None, None)
+        broken.close()
+        group.stop()
+
+
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380;sentinel://127.0.0.1:26381"
 
 
@@ -246,12 +333,16 @@ def test_sentinel_settings_become_kombu_transport_options(
     monkeypatch.setenv("POWERQ_BROKER_MASTER_NAME", "mymaster")
     settings = load_settings()
     assert settings.broker_url == SENTINELS
-    assert sentinel_transport_options(settings) == {"master_name": "mymaster"}
+    options = sentinel_transport_options(settings)
+    assert options["master_name"] == "mymaster"
+    asking = options["sentinel_kwargs"]
+    assert asking["retry"].get_retries() == 0  # see the broken-sentinel test
+    assert asking["socket_timeout"] > 0 and asking["socket_connect_timeout"] > 0
+    assert "password" not in asking
 
     monkeypatch.setenv("POWERQ_BROKER_SENTINEL_PASSWORD", "s3cret")
     options = sentinel_transport_options(load_settings())
     assert options["sentinel_kwargs"]["password"] == "s3cret"
-    assert options["sentinel_kwargs"]["socket_timeout"] > 0  # redis-py copies none then
 
     monkeypatch.setenv("POWERQ_BROKER_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.delenv("POWERQ_BROKER_MASTER_NAME")
