@@ -39,6 +39,8 @@ def pair(tmp_path: Path) -> Iterator[PrimaryStandby]:
     try:
         servers.start()
         upgrade(servers.url(servers.primary))
+        # the standby replays asynchronously: wait until it has the schema too
+        servers.wait_replayed("SELECT to_regclass('api_tokens') IS NOT NULL")
         yield servers
     finally:
         servers.stop()
