@@ -113,12 +113,10 @@ class SentinelGroup:
     @property
     def url(self) -> str:
         """The broker URL: every sentinel, ``;``-separated (kombu's syntax); the
-        primary's password, if any, in the first part."""
+        primary's password, if any, in every part (kombu reads it from the part
+        it is using, and moves to the next part when a sentinel fails)."""
         auth = f":{self.password}@" if self.password else ""
-        return ";".join(
-            f"sentinel://{auth if k == 0 else ''}127.0.0.1:{s.port}"
-            for k, s in enumerate(self.sentinels)
-        )
+        return ";".join(f"sentinel://{auth}127.0.0.1:{s.port}/0" for s in self.sentinels)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start everything and wait until the replica is in sync and every sentinel
