@@ -27,6 +27,7 @@ import os
 
 from kombu import Queue
 
+from powerq.broker import sentinel_transport_options
 from powerq.config import get_settings
 from powerq.tasks.routing import CONTROL_QUEUE, lane_queue
 
@@ -46,7 +47,17 @@ broker_transport_options = {
     # A Redis that accepts connections but never answers must not hang an API
     # call that is only ringing a lane (the intent is already durable).
     "socket_timeout": 5,
+    # With sentinel:// URLs: the master name (POWERQ_BROKER_MASTER_NAME) and how
+    # to ask the sentinels (their password if any, 1 s timeouts, no retries:
+    # powerq.broker). Every connection asks the sentinels where the primary is,
+    # so a reconnect after a failover reaches the promoted replica.
+    **sentinel_transport_options(_settings),
 }
+# A worker whose broker connection drops (primary lost, failover under way)
+# reconnects (Celery's default, stated here because Sentinel relies on it: the
+# reconnect asks the sentinels for the new primary). Should Celery still give
+# up, powerq.tasks.worker re-executes the process.
+broker_connection_retry = True
 
 # Lanes: one queue per lane, each consumed by exactly one concurrency-1 worker.
 # Celery publishes to a direct queue through Redis' anonymous exchange (the

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from powerq.errors import ConfigError
@@ -24,10 +24,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POWERQ_", extra="ignore")
 
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL of PostgreSQL; unset: embedded PostgreSQL"
+        default=None,
+        description="SQLAlchemy URL of PostgreSQL (several servers: ?host=h1:p1&host=h2:p2"
+        "&target_session_attrs=read-write, see docs/high-availability.md); unset: embedded",
     )
     broker_url: str | None = Field(
-        default=None, description="Redis URL of the Celery broker; unset: embedded Redis"
+        default=None,
+        description="Redis URL of the Celery broker (redis://, rediss://, redis+socket://, or "
+        "sentinel://h1:p1;sentinel://h2:p2 with POWERQ_BROKER_MASTER_NAME); unset: embedded Redis",
+    )
+    # Redis Sentinel (docs/high-availability.md): the name the sentinels monitor the
+    # primary under (`sentinel monitor NAME host port quorum`). Required with
+    # sentinel:// broker URLs, refused without them.
+    broker_master_name: str | None = Field(
+        default=None, description="Sentinel master name (with sentinel:// broker URLs only)"
+    )
+    broker_sentinel_password: str | None = Field(
+        default=None,
+        description="Password of the sentinels themselves (their requirepass), if any; the "
+        "primary's password goes in the broker URL",
     )
     lanes: int = Field(default=8, ge=1, le=1024, description="Number of lane queues")
     secret_key: str | None = Field(
@@ -150,9 +165,34 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _redis_only(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "redis+socket://")):
-            raise ValueError("must be a Redis URL (redis://host:port/db)")
+        schemes = ("redis://", "rediss://", "redis+socket://", "sentinel://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError(
+                "must be a Redis URL (redis://host:port/db) or a list of sentinels "
+                "(sentinel://h1:26379;sentinel://h2:26379)"
+            )
+        if value is not None and value.startswith("sentinel://"):
+            for part in value.split(";"):
+                if not part.strip().startswith("sentinel://"):
+                    raise ValueError(
+                        f"every ';'-separated part must be a sentinel:// URL (got {part!r})"
+                    )
         return value
+
+    @model_validator(mode="after")
+    def _master_name_with_sentinels(self) -> Settings:
+        """:raises ValueError: sentinels without a master name, or a master name without them."""
+        sentinels = (self.broker_url or "").startswith("sentinel://")
+        if sentinels and not self.broker_master_name:
+            raise ValueError(
+                "POWERQ_BROKER_MASTER_NAME must be set with a sentinel:// broker URL "
+                "(the name in the sentinels' `sentinel monitor NAME ...`)"
+            )
+        if self.broker_master_name and not sentinels:
+            raise ValueError(
+                "POWERQ_BROKER_MASTER_NAME is only meaningful with a sentinel:// broker URL"
+            )
+        return self
 
 
 def load_settings() -> Settings:
@@ -166,6 +206,8 @@ def load_settings() -> Settings:
         problems = "; ".join(
             f"POWERQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
             f" (got {err.get('input')!r})"
+            if err["loc"]
+            else err["msg"]  # a rule across settings (its message names them)
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

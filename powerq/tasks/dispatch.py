@@ -102,7 +102,7 @@ class _LanePublisher:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._url: str | None = None
+        self._url: tuple[str, str | None] | None = None
         self._connection: Any = None
         self._channel: Any = None
         self._client: Any = None
@@ -161,8 +161,17 @@ class _LanePublisher:
             client.lpush(key, data)  # once more, on a fresh connection
 
     def _open(self) -> tuple[Any, Any]:
-        """The channel and client for the app's current broker URL (opened on first use)."""
-        url = app.conf.broker_url
+        """The channel and client for the app's current broker URL (opened on first use).
+
+        With Redis Sentinel (``sentinel://`` URLs) the client's pool is kombu's
+        sentinel-managed one: every new connection asks the sentinels where the
+        primary is. After the primary dies, the pooled connection fails, the
+        retry in :meth:`_lpush` opens a new one to whatever the sentinels name
+        (the promoted replica, or the dead primary until they have failed
+        over: then it is refused at once and the request is left for the
+        sweeper; ``tests/faults/test_sentinel.py``).
+        """
+        url = (app.conf.broker_url, app.conf.broker_transport_options.get("master_name"))
         with self._lock:
             if self._client is None or self._url != url:
                 self._close()

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from powerq.bmc.simfleet.executions import beyond_budget
 from powerq.bmc.simfleet.launcher import SimFleetProcess
+from powerq.broker import sentinel_transport_options
 from powerq.config import get_settings
 from powerq.db import reset_engines, session_scope
 from powerq.migrate import upgrade
@@ -40,8 +41,16 @@ FAST_PERIODS = {
 
 
 def use_broker(url: str) -> None:
-    """Point this process's Celery app at ``url`` (drops pooled connections)."""
+    """Point this process's Celery app at ``url`` (drops pooled connections), with
+    the Sentinel transport options the current settings ask for (celeryconfig
+    computed them once, from the settings of when it was imported)."""
     app.conf.broker_url = url
+    options = {
+        key: value
+        for key, value in app.conf.broker_transport_options.items()
+        if key not in ("master_name", "sentinel_kwargs")
+    }
+    app.conf.broker_transport_options = {**options, **sentinel_transport_options(get_settings())}
     app._after_fork()
 
 

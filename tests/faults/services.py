@@ -28,9 +28,13 @@ def redis_server_binary() -> str:
 class ThrowawayRedis:
     """A redis-server on a free loopback port that keeps nothing on disk."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, extra_args: tuple[str, ...] = (), password: str | None = None
+    ) -> None:
         self.port = free_tcp_port()
         self.workdir = workdir
+        self.extra_args = extra_args  # e.g. ("--replicaof", "127.0.0.1", "6380")
+        self.password = password  # requirepass (and masterauth, for a replica)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +50,8 @@ class ThrowawayRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             *self.extra_args, *self._auth_args()],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -57,9 +62,16 @@ class ThrowawayRedis:
             time.sleep(0.05)
         raise TimeoutError("throwaway redis did not start")
 
+    def _auth_args(self) -> tuple[str, ...]:
+        if self.password is None:
+            return ()
+        return ("--requirepass", self.password, "--masterauth", self.password)
+
     def client(self) -> redis.Redis:
         """A client of this server."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=5, password=self.password
+        )
 
     def kill(self) -> None:
         """SIGKILL the server: every queued and unacked message is gone."""
