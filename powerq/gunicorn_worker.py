@@ -11,7 +11,11 @@ without blocking (:class:`powerq.request_arrival.RequestArrival` says when it
 is whole), and only then hands it to a thread, whose parser reads it from
 memory. A slow client costs a socket, not a thread; one that has not sent its
 whole request ``POWERQ_API_READ_TIMEOUT_S`` after connecting (on a kept-alive
-connection: after starting its next request) gets a 408 and is closed.
+connection: after starting its next request) gets a 408 and is closed. A body
+over ``POWERQ_MAX_BODY_BYTES`` is refused with 413 from the event loop, without
+being read; a client that waits for ``100 Continue`` is told to go on from the
+event loop too; bytes of a pipelined next request go back to the event loop
+after the first answer, never to a thread that would wait on their rest.
 gunicorn's ``worker_connections`` (1,000) bounds the sockets per process. With
 TLS served by gunicorn itself (``--certfile``) the bytes stay encrypted until a
 thread does the handshake, so gthread's own behaviour applies there: terminate
@@ -53,8 +57,12 @@ from powerq.request_arrival import RequestArrival
 PROBLEM_MIME = "application/problem+json"
 RECV_BYTES = 65536
 _ACCEPT_RACES = (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK)
-# The attribute of a TConn that carries its collected request to the thread.
+# Attributes of a TConn: its collected request (to the thread), bytes read past
+# it (back to the event loop), and whether it was told to go on (100 Continue).
 _ARRIVED = "powerq_arrived"
+_LEFTOVER = "powerq_leftover"
+_CONTINUED = "powerq_continued"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def problem_body(status: int, reason: str, message: str) -> bytes:
@@ -143,13 +151,49 @@ class ProblemThreadWorker(ThreadWorker):  # type: ignore[misc]
         if not chunk:  # the client went away before finishing its request
             self._close_arriving(conn)
             return
+        self._take(conn, chunk)
+
+    def _take(self, conn: TConn, chunk: bytes) -> None:
+        """Add ``chunk`` to ``conn``'s request: hand it to a thread once whole,
+        refuse a body over the limit without reading it, and say ``100 Continue``
+        to a client that waits for it before sending its body."""
         arrival = self.arriving[conn]
-        if arrival.feed(chunk):
-            self.poller.unregister(client)
-            del self.arriving[conn]
-            setattr(conn, _ARRIVED, bytes(arrival.data))
-            conn.data_ready = True
-            self.enqueue_req(conn)
+        if not arrival.feed(chunk):
+            if arrival.expects_continue and not getattr(conn, _CONTINUED, False):
+                setattr(conn, _CONTINUED, True)
+                with contextlib.suppress(OSError):
+                    conn.sock.send(CONTINUE)
+            return
+        if arrival.too_large:
+            with contextlib.suppress(OSError):
+                write_problem(
+                    conn.sock,
+                    413,
+                    "Content Too Large",
+                    f"the request body is larger than {self.max_body_bytes} bytes",
+                )
+            self._close_arriving(conn)
+            return
+        self.poller.unregister(conn.sock)
+        del self.arriving[conn]
+        conn.__dict__.pop(_CONTINUED, None)
+        setattr(conn, _ARRIVED, bytes(arrival.data))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        """As gthread; but a kept-alive connection whose parser already holds
+        bytes of the next request (pipelining) goes on collecting it in the event
+        loop, not in a thread that would block on the rest."""
+        leftover = conn.__dict__.pop(_LEFTOVER, b"")
+        super().finish_request(conn, fs)
+        if leftover and conn in self.keepalived_conns:
+            self.keepalived_conns.remove(conn)
+            self.poller.modify(
+                conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, conn)
+            )
+            self._collect(conn)
+            self._take(conn, leftover)
 
     def handle(self, conn: TConn) -> Any:
         """In a request thread: parse the collected request from memory, then as gthread."""
@@ -158,7 +202,14 @@ class ProblemThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(arrived)
-        return super().handle(conn)
+        keepalive = super().handle(conn)
+        if arrived and keepalive:
+            # Bytes read past this request belong to the next one: keep them for
+            # the event loop (finish_request), so no thread waits on its rest.
+            leftover = conn.parser.unreader.take_buffered()
+            if leftover:
+                setattr(conn, _LEFTOVER, leftover)
+        return keepalive
 
     # --- giving up on slow clients ---------------------------------------------
     def murder_pending(self) -> None:

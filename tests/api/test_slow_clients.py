@@ -218,3 +218,53 @@ def test_kept_alive_and_pipelined_requests_are_all_answered(api: Address) -> Non
                     length = int(line.split(b":")[1])
             reader.read(length)
     assert [s.split()[1] for s in statuses] == [b"200", b"200"]
+
+
+def test_a_half_sent_pipelined_request_holds_no_thread(api: Address) -> None:
+    whole_then_half = (
+        b"GET /healthz HTTP/1.1\r\nHost: powerq\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
+    )
+    held = [socket.create_connection(api, timeout=5) for _ in range(SLOW_CONNECTIONS)]
+    try:
+        for sock in held:
+            sock.sendall(whole_then_half)  # more than the 16 threads, were each to wait
+        for sock in held:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")  # the first is answered
+
+        health = timed_request(api, "GET", "/healthz")
+    finally:
+        for sock in held:
+            sock.close()
+    assert health[0] == 200
+
+
+def test_a_body_over_the_limit_is_refused_with_413_without_being_read(api: Address) -> None:
+    head = (
+        b"POST /v1/nodes HTTP/1.1\r\nHost: powerq\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999999\r\n\r\n"
+    )
+    with socket.create_connection(api, timeout=5) as sock:
+        sock.sendall(head)  # and never a byte of the body
+        answer = sock.makefile("rb").read()
+
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 413 "), answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["status"] == 413
+
+
+def test_a_client_waiting_for_100_continue_is_told_to_go_on(api: Address, admin_token: str) -> None:
+    body = json.dumps(NODE).encode()
+    head = (
+        b"POST /v1/nodes HTTP/1.1\r\nHost: powerq\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + admin_token.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(api, timeout=READ_TIMEOUT_S - 1) as sock:
+        sock.sendall(head)
+        interim = sock.recv(65536)  # before the read timeout: the body waits for it
+        sock.sendall(body)
+        answer = sock.makefile("rb").read()
+
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+    assert b"HTTP/1.1 201 " in interim + answer, answer
