@@ -6,9 +6,9 @@ gains a statement or a Redis call, no worker needs a metrics port, and any API
 process (gunicorn worker) answers a scrape with the same numbers: there is no
 per-process state to merge.
 
-A scrape costs three statements on one pooled connection, whatever the size of
-the fleet or the history (:func:`read_snapshot`): one pass over
-``power_requests`` (counts, failure kinds, re-dispatches and the three latency
+A scrape costs three statements on one pooled connection, in one read-only
+snapshot, whatever the size of the fleet or the history (:func:`read_snapshot`): one pass over
+``power_requests`` (finished counts, failure kinds, re-dispatches and the three latency
 histograms, buckets counted in SQL), the outstanding requests with their node
 names (through the partial index of outstanding requests; mapped to lanes here
 with :func:`powerq.tasks.routing.lane_for`), and one pass over ``nodes``. Lane
@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection
 
 from powerq.db import get_engine
 from powerq.models import Node, PowerRequest
-from powerq.states import PowerState, RequestStatus
+from powerq.states import FINISHED_STATUSES, PowerState, RequestStatus
 from powerq.tasks.routing import lane_for, lane_queue
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class Histogram:
 class Snapshot:
     """Everything one scrape reports, read in :func:`read_snapshot`."""
 
-    requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, status)
+    # (action, status): finished requests only, so every count only rises
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, kind)
     redispatches: int = 0
     # histogram name (queue_wait, execution, to_success) -> action -> histogram
@@ -246,12 +247,18 @@ NODE_COUNTS = ("total", "power_fault", "drift", "maintenance", "unobserved")
 def read_snapshot(lanes: int, *, broker: bool = True) -> Snapshot:
     """Read every metric: three statements on one connection, then the lanes' depths.
 
+    The three statements share one snapshot (a read-only REPEATABLE READ
+    transaction), so a request finishing between them is counted exactly once:
+    finished (``powerq_requests_total``) or outstanding, never neither nor both.
+
     :raises sqlalchemy.exc.DBAPIError: the database is unreachable or refused.
     :raises ConfigError: no database URL is configured.
     """
     snapshot = Snapshot()
-    engine = get_engine().execution_options(isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
+    engine = get_engine().execution_options(
+        isolation_level="REPEATABLE READ", postgresql_readonly=True
+    )
+    with engine.connect() as connection, connection.begin():
         _read_requests(connection, snapshot)
         _read_outstanding(connection, snapshot, lanes)
         _read_nodes(connection, snapshot)
@@ -266,7 +273,11 @@ def _read_requests(connection: Connection, snapshot: Snapshot) -> None:
     parts: dict[str, dict[str, list[Any]]] = {name: defaultdict(list) for name, *_ in _HISTOGRAMS}
     for row in connection.execute(_REQUESTS).mappings():
         action, status = str(row["action"].value), str(row["status"].value)
-        requests[(action, status)] += row["n"]
+        # A counter must never fall: a request is counted once it is finished
+        # (a row is never un-finished); outstanding ones are the
+        # powerq_requests_outstanding gauge, not series of this counter.
+        if row["status"] in FINISHED_STATUSES:
+            requests[(action, status)] += row["n"]
         if row["kind"]:
             failures[(action, row["kind"])] += row["n"]
         snapshot.redispatches += int(row["redispatches"])
@@ -355,7 +366,7 @@ def families(snapshot: Snapshot, lanes: int) -> list[Any]:
 def _request_families(snapshot: Snapshot) -> list[Any]:
     requests = CounterMetricFamily(
         PREFIX + "requests",
-        "Power requests recorded, by action and status",
+        "Finished power requests (succeeded, failed or cancelled), by action and status",
         labels=["action", "status"],
     )
     for (action, status), n in sorted(snapshot.requests.items()):
