@@ -8,6 +8,7 @@ integer (got 'eight')``.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -175,7 +176,8 @@ class Settings(BaseSettings):
             for part in value.split(";"):
                 if not part.strip().startswith("sentinel://"):
                     raise ValueError(
-                        f"every ';'-separated part must be a sentinel:// URL (got {part!r})"
+                        "every ';'-separated part must be a sentinel:// URL "
+                        f"(got {redact_userinfo(part)!r})"
                     )
         return value
 
@@ -195,6 +197,15 @@ class Settings(BaseSettings):
         return self
 
 
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s;'\"]*@", re.IGNORECASE)
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***``
+    (an error message must not carry a broker's or database's password)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
 def load_settings() -> Settings:
     """Read settings from the environment.
 
@@ -205,7 +216,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"POWERQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f" (got {redact_userinfo(repr(err.get('input')))})"
             if err["loc"]
             else err["msg"]  # a rule across settings (its message names them)
             for err in exc.errors()

@@ -85,7 +85,7 @@ def claim_redis_databases(count: int) -> list[int]:
     :raises RuntimeError: every database is claimed by a live process.
     """
     client = redis.Redis(*SYSTEM_REDIS, db=0)
-    me = str(os.getpid())
+    me = _claimant()
     claimed: list[int] = []
     for db in CLAIMABLE_REDIS_DBS:
         key = CLAIM_KEY.format(db)
@@ -93,10 +93,10 @@ def claim_redis_databases(count: int) -> list[int]:
         if holder is None:
             if not client.set(key, me, ex=CLAIM_TTL_S, nx=True):
                 continue  # another process claimed it just now
-        elif _pid_alive(int(holder)):
+        elif _claimant_alive(holder.decode()):
             continue
-        else:
-            client.set(key, me, ex=CLAIM_TTL_S)  # its claimant has exited
+        elif not client.eval(_TAKE_OVER, 1, key, holder, me, CLAIM_TTL_S):
+            continue  # another process took it over first
         claimed.append(db)
         if len(claimed) == count:
             return claimed
@@ -104,11 +104,35 @@ def claim_redis_databases(count: int) -> list[int]:
     raise RuntimeError(f"no {count} free Redis databases among {CLAIMABLE_REDIS_DBS}")
 
 
+# Take a claim over from an exited claimant only if it is still that one's: two
+# processes seeing the same dead claimant must not both take it.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return false
+"""
+
+
+def _claimant() -> str:
+    """This process, as a claim names it: host and pid (a pid means nothing on
+    another host sharing the Redis)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claimant_alive(claimant: str) -> bool:
+    """Whether a claim's holder may still run (on another host: assume it does)."""
+    host, _, pid = claimant.rpartition(":")
+    if (host and host != socket.gethostname()) or not pid.isdigit():
+        return True  # another host's process (a claim without a host is this host's)
+    return _pid_alive(int(pid))
+
+
 def release_redis_databases() -> None:
     """Give back the databases this process claimed."""
     with contextlib.suppress(redis.RedisError):
         client = redis.Redis(*SYSTEM_REDIS, db=0)
-        me = str(os.getpid()).encode()
+        me = _claimant().encode()
         for db in CLAIMABLE_REDIS_DBS:
             if client.get(CLAIM_KEY.format(db)) == me:
                 client.delete(CLAIM_KEY.format(db))
