@@ -269,6 +269,8 @@ class PowerRequest(Base):
             postgresql_where=text("status IN ('pending', 'running')"),
         ),
         Index("ix_power_requests_node_created", "node_id", "created_at"),
+        # GET /v1/requests without a node: its ORDER BY created_at DESC, id DESC
+        Index("ix_power_requests_created", text("created_at DESC"), text("id DESC")),
         Index("ix_power_requests_batch", "batch_id"),
         # The sweeper's scans touch only outstanding rows: keep them off the history.
         Index(

@@ -36,7 +36,8 @@ def list_requests(query: RequestQuery) -> ViewResult:
     `since` (a duration back from now such as `15m`, or an ISO 8601 time with
     its offset). A bad filter is 422 problem+json; an unknown node is 404.
     A node's requests come from the index on (node, created_at), outstanding
-    ones from the partial indexes on pending and running requests.
+    ones from the partial indexes on pending and running requests, and a page
+    of everyone's from the index on (created_at DESC, id DESC), this order.
     """
     with transaction() as session:
         found = select(PowerRequest).order_by(
