@@ -13,9 +13,9 @@ refused — is `powerq up` running?"). The CLI prints that line, never a
 traceback. A 403 names the role the call needs, and a 404 of the API's router
 names what was not found.
 
-A batch is submitted with an ``Idempotency-Key`` and sent again with it when
-the submit may have reached the server without its answer reaching us
-(:meth:`Client.create_batch`).
+A batch, a power action and a boot device are submitted with an
+``Idempotency-Key`` and sent again with it when the submit may have reached the
+server without its answer reaching us (:meth:`Client.submit`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ TOKEN_FILE = "admin-token"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_DATA_DIR = ".powerq"
 
-# A batch submit that timed out (or found the API briefly away) is sent again with
-# the same Idempotency-Key this many times in all, so it never makes two batches.
+# A submit (batch, power action, boot device) that timed out (or found the API
+# briefly away) is sent again with the same Idempotency-Key this many times in all,
+# so it never makes two batches or two requests.
 SUBMIT_ATTEMPTS = 4
 SUBMIT_BACKOFF_S = 1.0
+# The longest Idempotency-Key the API accepts (printable ASCII, no spaces).
+KEY_MAX = 255
 
 T = TypeVar("T")
 
@@ -67,8 +70,33 @@ def needed_role(method: str, path: str) -> str:
     return "admin" if node_itself else "operator"
 
 
+def new_key() -> str:
+    """A fresh ``Idempotency-Key``: ``powerq-cli-<uuid4>``."""
+    return f"powerq-cli-{uuid.uuid4()}"
+
+
+def node_key(invocation: str, name: str) -> str:
+    """The ``Idempotency-Key`` of node ``name``'s request in one command invocation
+    (``invocation``: its :func:`new_key`): ``<invocation>-<name>``.
+
+    A name is percent-encoded (a key is printable ASCII without spaces); one too
+    long for a key (no node's name is) is replaced by its SHA-256.
+    """
+    key = f"{invocation}-{quote(name, safe='')}"
+    if len(key) <= KEY_MAX:
+        return key
+    import hashlib  # only for a name that cannot be a node's
+
+    return f"{invocation}-{hashlib.sha256(name.encode()).hexdigest()}"
+
+
 class ApiError(PowerqError):
     """The API answered with an error (its problem document is kept in ``problem``)."""
+
+    # How many times the call was sent (more than once by :meth:`Client.submit`), and
+    # whether an earlier try may have reached the server without its answer reaching us.
+    tries = 1
+    maybe_sent = False
 
     def __init__(self, status: int, detail: str, problem: Mapping[str, Any] | None = None) -> None:
         super().__init__(detail)
@@ -83,6 +111,9 @@ class ApiUnreachable(ServiceUnavailable):
     """The API could not be reached, or did not answer. ``maybe_sent`` says whether
     the call may have reached it all the same (a timeout, a dropped connection):
     only such a call is worth sending again with its ``Idempotency-Key``."""
+
+    # How many times the call was sent (more than once by :meth:`Client.submit`).
+    tries = 1
 
     def __init__(self, detail: str, *, maybe_sent: bool = False) -> None:
         super().__init__(detail)
@@ -349,14 +380,26 @@ class Client:
                       params={"mode": mode})
         )  # fmt: skip
 
-    def power(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Request a power action on one node."""
-        return dict(self.call("POST", f"/v1/nodes/{quote(name, safe='')}/power", json=dict(body)))
+    def power(self, name: str, body: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Request a power action on one node, safely (:meth:`submit`, with ``key``
+        or a new one): a retried submit never asks for the action twice.
 
-    def boot_device(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Request a boot device on one node."""
+        :raises ApiUnreachable: still unreachable after :data:`SUBMIT_ATTEMPTS` tries.
+        :raises ApiError: the API refused the request (503 after as many tries).
+        """
+        path = f"/v1/nodes/{quote(name, safe='')}/power"
+        return self.submit("POST", path, body, key or new_key())
+
+    def boot_device(
+        self, name: str, body: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        """Request a boot device on one node, safely (as :meth:`power`).
+
+        :raises ApiUnreachable: still unreachable after :data:`SUBMIT_ATTEMPTS` tries.
+        :raises ApiError: the API refused the request (503 after as many tries).
+        """
         path = f"/v1/nodes/{quote(name, safe='')}/boot-device"
-        return dict(self.call("PUT", path, json=dict(body)))
+        return self.submit("PUT", path, body, key or new_key())
 
     def validate(self, name: str) -> dict[str, Any]:
         """Request a credential check (log in, read the state) of one node."""
@@ -386,22 +429,41 @@ class Client:
         return items, total
 
     def create_batch(self, body: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
-        """Create a batch, safely: with an ``Idempotency-Key`` (``key``, else a new
-        one), a submit that timed out or found the API away is sent again with the
-        same key, so a slow server makes neither a false failure nor a second batch.
+        """Create a batch, safely (:meth:`submit`, with ``key`` or a new one).
 
         :raises ApiUnreachable: still unreachable after :data:`SUBMIT_ATTEMPTS` tries.
         :raises ApiError: the API refused the batch (503 after as many tries).
         """
-        headers = {"Idempotency-Key": key or f"powerq-cli-{uuid.uuid4()}"}
+        return self.submit("POST", "/v1/batches", body, key or new_key())
+
+    def submit(self, method: str, path: str, body: Mapping[str, Any], key: str) -> dict[str, Any]:
+        """Send a call that records something, with ``Idempotency-Key: key``; one that
+        timed out or lost its connection after it was sent (the server may have
+        recorded it), or was answered 503 (nothing recorded), is sent again with
+        the same key, :data:`SUBMIT_ATTEMPTS` times in all. The server answers a
+        repeat with what the first call recorded (``Idempotent-Replayed: true``),
+        so a slow server makes neither a false failure nor a second record. A
+        refused connection (nothing sent) is not retried.
+
+        :raises ApiUnreachable: still unreachable after :data:`SUBMIT_ATTEMPTS` tries
+            (``tries``: how many were sent; ``maybe_sent``: whether any may have
+            been recorded).
+        :raises ApiError: the API refused the call (503 after as many tries; ``tries``
+            and ``maybe_sent`` likewise).
+        """
+        headers = {"Idempotency-Key": key}
+        sent = False  # whether a try may have reached the server (and been recorded)
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             try:
-                return dict(self.call("POST", "/v1/batches", json=dict(body), headers=headers))
+                return dict(self.call(method, path, json=dict(body), headers=headers))
             except ApiUnreachable as exc:
                 if not exc.maybe_sent or attempt == SUBMIT_ATTEMPTS:
+                    exc.tries, exc.maybe_sent = attempt, exc.maybe_sent or sent
                     raise
+                sent = True
             except ApiError as exc:
                 if exc.status != 503 or attempt == SUBMIT_ATTEMPTS:
+                    exc.tries, exc.maybe_sent = attempt, sent
                     raise
             time.sleep(SUBMIT_BACKOFF_S * attempt)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -6,6 +6,12 @@ the command with exit 2 and one line naming the unknown ones, and nothing was
 asked of the others. Without ``--wait`` a request the API accepted (new or the
 identical outstanding one) is a success; with ``--wait`` only a succeeded one
 is.
+
+Each node's request carries an ``Idempotency-Key`` of its own for this
+invocation (:func:`keyed`) and is sent again with it when its answer was lost
+(:meth:`powerq.client.Client.submit`), so a slow API never makes a node run an
+action twice. A node that still cannot be submitted ends the command (exit 3)
+after the rows of the nodes already handled are printed.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import click
 
-from powerq.clicmds.exits import USAGE, Exit
+from powerq.clicmds.exits import USAGE, Exit, code_for
 from powerq.clicmds.output import (
     FINISHED,
     Output,
@@ -27,7 +33,15 @@ from powerq.clicmds.output import (
     styled,
     table,
 )
-from powerq.client import ApiError, Client, WaitTimeout, poll
+from powerq.client import (
+    ApiError,
+    ApiUnreachable,
+    Client,
+    WaitTimeout,
+    new_key,
+    node_key,
+    poll,
+)
 from powerq.errors import PowerqError
 from powerq.states import POWER_ENDPOINT_ACTIONS, BootDevice
 
@@ -35,10 +49,21 @@ from powerq.states import POWER_ENDPOINT_ACTIONS, BootDevice
 ACTION = click.Choice([action.value for action in POWER_ENDPOINT_ACTIONS], case_sensitive=False)
 BOOT_DEVICE = click.Choice([device.value for device in BootDevice], case_sensitive=False)
 Send = Callable[[str], dict[str, Any]]
+# Submits one node's request with its Idempotency-Key: (node name, key) -> the answer.
+KeyedSend = Callable[[str, str], dict[str, Any]]
 # Answers that concern one node only: reported in its row, the others go on.
 _PER_NODE_STATUSES = (404, 409, 422)
 # A row that counts as done without --wait: the API accepted the request.
 _ACCEPTED = ("pending", "running", "succeeded")
+
+
+def keyed(submit: KeyedSend) -> Send:
+    """``submit`` as a :data:`Send` that gives each node an ``Idempotency-Key`` of its
+    own for this command invocation (:func:`~powerq.client.node_key`): a retry
+    within it is answered with what the first try recorded, a new invocation is
+    a new request."""
+    invocation = new_key()
+    return lambda name: submit(name, node_key(invocation, name))
 
 
 def _ask(send: Send, name: str, *, alone: bool = False) -> dict[str, Any]:
@@ -47,6 +72,7 @@ def _ask(send: Send, name: str, *, alone: bool = False) -> dict[str, Any]:
 
     :raises Exit: ``alone`` (the only node named) and unknown (exit 2).
     :raises ApiError: the API failed otherwise.
+    :raises ApiUnreachable: the API could not be reached (after the retries).
     """
     try:
         answer = send(name)
@@ -136,8 +162,8 @@ def power(
     if boot_device is not None:
         body.update(boot_device=boot_device, boot_persistent=persistent_boot)
     shows_state = action == "query" and wait
-    run_requests(api, nodes, lambda name: api.power(name, body), wait, timeout, output,
-                 shows_state=shows_state)  # fmt: skip
+    send = keyed(lambda name, key: api.power(name, body, key))
+    run_requests(api, nodes, send, wait, timeout, output, shows_state=shows_state)
 
 
 def check_names(api: Client, nodes: tuple[str, ...]) -> None:
@@ -167,13 +193,23 @@ def run_requests(
 ) -> None:
     """Check the names, send one request per node, optionally wait, print the rows.
 
-    :raises Exit: a node is unknown (exit 2; nothing was queued).
+    :raises Exit: a node is unknown (exit 2; nothing was queued), or one could
+        not be submitted (its exit code; the rows of those before are printed).
     :raises PowerqError: a node was refused, or (with ``wait``) did not succeed.
     :raises WaitTimeout: ``wait`` gave up (exit 4; the requests go on).
     """
     check_names(api, nodes)
     names = list(dict.fromkeys(nodes))
-    rows = [_ask(send, name, alone=len(names) == 1) for name in names]
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            rows.append(_ask(send, name, alone=len(names) == 1))
+        except PowerqError as exc:
+            if not rows and getattr(exc, "tries", 1) == 1:
+                raise  # one failure, before anything was queued: its own line
+            if rows:
+                _print_rows(rows, output)  # what was queued before the failure
+            raise _stopped_at(exc, name, len(names) - len(rows) - 1, bool(rows)) from None
     try:
         if wait:
             _wait_requests(api, rows, timeout, quiet=output.fmt != "table")
@@ -214,7 +250,24 @@ def boot(
     """
     api = client()
     body = {"device": device, "persistent": persistent}
-    run_requests(api, nodes, lambda name: api.boot_device(name, body), wait, timeout, output)
+    send = keyed(lambda name, key: api.boot_device(name, body, key))
+    run_requests(api, nodes, send, wait, timeout, output)
+
+
+def _stopped_at(exc: PowerqError, name: str, after: int, handled_any: bool) -> Exit:
+    """The failure that stopped the requests at node ``name`` (``after``: the nodes
+    not asked yet), with its exit code, once the rows before it were printed."""
+    count = getattr(exc, "tries", 1)
+    tries = f" ({count} tries)" if count > 1 else ""
+    if getattr(exc, "maybe_sent", False):  # a try timed out or lost its connection
+        fate = "may have been queued"
+    elif isinstance(exc, ApiUnreachable) or (isinstance(exc, ApiError) and exc.status == 503):
+        fate = "was not queued"  # refused connections, 503s: nothing was recorded
+    else:
+        fate = "failed"
+    rest = f", {after} node(s) after it were not asked" if after else ""
+    handled = "; the rows printed above were handled" if handled_any else ""
+    return Exit(f"{exc}{tries}: stopped at {name!r}, which {fate}{rest}{handled}", code_for(exc))
 
 
 def _reason(row: dict[str, Any]) -> Any:
