@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -142,7 +143,14 @@ class _Proxy(ThreadingHTTPServer):
 
 @pytest.fixture
 def proxy(api_url: str) -> Iterator[_Proxy]:
-    server = _Proxy(api_url)
+    yield from serving(_Proxy(api_url))
+
+
+_P = TypeVar("_P", bound=_Proxy)
+
+
+def serving(server: _P) -> Iterator[_P]:
+    """Serve ``server`` in a thread; yield it, and stop it after (a fixture's body)."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

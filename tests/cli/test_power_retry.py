@@ -20,7 +20,7 @@ from powerq.cli import main
 from powerq.db import session_scope
 from powerq.models import IdempotentResponse, Node, PowerRequest
 from tests.cli.conftest import Cli, error_line
-from tests.cli.test_batch_submit import _Proxy, _SlowFirstSubmit
+from tests.cli.test_batch_submit import _Proxy, _SlowFirstSubmit, serving
 from tests.stack import Stack
 
 # --- the CLI against a stub API: what each submit carries --------------------------
@@ -233,14 +233,7 @@ class _PowerProxy(_Proxy):
 
 @pytest.fixture
 def power_proxy(api_url: str) -> Iterator[_PowerProxy]:
-    server = _PowerProxy(api_url)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.retried.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    yield from serving(_PowerProxy(api_url))
 
 
 @pytest.mark.ipmi
