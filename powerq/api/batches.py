@@ -22,7 +22,7 @@ import uuid
 from typing import Annotated, Any, Literal, cast
 
 from apiflask import APIBlueprint, APIFlask
-from flask import Response, current_app, request, url_for
+from flask import Response, current_app, url_for
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -367,7 +367,7 @@ def post_batch(body: BatchIn) -> ViewResult:
     `Idempotency-Key` to make retries safe: a retry with the same key and body
     answers with the same batch (as it stands now), never a second one.
     """
-    call = _call_key(body)
+    call = idempotency.call_key(body.action.value)
     if call is not None and (stored := idempotency.stored_answer(call)) is not None:
         return _replay(stored.body["id"])
     try:
@@ -380,19 +380,6 @@ def post_batch(body: BatchIn) -> ViewResult:
         return _replay(stored.body["id"])
     dispatch_releases(releases)
     return out, 201, _location(out.id)
-
-
-def _call_key(body: BatchIn) -> CallKey | None:
-    """The call's idempotency identity, or None without an ``Idempotency-Key``.
-
-    :raises InvalidInput: the header is malformed.
-    """
-    key = idempotency.key_from_request()
-    if key is None:
-        return None
-    fingerprint = idempotency.request_fingerprint()
-    action = body.action.value
-    return CallKey(current_actor(), key, request.method, request.path, action, fingerprint)
 
 
 def _create(body: BatchIn, call: CallKey | None) -> tuple[BatchOut, list[Any]]:

@@ -31,6 +31,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from powerq.api.auth import current_actor
 from powerq.api.jsonbody import canonical
 from powerq.db import session_scope
 from powerq.errors import InvalidInput
@@ -68,6 +69,20 @@ def key_from_request() -> str | None:
     if not KEY.fullmatch(key):
         raise InvalidInput(f"{HEADER} must be 1-255 printable ASCII characters without spaces")
     return key
+
+
+def call_key(action: str) -> CallKey | None:
+    """The current call's idempotency identity (its actor, key, method, path,
+    ``action`` and body), or None without an ``Idempotency-Key``.
+
+    :raises InvalidInput: the header is malformed.
+    """
+    key = key_from_request()
+    if key is None:
+        return None
+    return CallKey(
+        current_actor(), key, request.method, request.path, action, request_fingerprint()
+    )
 
 
 def fingerprint(method: str, path: str, document: Any) -> str:

@@ -155,7 +155,7 @@ class Ask:
 
 def _ask(name: str, ask: Ask) -> ViewResult:
     """Record ``ask`` (replaying an idempotent retry), then wake the lane."""
-    call = _call_key(ask.action)
+    call = idempotency.call_key(ask.action.value)
     if call is not None and (stored := idempotency.stored_answer(call)) is not None:
         return idempotency.replay(stored)
     try:
@@ -167,18 +167,6 @@ def _ask(name: str, ask: Ask) -> ViewResult:
             raise
         return idempotency.replay(stored)
     return _dispatch_and_answer(recorded, call, ask.action)
-
-
-def _call_key(action: Action) -> CallKey | None:
-    """The call's idempotency identity, or None without an ``Idempotency-Key``.
-
-    :raises InvalidInput: the header is malformed.
-    """
-    key = idempotency.key_from_request()
-    if key is None:
-        return None
-    fingerprint = idempotency.request_fingerprint()
-    return CallKey(current_actor(), key, request.method, request.path, action.value, fingerprint)
 
 
 def _record(name: str, ask: Ask, call: CallKey | None) -> Recorded:
