@@ -10,6 +10,8 @@ replica. See docs/high-availability.md.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -50,3 +52,22 @@ def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_sentinel_password:
         sentinel_kwargs["password"] = settings.broker_sentinel_password
     return {"master_name": settings.broker_master_name, "sentinel_kwargs": sentinel_kwargs}
+
+
+@contextlib.contextmanager
+def bounded_connection(timeout_s: float) -> Iterator[Any]:
+    """A connection to the broker, made within ``timeout_s`` (connect and every
+    socket operation bounded, one try), for a quick question such as a health
+    check or queue lengths; closed after.
+
+    :raises Exception: any transport error (kombu's, redis-py's, OSError):
+        callers report the broker down.
+    """
+    from powerq.tasks.app import app as celery_app
+
+    bounded = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    with celery_app.connection_for_write(
+        connect_timeout=timeout_s, transport_options=bounded
+    ) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+        yield connection

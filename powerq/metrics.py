@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from powerq.broker import bounded_connection
 from powerq.db import get_engine
 from powerq.models import Node, PowerRequest
 from powerq.states import FINISHED_STATUSES, PowerState, RequestStatus
@@ -321,14 +322,8 @@ def _read_nodes(connection: Connection, snapshot: Snapshot) -> None:
 def lane_depths(lanes: int, timeout_s: float = BROKER_TIMEOUT_S) -> dict[int, int] | None:
     """Messages waiting in each lane's Redis list (one pipelined ``LLEN`` each), or
     None when the broker does not answer within ``timeout_s`` (never raises)."""
-    from powerq.tasks.app import app as celery_app
-
-    bounded = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
     try:
-        with celery_app.connection_for_write(
-            connect_timeout=timeout_s, transport_options=bounded
-        ) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+        with bounded_connection(timeout_s) as connection:
             pipe = connection.default_channel.client.pipeline()
             for lane in range(lanes):
                 pipe.llen(lane_queue(lane))

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from powerq.api.problems import problem, problem_response
 from powerq.api.results import ViewResult
 from powerq.api.schemas import Check, Health
+from powerq.broker import bounded_connection
 from powerq.db import get_engine
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,8 @@ def database_check() -> Check:
 
 def broker_check(timeout_s: float = BROKER_TIMEOUT_S) -> Check:
     """Whether the Celery broker answers a connection (and Redis's PING) in time."""
-    from powerq.tasks.app import app as celery_app
-
-    bounded = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
     try:
-        with celery_app.connection_for_write(
-            connect_timeout=timeout_s, transport_options=bounded
-        ) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+        with bounded_connection(timeout_s) as conn:
             conn.default_channel  # noqa: B018 - opening a channel PINGs Redis
     except Exception as exc:  # any failure is the answer, not an error
         log.warning("health: broker unreachable: %s", exc)
