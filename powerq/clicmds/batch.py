@@ -12,12 +12,11 @@ follow it, and exits 4, never 1: nothing failed.
 from __future__ import annotations
 
 import json
-import uuid
 from typing import IO, Any
 
 import click
 
-from powerq.clicmds.exits import USAGE, Exit
+from powerq.clicmds.exits import USAGE, Exit, parse_uuid
 from powerq.clicmds.output import Output, client, output_option, progress, styled, table
 from powerq.clicmds.power import ACTION
 from powerq.client import ApiError, Client, WaitTimeout, poll
@@ -316,21 +315,10 @@ def show(batch_id: str, wait: bool, timeout: float, verbose: bool, output: Outpu
     """Show batch BATCH_ID: a summary and the nodes that did not succeed (every node
     with -v). Exits 1 if any failed or was refused."""
     api = client()
-    current = api.batch(batch_uuid(batch_id))
+    current = api.batch(parse_uuid(batch_id, "batch"))
     if wait and not current["finished"]:
         current = wait_for(api, current, timeout, quiet=output.fmt != "table")
     report(current, output, verbose=verbose)
-
-
-def batch_uuid(text: str) -> str:
-    """``text`` as a batch id.
-
-    :raises Exit: it is not a UUID, so no batch has it (exit 2).
-    """
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise Exit(f"no batch {text!r}: batch ids are UUIDs", USAGE) from None
 
 
 @batches.command("cancel")
@@ -342,7 +330,7 @@ def cancel(batch_id: str, output: Output) -> None:
     Each node's desired power state goes back to what it was before. Cancelling
     twice is harmless.
     """
-    result = client().cancel_batch(batch_uuid(batch_id))
+    result = client().cancel_batch(parse_uuid(batch_id, "batch"))
     if output.fmt in ("table", "value"):
         click.echo(cancel_line(result))
         return

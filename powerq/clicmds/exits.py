@@ -19,6 +19,7 @@ business. :func:`code_for` is imported only when a command fails, so that
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from powerq.errors import ConfigError, PowerqError
@@ -36,6 +37,17 @@ class Exit(PowerqError):
     def __init__(self, detail: str, code: int = FAILED, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.code = code
+
+
+def parse_uuid(text: str, kind: str) -> str:
+    """``text`` as the id of a ``kind`` (``request``, ``batch``): a UUID.
+
+    :raises Exit: it is not a UUID, so no ``kind`` has it (exit 2).
+    """
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise Exit(f"no {kind} {text!r}: {kind} ids are UUIDs", USAGE) from None
 
 
 def code_for(error: PowerqError) -> int:

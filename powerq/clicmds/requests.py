@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import click
 
-from powerq.clicmds.exits import USAGE, Exit
+from powerq.clicmds.exits import USAGE, Exit, parse_uuid
 from powerq.clicmds.output import (
     Output,
     client,
@@ -21,17 +20,6 @@ from powerq.client import ApiError
 
 STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 MAX_LIMIT = 10_000
-
-
-def parse_request_id(text: str) -> str:
-    """``text`` as a request id (a UUID).
-
-    :raises Exit: it is not a UUID, so no request has it (exit 2).
-    """
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise Exit(f"no request {text!r}: request ids are UUIDs", USAGE) from None
 
 
 def _named(request_id: str, error: ApiError) -> Exception:
@@ -51,7 +39,7 @@ def requests_group() -> None:
 @output_option
 def show(request_id: str, output: Output) -> None:
     """Show power request REQUEST_ID and how its execution went."""
-    wanted = parse_request_id(request_id)
+    wanted = parse_uuid(request_id, "request")
     try:
         found = client().request(wanted)
     except ApiError as exc:
@@ -101,7 +89,7 @@ def cancel(request_id: str, output: Output) -> None:
     say whether its command ran. The node's desired power state goes back to
     what it was before the request.
     """
-    wanted = parse_request_id(request_id)
+    wanted = parse_uuid(request_id, "request")
     try:
         cancelled = client().cancel_request(wanted)
     except ApiError as exc:
