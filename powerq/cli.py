@@ -49,6 +49,8 @@ COMMANDS: Mapping[str, Lazy] = {
     "tokens": Lazy("powerq.clicmds.tokens:tokens",
                    "API bearer tokens (through the API; only their SHA-256 is stored)."),
     # Server side: database, Celery, the whole stack, BMC simulators.
+    "agent": Lazy("powerq.agent.cli:agent",
+                  "Run this host's lane workers under leases in PostgreSQL (one agent per host)."),
     "beat": Lazy("powerq.tasks.cli:beat",
                  "Run celery beat (exactly one per installation) for the sweeper and monitor."),
     "db": Lazy("powerq.dbcli:db", "Database schema commands."),

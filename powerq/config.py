@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Consecutive failed requests that set power_fault"
     )
     lease_s: float = Field(default=60.0, gt=0, description="Lease a worker holds on a step")
+    lane_lease_s: float = Field(
+        default=15.0,
+        ge=2.0,
+        le=600.0,
+        description="powerq agent: how long a lane stays an agent's without a renewal; a "
+        "dead host's lanes are taken over after about this long",
+    )
     lane_fanout: int = Field(
         default=32,
         ge=1,

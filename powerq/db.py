@@ -214,10 +214,14 @@ def _autocommit(engine: Engine) -> Engine:
     return _autocommit_engines[key]
 
 
-def reset_engines() -> None:
-    """Dispose and forget every engine (tests that switch databases, forked workers)."""
+def reset_engines(*, close: bool = True) -> None:
+    """Dispose and forget every engine (tests that switch databases, forked workers).
+
+    ``close=False`` in a process just forked from one that keeps using its
+    connections: they are forgotten here, not closed (closing would end the
+    parent's sessions, which share the sockets)."""
     for engine in _engines.values():
-        engine.dispose()
+        engine.dispose(close=close)
     _engines.clear()
     _autocommit_engines.clear()
     _factories.clear()

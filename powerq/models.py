@@ -380,3 +380,41 @@ class IdempotentResponse(Base):
     # same key is refused instead of being answered with the first one's response.
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class Agent(Base):
+    """A host's ``powerq agent``, alive while ``expires_at`` is in the future.
+
+    ``incarnation`` tells a restarted agent from the one before it; ``auto``
+    agents share the lanes among themselves (rendezvous hashing).
+    """
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    incarnation: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    auto: Mapped[bool] = mapped_column(Boolean)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LaneLease(Base):
+    """Who consumes lane ``lane``: its agent, until ``expires_at``.
+
+    ``fence`` goes up by one every time the lane changes hands; a lane
+    worker's claims and command marks name it, so a consumer that lost the
+    lane changes nothing and sends nothing.
+    """
+
+    __tablename__ = "lane_leases"
+    __table_args__ = (CheckConstraint("lane >= 0", name="lane"),)
+
+    lane: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(Text)
+    incarnation: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    fence: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

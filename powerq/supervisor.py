@@ -163,6 +163,8 @@ class ProcessGroup:
     log_dir: Path | None = None
     children: dict[str, Child] = field(default_factory=dict)
     die_with_parent: bool = False
+    # Without a log_dir: children write to this process's stdout (True) or nowhere.
+    inherit_output: bool = False
 
     def start(
         self,
@@ -204,8 +206,8 @@ class ProcessGroup:
                     extra_groups=None if user is None else [],
                 )
             finally:
-                if output not in (None, subprocess.DEVNULL):
-                    output.close()  # type: ignore[union-attr]
+                if not isinstance(output, int):
+                    output.close()
 
         return self._add(Child(name, list(argv), spawn(), self._log_path(name), spawn, stop_signal))
 
@@ -278,7 +280,7 @@ class ProcessGroup:
     def _output(self, name: str) -> tuple[Path | None, IO[bytes] | int]:
         path = self._log_path(name)
         if path is None:
-            return None, subprocess.DEVNULL
+            return None, sys.stdout.fileno() if self.inherit_output else subprocess.DEVNULL
         return path, open_private_log(path)
 
     def python(self, name: str, *args: str, extra_env: Mapping[str, str] | None = None) -> Child:

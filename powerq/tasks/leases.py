@@ -47,6 +47,7 @@ from powerq.states import (
     RequestStatus,
     Step,
 )
+from powerq.tasks import lane_fence
 from powerq.tasks.verify import Learned
 
 E = TypeVar("E", bound=Enum)
@@ -148,6 +149,7 @@ def claim(
             "tolerance_s": CLAIM_TOLERANCE.total_seconds(),
             "continuing": continuing.attempt if continuing else None,
             "parked_until": continuing.until if continuing else None,
+            **lane_fence.params(),
         },
     )
     if row is None:
@@ -182,6 +184,7 @@ _CLAIM = text(
                 AND r.lease_expires_at <= now() + make_interval(secs => :tolerance_s))
             OR (r.status = 'running' AND r.attempt = :continuing
                 AND r.lease_expires_at = :parked_until))
+          AND {lane_fence}
         RETURNING r.*
     ), started AS (
         INSERT INTO power_events (node_id, request_id, kind, actor, message, detail)
@@ -209,7 +212,7 @@ _CLAIM = text(
               WHERE node_id = c.node_id AND kind = 'succeeded' AND detail ? 'took_s'
               ORDER BY created_at DESC LIMIT :learn_from) recent
     ) learned ON true
-    """
+    """.replace("{lane_fence}", lane_fence.CURRENT)
 ).bindparams(learn_from=LEARN_FROM)
 
 
@@ -335,6 +338,7 @@ _MARK = text(
         WHERE id = :request_id AND attempt = :attempt AND status = 'running'
           AND command_sent_at IS NOT DISTINCT FROM :seen_sent_at
           AND fallback_sent_at IS NOT DISTINCT FROM :seen_fallback_at
+          AND {lane_fence}
         RETURNING id, node_id, lease_expires_at
     ), observed AS (
         UPDATE nodes
@@ -348,7 +352,7 @@ _MARK = text(
     )
     SELECT now() AS now, EXISTS (SELECT 1 FROM req) AS owned,
            (SELECT lease_expires_at FROM req) AS lease_until
-    """
+    """.replace("{lane_fence}", lane_fence.CURRENT)
 )
 
 
@@ -395,6 +399,7 @@ def mark_command_sent(
             "lease_s": lease_s,
             "message": f"{command.value} sent to {c.target.label}",
             "detail": json.dumps({"command": command.value, "attempt": c.attempt}),
+            **lane_fence.params(),
         },
     )
     assert row is not None

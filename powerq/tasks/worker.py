@@ -40,8 +40,12 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from powerq.agent.deadline import LaneDeadlines
 
 # A lane consumes only steps (powerq.step) and refreshes (powerq.refresh*).
 LANE_TASK_MODULES = ["powerq.tasks.steps", "powerq.tasks.monitor"]
@@ -56,6 +60,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     kinds = parser.add_subparsers(dest="kind", required=True)
     lane = kinds.add_parser("lane", help="the worker of one lane")
     lane.add_argument("lane", type=int, help="lane number, 0 … POWERQ_LANES-1")
+    lane.add_argument("--hostname", help="Celery node name (default laneK@this host)")
     control = kinds.add_parser("control", help="the control worker (sweeper, monitor)")
     control.add_argument("--beat", action="store_true", help="also run celery beat (a thread)")
     for sub in (lane, control):
@@ -88,7 +93,7 @@ def build(args: argparse.Namespace) -> Any:
         raise SystemExit(f"lane must be 0 … {settings.lanes - 1} (POWERQ_LANES={settings.lanes})")
     app.conf.include = LANE_TASK_MODULES
     return app.Worker(
-        hostname=f"lane{args.lane}@{socket.gethostname()}",
+        hostname=getattr(args, "hostname", None) or f"lane{args.lane}@{socket.gethostname()}",
         queues=[lane_queue(args.lane)],
         pool_cls="threads",
         concurrency=settings.lane_fanout,
@@ -145,11 +150,20 @@ def preload(kind: str) -> None:
         __import__(module)
 
 
-def serve(args: argparse.Namespace, ready_file: Path | None = None) -> int:
+def serve(
+    args: argparse.Namespace,
+    ready_file: Path | None = None,
+    lease: LaneLease | None = None,
+) -> int:
     """Run the worker ``args`` describe until it stops; return its exit code.
-    ``ready_file`` is created once the worker consumes (for a supervisor to see)."""
+    ``ready_file`` is created once the worker consumes (for a supervisor to see).
+    With ``lease`` (a lane worker forked by ``powerq agent``) the worker claims
+    and sends only under that lease's fence, and ends itself as soon as the
+    agent's deadline for the lane passes (:mod:`powerq.agent.deadline`)."""
     from celery.signals import worker_ready, worker_shutting_down
 
+    if lease is not None:
+        _run_under(lease, args.lane)
     worker_shutting_down.connect(_asked_to_stop, weak=False)
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)
@@ -157,6 +171,23 @@ def serve(args: argparse.Namespace, ready_file: Path | None = None) -> int:
     worker = build(args)
     worker.start()
     return int(worker.exitcode or 0)
+
+
+@dataclass(frozen=True)
+class LaneLease:
+    """The lease a lane worker runs under: its fence, and where its agent keeps
+    the lane's deadline."""
+
+    fence: int
+    deadlines: LaneDeadlines
+
+
+def _run_under(lease: LaneLease, lane: int) -> None:
+    from powerq.agent.deadline import watch
+    from powerq.tasks.lane_fence import LaneFence, hold
+
+    hold(LaneFence(lane, lease.fence))
+    watch(lease.deadlines, lane)
 
 
 def main(argv: list[str] | None = None) -> None:

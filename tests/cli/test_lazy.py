@@ -103,7 +103,7 @@ def test_help_lists_every_command_with_its_own_short_help() -> None:
     assert listed.split("Commands:")[1].rstrip() == loaded.get_help(ctx).split("Commands:")[1]
     section = listed.split("Commands:")[1].splitlines()
     assert [line.split()[0] for line in section if line.strip()] == sorted(COMMANDS)
-    server_side = {"db", "worker", "beat", "flower", "up", "sim-fleet"}
+    server_side = {"agent", "db", "worker", "beat", "flower", "up", "sim-fleet"}
     assert set(HTTP_COMMANDS) | server_side == set(COMMANDS)
 
 

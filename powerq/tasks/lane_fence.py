@@ -1,0 +1,51 @@
+"""The lane lease a lane worker runs under, named in its claims and command marks.
+
+A worker started by ``powerq agent`` holds lane ``lane`` under fence
+``fence`` (:mod:`powerq.agent.leases`). Claiming a request and marking a
+command as sent both require that lease to be current, in the same
+statement, so a worker whose lane has changed hands (its agent was stopped
+or partitioned for longer than the lease, then woke) claims nothing and
+sends nothing. A worker started on its own (``powerq worker --lane K``)
+has no fence and checks none: one consumer per lane is then its operator's
+promise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# SQL: the lease named by :fence_lane / :fence is current (or there is none to check).
+CURRENT = (
+    "(CAST(:fence AS bigint) IS NULL OR EXISTS (SELECT 1 FROM lane_leases f"
+    " WHERE f.lane = :fence_lane AND f.fence = :fence AND f.expires_at > now()))"
+)
+
+
+@dataclass(frozen=True)
+class LaneFence:
+    """Lane ``lane``, held under fence ``fence``."""
+
+    lane: int
+    fence: int
+
+
+_held: LaneFence | None = None
+
+
+def hold(fence: LaneFence | None) -> None:
+    """This process consumes under ``fence`` from now on (None: unfenced)."""
+    global _held
+    _held = fence
+
+
+def held() -> LaneFence | None:
+    """The fence this process consumes under, if any."""
+    return _held
+
+
+def params() -> dict[str, Any]:
+    """The bind parameters :data:`CURRENT` needs."""
+    if _held is None:
+        return {"fence_lane": None, "fence": None}
+    return {"fence_lane": _held.lane, "fence": _held.fence}
