@@ -8,8 +8,8 @@ Every process that talks to PostgreSQL has one pool per database URL
 processes, computed here from the settings, not measured.
 
 With the defaults (8 lanes, pool 3 + overflow 3, 8 API threads) a default
-``powerq up`` (1 API worker) holds at most 67 connections, and the Procfile
-(2 API workers, beat separate) at most 77: both under :data:`CEILING`, which
+``powerq up`` (1 API worker) holds at most 68 connections, and the Procfile
+(2 API workers) at most 78: both under :data:`CEILING`, which
 leaves PostgreSQL's default ``max_connections`` = 100 room for its
 superuser-reserved slots, ``psql``, backups and one-off ``powerq`` commands.
 """
@@ -35,6 +35,8 @@ PROCFILE_API_WORKERS = 2
 # it forks the workers (its pool is emptied then).
 MIGRATION_CONNECTIONS = 1
 SUPERVISOR_CONNECTIONS = 1
+# `powerq agent` runs one statement at a time (its heartbeat), so holds one.
+AGENT_CONNECTIONS = 1
 # Slots PostgreSQL keeps from ordinary roles (reserved_connections is 16+).
 _RESERVED_SETTINGS = ("superuser_reserved_connections", "reserved_connections")
 
@@ -50,6 +52,7 @@ class Budget:
     api_workers: int
     migrations: int = MIGRATION_CONNECTIONS
     supervisor: int = 0  # `powerq up` itself, during start-up only
+    agent: int = AGENT_CONNECTIONS  # the host's `powerq agent` (one per host)
 
     @property
     def total(self) -> int:
@@ -60,6 +63,7 @@ class Budget:
             + self.per_api_worker * self.api_workers
             + self.migrations
             + self.supervisor
+            + self.agent
         )
 
 

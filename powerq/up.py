@@ -1,8 +1,9 @@
 """``powerq up``: the whole stack in one process tree, for a first run or a demo.
 
 Starts, in order: PostgreSQL and Redis (embedded, as children, when no URLs
-are set), migrations, a simulated IPMI fleet registered as nodes, one worker
-per lane and the control worker (with beat), the API (gunicorn), and
+are set), migrations, a simulated IPMI fleet registered as nodes, this host's
+``powerq agent`` (which leases every lane and runs one worker per lane), the
+control worker (with beat), the API (gunicorn), and
 optionally Flower. Prints where everything is and an admin token, then
 supervises until Ctrl-C or SIGTERM, when it stops every child and the
 embedded services, leaving no process behind.
@@ -12,9 +13,9 @@ Process model (see docs/design.md, "Processes"):
 * This process is the supervisor. It holds ``DATA_DIR/up.lock`` (flock) for
   its whole life: a second ``powerq up`` on the same data dir says which one
   runs and exits 1.
-* Lane workers and the control worker are forked from it after it imported
-  their modules (:func:`powerq.tasks.worker.preload`), so they share those
-  pages: a lane costs what it writes, not a whole interpreter with Celery,
+* The agent (and through it the lane workers) and the control worker are
+  forked from it after it imported their modules
+  (:func:`powerq.tasks.worker.preload`), so they share those pages: a lane costs what it writes, not a whole interpreter with Celery,
   SQLAlchemy and powerq.
 * Every child gets a parent-death signal, so even SIGKILL of this process
   stops them all within a second or two (the embedded PostgreSQL with a fast
@@ -370,7 +371,9 @@ def _admin_token(data_dir: Path) -> str:
 
 
 def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
-    """Fork one worker per lane and the control worker (which runs beat too).
+    """Fork the control worker (which runs beat too) and this host's agent, which
+    takes every lane's lease (``--lanes auto``, the only agent) and forks one
+    worker per lane.
 
     Their modules are imported here first, and the database pool emptied, so
     that every fork shares the imported pages and inherits no connection.
@@ -378,6 +381,7 @@ def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
     a second ``powerq up`` is refused until the last of them has stopped
     (a lane still finishing its steps must not get a second consumer).
     """
+    from powerq.agent.run import Agent, AgentOptions, default_name
     from powerq.tasks import worker
     from powerq.tasks.lifecycle import preload_drivers
 
@@ -392,18 +396,11 @@ def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
     gc.freeze()  # the collector must not write to the shared pages
     ready = data_dir / "run"
     ready.mkdir(exist_ok=True)
-    for lane in range(get_settings().lanes):
-        _fork_worker(group, f"lane{lane}", ["lane", str(lane)], ready)
+    options = AgentOptions(
+        name=default_name(), log_dir=data_dir / "logs", ready_dir=ready, settle=False
+    )
+    group.fork("agent", lambda: Agent(options).run())
     _fork_worker(group, "control", ["control", "--beat"], ready)
-
-
-def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -> Child:
-    from powerq.tasks import worker
-
-    parsed = worker.parse(args)
-    ready_file = ready / f"{name}.ready"
-    ready_file.unlink(missing_ok=True)
-    return group.fork(name, lambda: worker.serve(parsed, ready_file))
 
 
 def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:

@@ -38,7 +38,7 @@ from powerq.states import (
     command_for,
     needs_command,
 )
-from powerq.tasks import batch_pump, leases, verify
+from powerq.tasks import batch_pump, journal, leases, verify
 from powerq.tasks.app import app
 from powerq.tasks.dispatch import send_step
 from powerq.tasks.leases import Claim
@@ -163,6 +163,13 @@ def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = Non
     if c is None:
         log.debug("request %s not claimable (finished, leased, not due or unrunnable)", request_id)
         return
+    with journal.claimed_run(request_id, run_started):
+        _run_claimed(c, run_started)
+
+
+def _run_claimed(c: Claim, run_started: float) -> None:
+    """Drive claim ``c`` on its BMC, or fail it at once if no driver can."""
+    settings = get_settings()
     try:
         driver = _driver(c, settings.drivers)
     except (NotImplementedError, ValueError, BmcError) as exc:

@@ -36,25 +36,26 @@ def test_powerq_up_stays_under_the_ceiling(defaults: Settings) -> None:
 
     assert (plan.lanes, plan.per_lane, plan.per_control) == (8, 6, 6)
     assert (plan.api_workers, plan.per_api_worker) == (1, 11)
-    assert plan.total == 67
+    assert plan.total == 68
     assert plan.total <= budget.CEILING < budget.POSTGRES_DEFAULT_MAX_CONNECTIONS
 
 
 def test_the_procfile_stays_under_the_ceiling(defaults: Settings) -> None:
     plan = budget.procfile_budget(defaults)
 
-    assert plan.total == 77
+    assert plan.total == 78
     assert plan.total <= budget.CEILING
 
 
 def test_the_budget_counts_what_powerq_up_and_the_procfile_start() -> None:
     web = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
-    lanes = [line for line in PROCFILE.read_text().splitlines() if re.match(r"lane\d+:", line)]
+    processes = [line.split(":")[0] for line in PROCFILE.read_text().splitlines()
+                 if re.match(r"\w+:", line)]  # fmt: skip
     workers = re.search(r"--workers \$\{POWERQ_WEB_WORKERS:-(\d+)\}", web)
     api_workers = next(p for p in up.params if p.name == "api_workers")
 
     assert workers is not None and int(workers.group(1)) == budget.PROCFILE_API_WORKERS
-    assert len(lanes) == Settings.model_fields["lanes"].default
+    assert processes == ["web", "agent", "beat", "flower"]  # the agent runs every lane
     assert api_workers.default == budget.UP_API_WORKERS
 
 
@@ -88,11 +89,11 @@ def test_powerq_up_warns_in_one_line_when_the_server_is_too_small(
     monkeypatch.setenv("POWERQ_LANES", "8")
     get_settings.cache_clear()
     try:
-        warn_if_over_connection_budget(api_workers=1)  # 67: fits a default server (97)
+        warn_if_over_connection_budget(api_workers=1)  # 68: fits a default server (97)
         quiet = capsys.readouterr().err
         monkeypatch.setenv("POWERQ_LANES", "40")
         get_settings.cache_clear()
-        warn_if_over_connection_budget(api_workers=1)  # 40 x 6 + 6 + 11 + 2 = 259
+        warn_if_over_connection_budget(api_workers=1)  # 40 x 6 + 6 + 11 + 3 = 260
         warned = capsys.readouterr().err
     finally:
         monkeypatch.undo()
@@ -100,5 +101,5 @@ def test_powerq_up_warns_in_one_line_when_the_server_is_too_small(
 
     assert quiet == ""
     assert warned.count("\n") == 1
-    assert warned.startswith("powerq up: warning: this stack may open up to 259 PostgreSQL")
+    assert warned.startswith("powerq up: warning: this stack may open up to 260 PostgreSQL")
     assert "raise max_connections" in warned

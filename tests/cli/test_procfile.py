@@ -1,5 +1,6 @@
-"""The Procfile runs under ``honcho start`` against configured services: web, control,
-beat and two lanes serve a batch driven through the CLI, and honcho stops them all."""
+"""The Procfile runs under ``honcho start`` against configured services: web, the
+agent (two lanes) and beat serve a batch driven through the CLI, and honcho stops
+them all."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_procfile_is_valid() -> None:
     check = subprocess.run(["honcho", "check"], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    for process in ("web", "beat", "flower", "control", "lane0", "lane7"):
+    for process in ("web", "agent", "beat", "flower"):
         assert process in check.stderr
+    assert "lane0" not in check.stderr  # lanes are the agent's
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def test_honcho_start_serves_a_batch(own_services: dict[str, str], tmp_path: Pat
         manifest = tmp_path / "fleet.json"
         manifest.write_text(json.dumps(fleet.manifest))
         honcho = subprocess.Popen(
-            ["honcho", "start", "web", "control", "beat", "lane0", "lane1"],
+            ["honcho", "start", "web", "agent", "beat"],
             cwd=REPO,
             env=env,
             stdout=output,
