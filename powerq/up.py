@@ -15,8 +15,9 @@ Process model (see docs/design.md, "Processes"):
   runs and exits 1.
 * The agent (and through it the lane workers) and the control worker are
   forked from it after it imported their modules
-  (:func:`powerq.tasks.worker.preload`), so they share those pages: a lane costs what it writes, not a whole interpreter with Celery,
-  SQLAlchemy and powerq.
+  (:func:`powerq.tasks.worker.preload`), so they share those pages: a lane
+  costs what it writes, not a whole interpreter with Celery, SQLAlchemy and
+  powerq.
 * Every child gets a parent-death signal, so even SIGKILL of this process
   stops them all within a second or two (the embedded PostgreSQL with a fast
   shutdown); a server an earlier crash left running is stopped at start.
@@ -401,6 +402,15 @@ def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
     )
     group.fork("agent", lambda: Agent(options).run())
     _fork_worker(group, "control", ["control", "--beat"], ready)
+
+
+def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -> Child:
+    from powerq.tasks import worker
+
+    parsed = worker.parse(args)
+    ready_file = ready / f"{name}.ready"
+    ready_file.unlink(missing_ok=True)
+    return group.fork(name, lambda: worker.serve(parsed, ready_file))
 
 
 def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 TICKS_PER_LEASE = 5
 # A worker asked to stop for a rebalance gets this share of the lease, then SIGKILL.
 STOP_GRACE_SHARE = 0.5
+# How often the agent looks at its workers between ticks.
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Agent:
             inherit_output=True,
         )
         self.held: dict[int, _Lane] = {}
+        self.wanted: set[int] = set()  # the lanes this agent should run, as of the last tick
         self.policy = RestartPolicy(
             max_s=self.settings.restart_backoff_max_s,
             burst=self.settings.restart_burst,
@@ -130,10 +133,16 @@ class Agent:
             try:
                 self._register()
                 self._preload()
+                next_tick = 0.0
                 while True:
-                    started = time.monotonic()
-                    self.tick()
-                    _sleep(max(0.05, started + self.tick_s - time.monotonic()))
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick = now + self.tick_s
+                        self.tick()
+                    else:  # between ticks: finish hand-overs, restart dead workers
+                        self._hand_over(self.wanted)
+                        self._restart_dead(now)
+                    _sleep(POLL_S)
             except _Stop:
                 pass
             finally:
@@ -195,9 +204,9 @@ class Agent:
         self._drop_lost(beat)
         for lane in beat.held:
             self.deadlines.set(lane, sent + self.lease_s - self.margin_s)
-        wanted = self._wanted(beat)
-        self._hand_over(wanted)
-        self._take(wanted, sent)
+        self.wanted = self._wanted(beat)
+        self._hand_over(self.wanted)
+        self._take(self.wanted, sent)
         self._restart_dead(time.monotonic())
 
     def _heartbeat_or_none(self, sent: float) -> Heartbeat | None:
@@ -281,12 +290,13 @@ class Agent:
             if held.restart_at is None:
                 held.backoff = held.backoff or Backoff(self.policy, now)
                 child = self.group.children[_child(lane)]
-                held.restart_at = now + held.backoff.delay(now - child.started, now)
+                delay = held.backoff.delay(now - child.started, now)
+                held.restart_at = now + delay
                 log.warning(
-                    "agent %s: lane %d worker exited (%s)",
-                    self.me.name,
-                    lane,
+                    "%s exited (%s); restarting in %.1f s",
+                    child.name,
                     child.process.returncode,
+                    delay,
                 )
             elif now >= held.restart_at and self.deadlines.left_s(lane) > 0:
                 held.restart_at = None

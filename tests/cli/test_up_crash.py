@@ -43,14 +43,17 @@ class Up:
     log: Path
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        """What ``powerq up`` and its agent (which restarts the lanes) wrote."""
+        agent_log = self.data_dir / "logs" / "agent.log"
+        agent = agent_log.read_text(errors="replace") if agent_log.exists() else ""
+        return self.log.read_text(errors="replace") + agent
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def child(self, name: str) -> psutil.Process | None:
-        """The direct child named ``name`` (forked workers carry their name)."""
-        for child in psutil.Process(self.process.pid).children():
+        """The descendant named ``name`` (forked workers carry their name)."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
             try:
                 if child.name() == name and child.status() != psutil.STATUS_ZOMBIE:
                     return child
@@ -163,7 +166,7 @@ def test_sigterm_stops_everything_embedded_postgres_included(up: Up) -> None:
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(120) == 0, up.text()[-3000:]
 
-    assert up.text().rstrip().endswith("stopped")
+    assert up.log.read_text().rstrip().endswith("stopped")
     assert still_running(descendants) == []
     assert referencing(str(up.data_dir)) == []
     assert not (up.data_dir / "pg" / "postmaster.pid").exists()
