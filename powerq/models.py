@@ -395,9 +395,7 @@ class Agent(Base):
     incarnation: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     auto: Mapped[bool] = mapped_column(Boolean)
     pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -68,7 +68,10 @@ def services() -> test_services.SuiteServices:
     return _SERVICES
 
 
-TABLES = "power_events, power_requests, batches, nodes, api_tokens, idempotent_responses"
+TABLES = (
+    "power_events, power_requests, batches, nodes, api_tokens, idempotent_responses,"
+    " agents, lane_leases"
+)
 
 
 @pytest.fixture

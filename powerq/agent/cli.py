@@ -15,15 +15,24 @@ def parse_lanes(text: str) -> frozenset[int] | None:
     if text.strip().lower() == "auto":
         return None
     lanes: set[int] = set()
+    for part in text.split(","):
+        lanes.update(_lane_range(part.strip(), text))
+    return frozenset(lanes)
+
+
+def _lane_range(part: str, text: str) -> range:
+    """``K`` or ``K-M`` (M ≥ K) as a range.
+
+    :raises click.BadParameter: anything else (``text`` is named).
+    """
+    first, dash, last = part.partition("-")
     try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            lanes.update(range(int(first), int(last or first) + 1))
+        start, end = int(first), int(last if dash else first)
     except ValueError:
         raise click.BadParameter(f"{text!r}: give auto or lane numbers such as 0,1,4-7") from None
-    if not lanes:
-        raise click.BadParameter(f"{text!r}: no lane named")
-    return frozenset(lanes)
+    if start < 0 or end < start:
+        raise click.BadParameter(f"{text!r}: give auto or lane numbers such as 0,1,4-7")
+    return range(start, end + 1)
 
 
 @click.command("agent")

@@ -1,0 +1,97 @@
+"""A lane worker claims and marks commands only under its lane's current lease:
+once the lane changed hands, its claims take nothing and its marks (written
+before any command goes out) are refused, so it sends nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from powerq.agent import leases as lane_leases
+from powerq.agent.leases import Identity
+from powerq.intents import request_power
+from powerq.models import PowerRequest
+from powerq.states import Action, RequestStatus
+from powerq.tasks import lane_fence, leases
+from powerq.tasks.lane_fence import LaneFence
+from tests.factories import make_node
+
+LANE = 2
+
+
+@pytest.fixture
+def fenced() -> Iterator[None]:
+    yield
+    lane_fence.hold(None)
+
+
+def _pending(session: Session, action: Action = Action.CYCLE) -> PowerRequest:
+    intent = request_power(session, make_node(session), action, actor="test")
+    session.commit()
+    return intent.request
+
+
+def _take_lane(name: str) -> int:
+    me = Identity(name, uuid.uuid4(), 1, True)
+    return lane_leases.acquire(me, [LANE], lease_s=30)[LANE]
+
+
+def _lane_changes_hands(session: Session) -> int:
+    session.execute(text("UPDATE lane_leases SET expires_at = now() WHERE lane = :l"), {"l": LANE})
+    session.commit()
+    return _take_lane("other")
+
+
+def test_a_claim_under_the_current_fence_runs(session: Session, fenced: None) -> None:
+    request = _pending(session)
+    lane_fence.hold(LaneFence(LANE, _take_lane("me")))
+
+    assert leases.claim(request.id, lease_s=60) is not None
+
+
+def test_a_claim_under_a_stale_fence_takes_nothing(session: Session, fenced: None) -> None:
+    request = _pending(session)
+    lane_fence.hold(LaneFence(LANE, _take_lane("me")))
+    _lane_changes_hands(session)
+
+    assert leases.claim(request.id, lease_s=60) is None
+    session.expire_all()
+    row = session.get(PowerRequest, request.id)
+    assert row is not None and row.status is RequestStatus.PENDING and row.attempt == 0
+
+
+def test_an_expired_lease_fences_even_before_anyone_takes_the_lane(
+    session: Session, fenced: None
+) -> None:
+    request = _pending(session)
+    lane_fence.hold(LaneFence(LANE, _take_lane("me")))
+    session.execute(text("UPDATE lane_leases SET expires_at = now() - interval '1 s'"))
+    session.commit()
+
+    assert leases.claim(request.id, lease_s=60) is None
+
+
+def test_no_command_is_marked_sent_under_a_stale_fence(session: Session, fenced: None) -> None:
+    request = _pending(session)
+    lane_fence.hold(LaneFence(LANE, _take_lane("me")))
+    claim = leases.claim(request.id, lease_s=60)
+    assert claim is not None
+    _lane_changes_hands(session)  # e.g. this worker was frozen longer than the lease
+
+    assert leases.mark_command_sent(claim, Action.CYCLE, lease_s=60) is None
+    session.expire_all()
+    row = session.get(PowerRequest, request.id)
+    assert row is not None and row.command_sent_at is None
+
+
+def test_an_unfenced_worker_checks_no_lane(session: Session, fenced: None) -> None:
+    request = _pending(session)
+    lane_fence.hold(None)  # `powerq worker --lane K`, run on its own
+
+    claim = leases.claim(request.id, lease_s=60)
+    assert claim is not None
+    assert leases.mark_command_sent(claim, Action.CYCLE, lease_s=60) is not None
