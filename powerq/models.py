@@ -216,6 +216,11 @@ class PowerRequest(Base):
     # conditioned on it, so a zombie worker's late write changes nothing.
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The lane and lane fence of the worker that last claimed it (NULL: claimed
+    # outside a lane worker, or an unfenced one): a lane worker that starts
+    # resumes only what an earlier consumer of its own lane held.
+    lane: Mapped[int | None] = mapped_column(Integer)
+    lane_fence: Mapped[int | None] = mapped_column(BigInteger)
     next_step: Mapped[Step] = mapped_column(
         _pg_enum(Step, "request_step"), default=Step.QUERY, server_default="query"
     )

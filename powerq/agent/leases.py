@@ -135,6 +135,26 @@ def acquire(me: Identity, lanes: list[int], lease_s: float) -> dict[int, int]:
     return {int(lane): int(fence) for lane, fence in _json(row.taken).items()}
 
 
+_REFENCE = text(
+    """
+    UPDATE lane_leases SET fence = fence + 1
+    WHERE lane = :lane AND incarnation = :incarnation AND expires_at > now()
+    RETURNING fence
+    """
+)
+
+
+def refence(me: Identity, lane: int) -> int | None:
+    """A new fence for a lane this run still holds, for the next worker process
+    it starts on it (so the new worker tells its dead predecessor's claims from
+    its own); None if the lease is no longer this run's.
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
+    """
+    row = run_statement(_REFENCE, {"lane": lane, "incarnation": me.incarnation})
+    return None if row is None else int(row.fence)
+
+
 _RELEASE = text(
     """
     UPDATE lane_leases SET expires_at = now()

@@ -300,7 +300,19 @@ class Agent:
                 )
             elif now >= held.restart_at and self.deadlines.left_s(lane) > 0:
                 held.restart_at = None
-                self.group.restart(_child(lane))
+                self._restart(lane, held)
+
+    def _restart(self, lane: int, held: _Lane) -> None:
+        """Start lane ``lane``'s worker again, under a fence of its own."""
+        try:
+            fence = leases.refence(self.me, lane)
+        except DBAPIError:
+            held.restart_at = time.monotonic() + self.tick_s  # try again later
+            return
+        if fence is None:  # lost meanwhile: the next tick drops it
+            return
+        held.fence = fence
+        self._fork_worker(lane, fence)
 
     # --- workers -------------------------------------------------------------------
     def _fork_worker(self, lane: int, fence: int) -> None:

@@ -45,7 +45,7 @@ def claimed_run(request_id: uuid.UUID, started: float) -> Iterator[None]:
     finally:
         directory = os.environ.get(JOURNAL_ENV)
         held = lane_fence.held()
-        if directory and held is not None:
+        if directory and held is not None and held.fence is not None:
             line = (
                 f"{held.lane} {held.fence} {os.getpid()} {started:.6f} "
                 f"{time.monotonic():.6f} {request_id}\n"

@@ -1,13 +1,20 @@
-"""The lane lease a lane worker runs under, named in its claims and command marks.
+"""The lane (and lane lease) a lane worker runs under, named in its claims and
+command marks.
 
 A worker started by ``powerq agent`` holds lane ``lane`` under fence
-``fence`` (:mod:`powerq.agent.leases`). Claiming a request and marking a
-command as sent both require that lease to be current, in the same
-statement, so a worker whose lane has changed hands (its agent was stopped
-or partitioned for longer than the lease, then woke) claims nothing and
-sends nothing. A worker started on its own (``powerq worker --lane K``)
-has no fence and checks none: one consumer per lane is then its operator's
-promise.
+``fence`` (:mod:`powerq.agent.leases`); every worker process the agent
+starts gets a fence of its own. Claiming a request and marking a command as
+sent both require that lease to be current, in the same statement, so a
+worker whose lane has changed hands (its agent was stopped or partitioned
+for longer than the lease, then woke) claims nothing and sends nothing. A
+worker started on its own (``powerq worker --lane K``) has no fence and
+checks none: one consumer per lane is then its operator's promise.
+
+Every claim records the lane and fence it was made under on the request, so
+a lane worker that starts resumes only what an earlier consumer of its own
+lane held (:func:`powerq.tasks.lifecycle.resume_lane`), not a request that a
+worker of another lane runs (the node-to-lane mapping changes when
+``POWERQ_LANES`` is raised).
 """
 
 from __future__ import annotations
@@ -24,17 +31,17 @@ CURRENT = (
 
 @dataclass(frozen=True)
 class LaneFence:
-    """Lane ``lane``, held under fence ``fence``."""
+    """Lane ``lane``, held under fence ``fence`` (None: unfenced)."""
 
     lane: int
-    fence: int
+    fence: int | None
 
 
 _held: LaneFence | None = None
 
 
 def hold(fence: LaneFence | None) -> None:
-    """This process consumes under ``fence`` from now on (None: unfenced)."""
+    """This process consumes under ``fence`` from now on (None: not a lane worker)."""
     global _held
     _held = fence
 
@@ -45,7 +52,7 @@ def held() -> LaneFence | None:
 
 
 def params() -> dict[str, Any]:
-    """The bind parameters :data:`CURRENT` needs."""
+    """The bind parameters :data:`CURRENT` and the claim's record of it need."""
     if _held is None:
         return {"fence_lane": None, "fence": None}
     return {"fence_lane": _held.lane, "fence": _held.fence}

@@ -175,6 +175,7 @@ _CLAIM = text(
             lease_expires_at = now() + make_interval(secs => :lease_s),
             started_at = coalesce(r.started_at, now()),
             deadline_at = coalesce(r.deadline_at, now() + make_interval(secs => r.deadline_s)),
+            lane = CAST(:fence_lane AS integer), lane_fence = CAST(:fence AS bigint),
             updated_at = now()
         WHERE r.id = :request_id AND (
             (r.status = 'pending' AND NOT r.held

@@ -1,11 +1,12 @@
 """What a lane worker does when it starts and when it stops.
 
-* Start: a lane has exactly one worker, so a lease held on this lane's
-  requests when its worker starts belongs to a predecessor that died (SIGKILL,
-  crash, host restart). Its work resumes at once instead of waiting for the
-  lease to run out and the sweeper to notice: the leases are ended (the next
-  claim's fenced attempt makes any late write of the dead one harmless) and
-  the lane is rung for each request.
+* Start: a lane has exactly one worker, so a lease held on a request claimed
+  on this lane by another worker (under another lane fence, or unfenced)
+  belongs to a predecessor that died (SIGKILL, crash, host restart) or lost
+  the lane. Its work resumes at once instead of waiting for the lease to run
+  out and the sweeper to notice: the leases are ended (the next claim's
+  fenced attempt makes any late write of the old one harmless) and the lane
+  is rung for each request.
 * Stop: every IPMI session this process holds is logged out, so a BMC's
   session slots are not held until its own inactivity timeout.
 """
@@ -17,15 +18,15 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
-from sqlalchemy import func, select, update
+from sqlalchemy import select, text
 
 from powerq.bmc import close_all, load_drivers
 from powerq.config import get_settings
 from powerq.db import session_scope
-from powerq.models import Node, PowerRequest
-from powerq.states import DriverKind, RequestStatus
+from powerq.models import Node
+from powerq.states import DriverKind
+from powerq.tasks import lane_fence
 from powerq.tasks.dispatch import send_step
-from powerq.tasks.routing import lane_for
 
 log = logging.getLogger(__name__)
 _LANE_HOST_PREFIX = "lane"
@@ -39,35 +40,37 @@ def lane_of_hostname(hostname: str) -> int | None:
     return int(name[len(_LANE_HOST_PREFIX) :])
 
 
-def resume_lane(lane: int) -> list[uuid.UUID]:
-    """End the leases a dead predecessor held on ``lane`` and ring each request.
-
-    Returns the request ids resumed. A broker error leaves them to the sweeper.
+_RESUME = text(
     """
-    lanes = get_settings().lanes
+    UPDATE power_requests r SET lease_expires_at = now()
+    FROM nodes n
+    WHERE n.id = r.node_id AND r.status = 'running' AND r.lease_expires_at > now()
+      AND r.lane = :lane
+      AND (CAST(:fence AS bigint) IS NULL OR r.lane_fence IS DISTINCT FROM :fence)
+    RETURNING r.id, n.name, r.action
+    """
+)
+
+
+def resume_lane(lane: int, fence: int | None = None) -> list[uuid.UUID]:
+    """End the leases that an earlier consumer of ``lane`` held (claimed on this
+    lane under another fence, or unfenced) and ring each request; one statement.
+
+    A request a worker of another lane holds is left alone, even if its node
+    maps to this lane now (``POWERQ_LANES`` was raised): its lease and fenced
+    attempt keep it to that worker until it parks or finishes. Returns the
+    request ids resumed. A broker error leaves them to the sweeper.
+
+    :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
+    """
     with session_scope() as session:
-        held = session.execute(
-            select(PowerRequest.id, Node.name, PowerRequest.action)
-            .join(Node, Node.id == PowerRequest.node_id)
-            .where(
-                PowerRequest.status == RequestStatus.RUNNING,
-                PowerRequest.lease_expires_at > func.now(),
-            )
-            .with_for_update(of=PowerRequest, skip_locked=True)
-        ).all()
-        mine = [(rid, name, action) for rid, name, action in held if lane_for(name, lanes) == lane]
-        if mine:
-            session.execute(
-                update(PowerRequest)
-                .where(PowerRequest.id.in_([rid for rid, _, _ in mine]))
-                .values(lease_expires_at=func.now())
-            )
-    for request_id, name, action in mine:
+        rows = session.execute(_RESUME, {"lane": lane, "fence": fence}).all()
+    for request_id, name, action in rows:
         try:
             send_step(request_id, name, action=action)
         except Exception as exc:  # broker down: the sweeper rings it later
             log.warning("could not ring resumed request %s: %s", request_id, exc)
-    return [rid for rid, _, _ in mine]
+    return [request_id for request_id, _, _ in rows]
 
 
 def preload_drivers() -> tuple[DriverKind, ...]:
@@ -88,7 +91,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     try:
         preload_drivers()
-        resumed = resume_lane(lane)
+        held = lane_fence.held()
+        resumed = resume_lane(lane, held.fence if held is not None else None)
     except Exception:  # the database may be down: the sweeper recovers the work
         log.exception("lane %s: could not resume a predecessor's requests", lane)
         return

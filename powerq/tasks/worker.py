@@ -162,7 +162,7 @@ def serve(
     agent's deadline for the lane passes (:mod:`powerq.agent.deadline`)."""
     from celery.signals import worker_ready, worker_shutting_down
 
-    if lease is not None:
+    if args.kind == "lane":
         _run_under(lease, args.lane)
     worker_shutting_down.connect(_asked_to_stop, weak=False)
     if ready_file is not None:
@@ -182,12 +182,14 @@ class LaneLease:
     deadlines: LaneDeadlines
 
 
-def _run_under(lease: LaneLease, lane: int) -> None:
+def _run_under(lease: LaneLease | None, lane: int) -> None:
+    """Claim as lane ``lane``'s worker, under ``lease`` if the agent gave one."""
     from powerq.agent.deadline import watch
     from powerq.tasks.lane_fence import LaneFence, hold
 
-    hold(LaneFence(lane, lease.fence))
-    watch(lease.deadlines, lane)
+    hold(LaneFence(lane, lease.fence if lease is not None else None))
+    if lease is not None:
+        watch(lease.deadlines, lane)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,12 @@ def _holders() -> dict[int, str]:
     return {lane: owner for lane, owner in rows}
 
 
+def _workers(agent: subprocess.Popen[bytes], count: int) -> list[psutil.Process] | None:
+    """The agent's lane workers once there are ``count`` of them."""
+    children = psutil.Process(agent.pid).children()
+    return children if len(children) == count else None
+
+
 class Agents:
     """Agents started as ``python -m powerq.cli agent``, each logging to a file."""
 
@@ -85,8 +91,8 @@ def test_two_agents_share_the_lanes_and_one_takes_all_when_the_other_stops(
     both_alive = lambda: a.poll() is None and b.poll() is None  # noqa: E731
     wait_until(lambda: _holders() == expected, "the lanes shared by rendezvous hashing", 60,
                both_alive, agents.log_dir / "host-a.log")  # fmt: skip
-    workers_of_a = psutil.Process(a.pid).children()
-    assert len(workers_of_a) == len(lanes_of("host-a", ["host-a", "host-b"], LANES))
+    share = len(lanes_of("host-a", ["host-a", "host-b"], LANES))
+    workers_of_a = wait_until(lambda: _workers(a, share), "host-a's lane workers", 30, both_alive)
 
     a.send_signal(signal.SIGTERM)
     assert a.wait(30) == 0
@@ -94,7 +100,7 @@ def test_two_agents_share_the_lanes_and_one_takes_all_when_the_other_stops(
     wait_until(lambda: _holders() == dict.fromkeys(range(LANES), "host-b"),
                "host-b holding every lane", 30, lambda: b.poll() is None,
                agents.log_dir / "host-b.log")  # fmt: skip
-    assert len(psutil.Process(b.pid).children()) == LANES
+    assert wait_until(lambda: _workers(b, LANES), "host-b's lane workers", 30, lambda: True)
 
 
 def test_an_agent_with_a_lane_list_holds_only_those(agents: Agents) -> None:

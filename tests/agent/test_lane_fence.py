@@ -30,7 +30,8 @@ def fenced() -> Iterator[None]:
 
 
 def _pending(session: Session, action: Action = Action.CYCLE) -> PowerRequest:
-    intent = request_power(session, make_node(session), action, actor="test")
+    node = make_node(session, name=f"node-{uuid.uuid4().hex[:8]}")
+    intent = request_power(session, node, action, actor="test")
     session.commit()
     return intent.request
 
@@ -95,3 +96,23 @@ def test_an_unfenced_worker_checks_no_lane(session: Session, fenced: None) -> No
     claim = leases.claim(request.id, lease_s=60)
     assert claim is not None
     assert leases.mark_command_sent(claim, Action.CYCLE, lease_s=60) is not None
+
+
+def test_a_starting_worker_resumes_only_what_other_consumers_of_its_lane_held(
+    session: Session, fenced: None
+) -> None:
+    from powerq.tasks.lifecycle import resume_lane
+
+    old_fence = _take_lane("me")
+    earlier = _pending(session)
+    lane_fence.hold(LaneFence(LANE, old_fence))
+    assert leases.claim(earlier.id, lease_s=60) is not None  # then that worker died
+    other_lane = _pending(session)
+    lane_fence.hold(LaneFence(LANE + 1, None))
+    assert leases.claim(other_lane.id, lease_s=60) is not None  # alive, on another lane
+    new_fence = _lane_changes_hands(session)
+    mine = _pending(session)
+    lane_fence.hold(LaneFence(LANE, new_fence))
+    assert leases.claim(mine.id, lease_s=60) is not None
+
+    assert resume_lane(LANE, new_fence) == [earlier.id]

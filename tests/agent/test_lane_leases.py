@@ -80,3 +80,15 @@ def test_release_and_leave_free_lanes_at_once(session: Session) -> None:
     leases.leave(a)
     assert leases.acquire(b, [1, 2], lease_s=30) == {1: 2, 2: 2}
     assert leases.heartbeat(b, lease_s=30).members == {"b"}
+
+
+def test_a_restarted_worker_gets_a_fence_of_its_own_while_the_lease_holds(
+    session: Session,
+) -> None:
+    a, b = _agent("a"), _agent("b")
+    leases.acquire(a, [0], lease_s=30)
+
+    assert leases.refence(a, 0) == 2
+    assert leases.refence(b, 0) is None
+    _expire(session, "lane_leases", "lane = 0")
+    assert leases.refence(a, 0) is None

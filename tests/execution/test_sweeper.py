@@ -148,16 +148,23 @@ def test_each_ring_waits_twice_as_long_as_the_one_before(session: Session) -> No
 
 
 def test_a_new_lane_worker_resumes_what_its_dead_predecessor_held(session: Session) -> None:
+    from powerq.tasks import lane_fence
+    from powerq.tasks.lane_fence import LaneFence
     from powerq.tasks.lifecycle import lane_of_hostname, resume_lane
 
     request_id = _request(session, "predecessor-died")
-    assert leases.claim(request_id, lease_s=60) is not None  # then the worker was SIGKILLed
+    lane = lane_for("predecessor-died", get_settings().lanes)
+    lane_fence.hold(LaneFence(lane, None))  # claimed by that lane's worker
+    try:
+        assert leases.claim(request_id, lease_s=60) is not None  # then it was SIGKILLed
+    finally:
+        lane_fence.hold(None)
     url = get_settings().broker_url
     assert url
     redis.Redis.from_url(url).delete(_lane_key("predecessor-died"))
-    lane = lane_for("predecessor-died", get_settings().lanes)
     assert lane_of_hostname(f"lane{lane}@host") == lane
 
+    assert resume_lane(lane + 1) == []  # not another lane's
     assert resume_lane(lane) == [request_id]
 
     assert _queued("predecessor-died") == 1

@@ -1,6 +1,7 @@
 """lane leases: agents (one per host, with a heartbeat) and the lease each lane's
 consumer holds (owner, fencing number, expiry), so that no lane has two
-consumers and a dead host's lanes are taken over
+consumers and a dead host's lanes are taken over; on power_requests, the lane
+and lane fence of the worker that last claimed each request
 
 Revision ID: 0009
 Revises: 0008
@@ -38,8 +39,12 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("lane >= 0", name="ck_lane_leases_lane"),
     )
+    op.add_column("power_requests", sa.Column("lane", sa.Integer(), nullable=True))
+    op.add_column("power_requests", sa.Column("lane_fence", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("power_requests", "lane_fence")
+    op.drop_column("power_requests", "lane")
     op.drop_table("lane_leases")
     op.drop_table("agents")
