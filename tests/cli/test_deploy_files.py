@@ -198,8 +198,13 @@ def assert_command_parses(argv: list[str]) -> None:
     """``argv`` is a powerq or gunicorn command line its own parser accepts."""
     program = Path(argv[0]).name
     if program == "powerq":
+        if argv[1:] == ["--version"]:  # an eager option: click exits while parsing
+            with pytest.raises(click.exceptions.Exit) as done:
+                powerq_cli.make_context("powerq", argv[1:])
+            assert done.value.exit_code == 0
+            return
         # Resolve the sub-commands and parse the options as click would, without running.
-        with powerq_cli.make_context("powerq", argv[1:], resilient_parsing=False) as ctx:
+        with powerq_cli.make_context("powerq", argv[1:]) as ctx:
             command: click.Command = powerq_cli
             args = argv[1:]
             while isinstance(command, click.Group):
@@ -497,3 +502,32 @@ def test_the_guide_names_the_files_and_links_only_inside_the_repository() -> Non
             assert (GUIDE.parent / file).exists(), f"a link to a missing file: {target}"
     autolinks = re.findall(r"<(https?://[^>]+)>", text)
     assert not autolinks, f"links outside the repository: {autolinks}"
+
+
+def guide_commands() -> list[list[str]]:
+    """Every powerq command line in the guide's shell and ini blocks, from ``powerq`` on."""
+    commands = []
+    for block in re.findall(r"```(?:sh|ini)\n(.*?)```", GUIDE.read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.removeprefix("ExecStart=")
+            argv = shlex.split(line, comments=True)
+            # The program: /opt/powerq/bin/powerq, a first word, or `compose exec SVC powerq`.
+            starts = [
+                i
+                for i, word in enumerate(argv)
+                if word.endswith("/bin/powerq")
+                or (word == "powerq" and (i == 0 or (i >= 2 and argv[i - 2] == "exec")))
+            ]
+            if starts:
+                commands.append(argv[starts[0] :])
+    return commands
+
+
+def test_the_guide_runs_real_powerq_commands_and_units() -> None:
+    commands = guide_commands()
+    assert len(commands) >= 5, commands
+    for argv in commands:
+        assert_command_parses(expand(argv, {**env_example(), "POWERQ_AGENT_LANES": "auto"}))
+    named = set(re.findall(r"\bpowerq-[a-z]+(?=\.service|\b)", GUIDE.read_text()))
+    units = {p.stem for p in UNIT_DIR.glob("*.service")}
+    assert named - {"powerq-installer"} <= units, named - units
