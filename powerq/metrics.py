@@ -20,6 +20,7 @@ See ``docs/metrics.md`` for every metric.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,12 +42,13 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
 from powerq.broker import bounded_connection
 from powerq.db import get_engine
-from powerq.models import Node, PowerRequest
+from powerq.models import Agent, LaneLease, Node, PowerRequest
 from powerq.states import FINISHED_STATUSES, PowerState, RequestStatus
 from powerq.tasks.routing import lane_for, lane_queue
 
@@ -126,6 +128,8 @@ class Snapshot:
     nodes: dict[str, int] = field(default_factory=dict)  # total, power_fault, drift, maintenance
     oldest_observation_age_s: float | None = None
     lane_depths: dict[int, int] | None = None  # None: the broker did not answer
+    agents: int = 0  # live `powerq agent` processes
+    lane_owners: dict[int, str] = field(default_factory=dict)  # lane -> agent, live leases
 
 
 def _failure_kind() -> ColumnElement[str]:
@@ -240,6 +244,15 @@ _NODES = select(
     _seconds(func.now(), func.min(Node.power_state_at).filter(~Node.maintenance)).label(
         "oldest_age_s"
     ),
+    # Lane ownership rides along as scalar subqueries: no statement of its own.
+    select(func.count())
+    .where(Agent.expires_at > func.now())
+    .scalar_subquery()
+    .label("agents_live"),
+    select(func.coalesce(func.json_object_agg(LaneLease.lane, LaneLease.owner), text("'{}'")))
+    .where(LaneLease.expires_at > func.now())
+    .scalar_subquery()
+    .label("lane_owners"),
 ).where(Node.deleted_at.is_(None))
 
 NODE_COUNTS = ("total", "power_fault", "drift", "maintenance", "unobserved")
@@ -317,6 +330,10 @@ def _read_nodes(connection: Connection, snapshot: Snapshot) -> None:
     snapshot.nodes = {name: int(row[name]) for name in NODE_COUNTS}
     age = row["oldest_age_s"]
     snapshot.oldest_observation_age_s = None if age is None else max(float(age), 0.0)
+    snapshot.agents = int(row["agents_live"])
+    owners = row["lane_owners"]
+    owners = json.loads(owners) if isinstance(owners, str) else owners
+    snapshot.lane_owners = {int(lane): str(owner) for lane, owner in owners.items()}
 
 
 def lane_depths(lanes: int, timeout_s: float = BROKER_TIMEOUT_S) -> dict[int, int] | None:
@@ -429,7 +446,23 @@ def _lane_families(snapshot: Snapshot, lanes: int) -> list[Any]:
     )
     for lane, length in sorted((snapshot.lane_depths or {}).items()):
         depth.add_metric([str(lane)], length)
-    return [outstanding, broker_up, depth]
+    return [outstanding, broker_up, depth, *_ownership_families(snapshot, lanes)]
+
+
+def _ownership_families(snapshot: Snapshot, lanes: int) -> list[Any]:
+    agents = GaugeMetricFamily(
+        PREFIX + "agents", "Live powerq agents (heartbeat not expired)", value=snapshot.agents
+    )
+    held = GaugeMetricFamily(
+        PREFIX + "lane_held",
+        "1 while a live agent holds the lane's lease (agent: its name), 0 for a lane nobody "
+        "holds: its requests wait until an agent takes it",
+        labels=["lane", "agent"],
+    )
+    for lane in range(lanes):
+        owner = snapshot.lane_owners.get(lane)
+        held.add_metric([str(lane), owner or ""], 0 if owner is None else 1)
+    return [agents, held]
 
 
 _NODE_DOCS = {

@@ -450,3 +450,20 @@ def test_failure_kinds_of_the_texts_powerq_writes(session: Session) -> None:
     snapshot = read_snapshot(get_settings().lanes, broker=False)
 
     assert {kind: n for (_, kind), n in snapshot.failures.items()} == expected
+
+
+def test_lane_ownership_is_exposed_per_lane(
+    client: FlaskClient, reader: dict[str, str], session: Session
+) -> None:
+    from powerq.agent import leases as lane_leases
+    from powerq.agent.leases import Identity
+
+    host = Identity("host-a", uuid.uuid4(), 1, True)
+    lane_leases.heartbeat(host, lease_s=30)
+    lane_leases.acquire(host, [0], lease_s=30)
+
+    samples = scrape(client, reader)
+
+    assert value(samples, "powerq_agents") == 1
+    assert value(samples, "powerq_lane_held", lane="0", agent="host-a") == 1
+    assert value(samples, "powerq_lane_held", lane="1", agent="") == 0
