@@ -172,8 +172,8 @@ def role_of(depth: int, name: str, cmd: str) -> str:
     """A process's role in ``powerq up``'s tree, from its name and command line."""
     if depth == 0:
         return "supervisor"
-    if name.startswith("lane") or name in ("control", "agent"):
-        return "lane" if name.startswith("lane") else name
+    if name.startswith("lane") or name == "control":
+        return "lane" if name.startswith("lane") else "control"
     if "gunicorn" in cmd:
         return "api"
     if "simfleet" in cmd:
@@ -199,7 +199,7 @@ def measure_stack(pid: int) -> dict[str, Any]:
         role = role_of(depth, name, info.get("cmd", ""))
         processes.append({"role": role, "party": party_of(role), "name": name, **info})
     lanes = [p["pss_mib"] for p in processes if p["role"] == "lane"]
-    forked = len(lanes) + sum(1 for p in processes if p["role"] in ("control", "agent"))
+    forked = len(lanes) + sum(1 for p in processes if p["role"] == "control")
     supervisor = next(p["pss_mib"] for p in processes if p["role"] == "supervisor")
     parties: dict[str, dict[str, float]] = {}
     for p in processes:

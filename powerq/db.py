@@ -7,6 +7,7 @@ database work, leave. Never hold one across a BMC call.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -212,6 +213,16 @@ def _autocommit(engine: Engine) -> Engine:
     if key not in _autocommit_engines:
         _autocommit_engines[key] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return _autocommit_engines[key]
+
+
+def _forget_after_fork() -> None:
+    """In a child just forked: forget the parent's pooled connections without
+    closing them (they share the parent's sockets; closing would end its
+    sessions, using them would interleave two conversations on one)."""
+    reset_engines(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def reset_engines(*, close: bool = True) -> None:

@@ -1,23 +1,23 @@
 """``powerq up``: the whole stack in one process tree, for a first run or a demo.
 
 Starts, in order: PostgreSQL and Redis (embedded, as children, when no URLs
-are set), migrations, a simulated IPMI fleet registered as nodes, this host's
-``powerq agent`` (which leases every lane and runs one worker per lane), the
-control worker (with beat), the API (gunicorn), and
-optionally Flower. Prints where everything is and an admin token, then
-supervises until Ctrl-C or SIGTERM, when it stops every child and the
-embedded services, leaving no process behind.
+are set), migrations, a simulated IPMI fleet registered as nodes, the control
+worker (with beat), this host's agent (the same :class:`powerq.agent.run.Agent`
+that ``powerq agent`` runs: it leases every lane and forks one worker per
+lane), the API (gunicorn), and optionally Flower. Prints where everything is
+and an admin token, then supervises until Ctrl-C or SIGTERM, when it stops
+every child and the embedded services, leaving no process behind.
 
 Process model (see docs/design.md, "Processes"):
 
-* This process is the supervisor. It holds ``DATA_DIR/up.lock`` (flock) for
-  its whole life: a second ``powerq up`` on the same data dir says which one
-  runs and exits 1.
-* The agent (and through it the lane workers) and the control worker are
-  forked from it after it imported their modules
-  (:func:`powerq.tasks.worker.preload`), so they share those pages: a lane
-  costs what it writes, not a whole interpreter with Celery, SQLAlchemy and
-  powerq.
+* This process is the supervisor, and runs the agent's loop itself (it is
+  already this host's one supervisor of lanes, so no process is added). It
+  holds ``DATA_DIR/up.lock`` (flock) for its whole life: a second ``powerq
+  up`` on the same data dir says which one runs and exits 1.
+* The lane workers and the control worker are forked from it after it
+  imported their modules (:func:`powerq.tasks.worker.preload`), so they share
+  those pages: a lane costs what it writes, not a whole interpreter with
+  Celery, SQLAlchemy and powerq.
 * Every child gets a parent-death signal, so even SIGKILL of this process
   stops them all within a second or two (the embedded PostgreSQL with a fast
   shutdown); a server an earlier crash left running is stopped at start.
@@ -49,6 +49,7 @@ from typing import IO
 import click
 from sqlalchemy.orm import Session
 
+from powerq.agent.run import Agent, AgentOptions, default_name
 from powerq.budget import UP_API_WORKERS, budget, over_budget_warning, server_room
 from powerq.config import get_settings
 from powerq.db import get_engine, reset_engines, session_scope
@@ -125,6 +126,7 @@ def run(options: UpOptions) -> None:
     api_url = f"http://{options.host}:{options.port}"
     lock = _lock_data_dir(data_dir, api_url)
     group = ProcessGroup(env=dict(os.environ), log_dir=data_dir / "logs", die_with_parent=True)
+    agent: Agent | None = None
     with _signals_stop():
         try:
             embedded = _start_services(group, data_dir)
@@ -134,16 +136,16 @@ def run(options: UpOptions) -> None:
             warn_if_over_connection_budget(options.api_workers)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
-            _start_workers(group, data_dir)
+            agent = _start_workers(group, data_dir)
             _start_api(group, options, api_url)
-            _wait_workers(group, data_dir)
+            _wait_workers(group, data_dir, agent)
             flower_auth = _start_flower(group, options, data_dir) if options.flower else None
             _announce(options, api_url, token, flower_auth, nodes, data_dir, embedded)
-            _supervise(group, _restart_policy())
+            _supervise(group, _restart_policy(), agent)
         except _Stop:
             click.echo("stopping …")
         finally:
-            _stop_everything(group)
+            _stop_everything(group, agent)
     lock.close()
     click.echo("stopped")
 
@@ -250,11 +252,14 @@ def warn_if_over_connection_budget(api_workers: int) -> None:
         click.echo(f"powerq up: warning: {warning}", err=True)
 
 
-def _stop_everything(group: ProcessGroup) -> None:
+def _stop_everything(group: ProcessGroup, agent: Agent | None) -> None:
     """Ask every child but the fleet and the services to stop at once (they shut
     down in parallel), then stop them all newest first: the fleet and the
-    embedded services go last, after the workers that use them."""
+    embedded services go last, after the workers that use them. The lanes go
+    first, through the agent, which then gives their leases back."""
     group.signal_all(skip=("simfleet", "postgres", "redis"))
+    if agent is not None:
+        agent.stop()
     group.stop_all()
 
 
@@ -371,18 +376,19 @@ def _admin_token(data_dir: Path) -> str:
     return token
 
 
-def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
-    """Fork the control worker (which runs beat too) and this host's agent, which
-    takes every lane's lease (``--lanes auto``, the only agent) and forks one
-    worker per lane.
+def _start_workers(group: ProcessGroup, data_dir: Path) -> Agent:
+    """Start this host's agent inside this process (it leases every lane and
+    forks one worker per lane, at its first tick) and fork the control worker
+    (which runs beat too); return the agent, for :func:`_supervise` to tick.
 
     Their modules are imported here first, and the database pool emptied, so
     that every fork shares the imported pages and inherits no connection.
     The workers keep the data dir's lock they inherit: if this process dies,
     a second ``powerq up`` is refused until the last of them has stopped
     (a lane still finishing its steps must not get a second consumer).
+    The agent is the supervisor's own loop rather than a process of its own:
+    ``powerq up`` is already the one supervisor of this host's lanes.
     """
-    from powerq.agent.run import Agent, AgentOptions, default_name
     from powerq.tasks import worker
     from powerq.tasks.lifecycle import preload_drivers
 
@@ -397,11 +403,13 @@ def _start_workers(group: ProcessGroup, data_dir: Path) -> None:
     gc.freeze()  # the collector must not write to the shared pages
     ready = data_dir / "run"
     ready.mkdir(exist_ok=True)
+    _fork_worker(group, "control", ["control", "--beat"], ready)
     options = AgentOptions(
         name=default_name(), log_dir=data_dir / "logs", ready_dir=ready, settle=False
     )
-    group.fork("agent", lambda: Agent(options).run())
-    _fork_worker(group, "control", ["control", "--beat"], ready)
+    agent = Agent(options)
+    agent.start()  # registered; its first tick (in _wait_workers) takes the lanes
+    return agent
 
 
 def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -> Child:
@@ -413,9 +421,10 @@ def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -
     return group.fork(name, lambda: worker.serve(parsed, ready_file))
 
 
-def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:
-    """Wait until every lane worker and the control worker is consuming (each
-    writes ``DATA_DIR/run/NAME.ready`` when Celery says it is ready).
+def _wait_workers(group: ProcessGroup, data_dir: Path, agent: Agent) -> None:
+    """Tick the agent (it takes the lanes and forks their workers) until every
+    lane worker and the control worker is consuming (each writes
+    ``DATA_DIR/run/NAME.ready`` when Celery says it is ready).
 
     :raises ServiceUnavailable: some did not get ready in time (their logs are named).
     """
@@ -423,10 +432,11 @@ def _wait_workers(group: ProcessGroup, data_dir: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     waiting = names
     while waiting and time.monotonic() < deadline:
+        agent.poll()
         waiting = [n for n in waiting if not (data_dir / "run" / f"{n}.ready").exists()]
         time.sleep(0.2)
     if waiting:
-        logs = ", ".join(str(group.children[child].log_path) for child in waiting)
+        logs = ", ".join(str(data_dir / "logs" / f"{child}.log") for child in waiting)
         raise ServiceUnavailable(f"{', '.join(waiting)} did not start; see {logs}")
 
 
@@ -535,12 +545,14 @@ def _restart_policy() -> RestartPolicy:
     )
 
 
-def _supervise(group: ProcessGroup, policy: RestartPolicy) -> None:
-    """Start again every child that dies, after its backoff, until a signal stops us."""
+def _supervise(group: ProcessGroup, policy: RestartPolicy, agent: Agent) -> None:
+    """Start again every child that dies, after its backoff, and tick the agent
+    (which does the same for the lane workers), until a signal stops us."""
     backoffs: dict[str, Backoff] = {}
     due: dict[str, float] = {}
     while True:
         time.sleep(0.2)
+        agent.poll()
         now = time.monotonic()
         for child in group.dead():
             if child.name in due:

@@ -47,7 +47,6 @@ from powerq.agent import leases, placement
 from powerq.agent.deadline import LaneDeadlines
 from powerq.agent.leases import Heartbeat, Identity
 from powerq.config import Settings, get_settings
-from powerq.db import reset_engines
 from powerq.errors import ConfigError
 from powerq.supervisor import Backoff, ProcessGroup, RestartPolicy
 
@@ -114,6 +113,7 @@ class Agent:
         )
         self.held: dict[int, _Lane] = {}
         self.wanted: set[int] = set()  # the lanes this agent should run, as of the last tick
+        self._next_tick = 0.0
         self.policy = RestartPolicy(
             max_s=self.settings.restart_backoff_max_s,
             burst=self.settings.restart_burst,
@@ -128,26 +128,42 @@ class Agent:
 
         :raises SystemExit: another live agent has this name (one line, exit 1).
         """
-        self._check_explicit_lanes()
         with _signals_stop():
             try:
-                self._register()
-                self._preload()
-                next_tick = 0.0
+                self.start()
                 while True:
-                    now = time.monotonic()
-                    if now >= next_tick:
-                        next_tick = now + self.tick_s
-                        self.tick()
-                    else:  # between ticks: finish hand-overs, restart dead workers
-                        self._hand_over(self.wanted)
-                        self._restart_dead(now)
+                    self.poll()
                     _sleep(POLL_S)
             except _Stop:
                 pass
             finally:
-                self._stop_everything()
+                self.stop()
         return 0
+
+    def start(self) -> None:
+        """Register (waiting for PostgreSQL if need be) and import what the lane
+        workers run, so that they share it.
+
+        :raises ConfigError: a ``--lanes`` list names a lane outside the configured ones.
+        :raises SystemExit: another live agent has this name.
+        """
+        self._check_explicit_lanes()
+        self._register()
+        self._preload()
+
+    def poll(self) -> None:
+        """One look: the heartbeat tick when one is due (every fifth of the lease),
+        else finish hand-overs and restart dead workers. Call every :data:`POLL_S`.
+
+        :raises SystemExit: this agent's name was taken over by another run.
+        """
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + self.tick_s
+            self.tick()
+        else:
+            self._hand_over(self.wanted)
+            self._restart_dead(now)
 
     def _check_explicit_lanes(self) -> None:
         lanes = self.settings.lanes
@@ -325,12 +341,10 @@ class Agent:
         if ready is not None:
             ready.unlink(missing_ok=True)
 
-        def serve() -> int:
-            reset_engines(close=False)  # the agent's pooled connections are not ours
-            return worker.serve(args, ready, lease)
-
+        # The agent's pooled connections are forgotten in the child (powerq.db's
+        # at-fork hook), never shared.
         self.group.children.pop(_child(lane), None)
-        self.group.fork(_child(lane), serve)
+        self.group.fork(_child(lane), lambda: worker.serve(args, ready, lease))
 
     def _alive(self, lane: int) -> bool:
         child = self.group.children.get(_child(lane))
@@ -348,9 +362,10 @@ class Agent:
         if child is not None:
             child.process.wait(30)
 
-    def _stop_everything(self) -> None:
+    def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after the grace), then give
-        every lane back and leave the agents' list."""
+        every lane back and leave the agents' list (never raises for a lost
+        database: the leases then simply expire)."""
         self.group.signal_all()
         grace = time.monotonic() + self.lease_s * STOP_GRACE_SHARE
         while any(child.alive for child in self.group.children.values()):
