@@ -16,13 +16,19 @@ def _consume_until_stopped(deadlines: LaneDeadlines) -> None:
     time.sleep(30)  # a worker that would consume on and on
 
 
-def test_the_watchdog_ends_the_worker_when_the_deadline_passes() -> None:
-    deadlines = LaneDeadlines(lanes=4)
-    deadlines.set(1, time.monotonic() + 0.5)
+def _lane_worker(deadlines: LaneDeadlines) -> multiprocessing.process.BaseProcess:
+    """A forked child that consumes lane 1 under ``deadlines``' watch."""
     child = multiprocessing.get_context("fork").Process(
         target=_consume_until_stopped, args=(deadlines,)
     )
     child.start()
+    return child
+
+
+def test_the_watchdog_ends_the_worker_when_the_deadline_passes() -> None:
+    deadlines = LaneDeadlines(lanes=4)
+    deadlines.set(1, time.monotonic() + 0.5)
+    child = _lane_worker(deadlines)
     time.sleep(0.2)
     deadlines.set(1, time.monotonic() + 0.5)  # renewed by the agent, seen by the child
     time.sleep(0.4)
@@ -35,10 +41,7 @@ def test_the_watchdog_ends_the_worker_when_the_deadline_passes() -> None:
 def test_a_withdrawn_lane_stops_its_worker_at_once() -> None:
     deadlines = LaneDeadlines(lanes=2)
     deadlines.set(1, time.monotonic() + 60)
-    child = multiprocessing.get_context("fork").Process(
-        target=_consume_until_stopped, args=(deadlines,)
-    )
-    child.start()
+    child = _lane_worker(deadlines)
     deadlines.withdraw(1)
 
     child.join(10)
