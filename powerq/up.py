@@ -136,7 +136,7 @@ def run(options: UpOptions) -> None:
             warn_if_over_connection_budget(options.api_workers)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
-            agent = _start_workers(group, data_dir)
+            agent = _start_workers(group, data_dir, options.port)
             _start_api(group, options, api_url)
             _wait_workers(group, data_dir, agent)
             flower_auth = _start_flower(group, options, data_dir) if options.flower else None
@@ -376,7 +376,7 @@ def _admin_token(data_dir: Path) -> str:
     return token
 
 
-def _start_workers(group: ProcessGroup, data_dir: Path) -> Agent:
+def _start_workers(group: ProcessGroup, data_dir: Path, api_port: int) -> Agent:
     """Start this host's agent inside this process (it leases every lane and
     forks one worker per lane, at its first tick) and fork the control worker
     (which runs beat too); return the agent, for :func:`_supervise` to tick.
@@ -404,9 +404,10 @@ def _start_workers(group: ProcessGroup, data_dir: Path) -> Agent:
     ready = data_dir / "run"
     ready.mkdir(exist_ok=True)
     _fork_worker(group, "control", ["control", "--beat"], ready)
-    options = AgentOptions(
-        name=default_name(), log_dir=data_dir / "logs", ready_dir=ready, settle=False
-    )
+    # Named after the API port too: a host may also run `powerq agent` (named
+    # after the host) against the same database.
+    name = f"up-{api_port}@{default_name()}"
+    options = AgentOptions(name=name, log_dir=data_dir / "logs", ready_dir=ready, settle=False)
     agent = Agent(options)
     agent.start()  # registered; its first tick (in _wait_workers) takes the lanes
     return agent
