@@ -406,7 +406,7 @@ def _start_workers(group: ProcessGroup, data_dir: Path, api_port: int) -> Agent:
     _fork_worker(group, "control", ["control", "--beat"], ready)
     # Named after the API port too: a host may also run `powerq agent` (named
     # after the host) against the same database.
-    name = f"up-{api_port}@{default_name()}"
+    name = f"{default_name()}-up{api_port}"
     options = AgentOptions(name=name, log_dir=data_dir / "logs", ready_dir=ready, settle=False)
     agent = Agent(options)
     agent.start()  # registered; its first tick (in _wait_workers) takes the lanes
