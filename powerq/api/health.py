@@ -2,7 +2,9 @@
 
 200 when PostgreSQL answers (``status: degraded`` if the broker does not: power
 requests are still accepted, and dispatched later by the sweeper); 503
-problem+json when PostgreSQL does not.
+problem+json when PostgreSQL does not. The answer also counts the lanes a
+live ``powerq agent`` holds (``lanes``): a lane without one has no consumer
+until an agent takes it; it does not change ``status``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from sqlalchemy import text
 
 from powerq.api.problems import problem, problem_response
 from powerq.api.results import ViewResult
-from powerq.api.schemas import Check, Health
+from powerq.api.schemas import Check, Health, Lanes
 from powerq.broker import bounded_connection
+from powerq.config import get_settings
 from powerq.db import get_engine
 
 log = logging.getLogger(__name__)
@@ -25,15 +28,24 @@ bp = APIBlueprint("health", __name__, tag="Health")
 BROKER_TIMEOUT_S = 1.0
 
 
-def database_check() -> Check:
-    """Whether PostgreSQL answers ``SELECT 1``."""
+# The database check is also the lanes' census: one statement either way.
+_LANES = text(
+    "SELECT (SELECT count(*) FROM lane_leases WHERE expires_at > now() AND lane < :lanes)"
+    " AS held, (SELECT count(*) FROM agents WHERE expires_at > now()) AS agents"
+)
+
+
+def database_check() -> tuple[Check, Lanes | None]:
+    """Whether PostgreSQL answers, and (when it does) how many lanes a live agent
+    holds; one statement."""
+    lanes = get_settings().lanes
     try:
         with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+            row = conn.execute(_LANES, {"lanes": lanes}).one()
     except Exception as exc:  # any failure is the answer, not an error
         log.warning("health: database unreachable: %s", exc)
-        return Check(ok=False, detail=type(exc).__name__)
-    return Check(ok=True, detail=None)
+        return Check(ok=False, detail=type(exc).__name__), None
+    return Check(ok=True, detail=None), Lanes(total=lanes, held=row.held, agents=row.agents)
 
 
 def broker_check(timeout_s: float = BROKER_TIMEOUT_S) -> Check:
@@ -52,7 +64,7 @@ def broker_check(timeout_s: float = BROKER_TIMEOUT_S) -> Check:
 @bp.doc(responses={503: "The database does not answer (problem+json with the checks)"})
 def healthz() -> ViewResult:
     """Health of the API's backing services"""
-    database, broker = database_check(), broker_check()
+    (database, lanes), broker = database_check(), broker_check()
     if not database.ok:
         body = problem(
             503,
@@ -63,7 +75,7 @@ def healthz() -> ViewResult:
         )
         return problem_response(body, {"Retry-After": "5"})
     status: Literal["ok", "degraded"] = "ok" if broker.ok else "degraded"
-    return Health(status=status, database=database, broker=broker)
+    return Health(status=status, database=database, broker=broker, lanes=lanes)
 
 
 def init_app(app: APIFlask) -> None:

@@ -640,12 +640,25 @@ class Check(BaseModel):
     detail: str | None
 
 
+class Lanes(BaseModel):
+    """Who consumes the lanes: lanes with a live agent's lease, of all, and live agents.
+
+    Lane workers run on their own (``powerq worker --lane K``) hold no lease
+    and are not counted."""
+
+    total: int
+    held: int
+    agents: int
+
+
 class Health(BaseModel):
-    """Whether the API can record intent (database) and wake lanes (broker)."""
+    """Whether the API can record intent (database) and wake lanes (broker), and
+    how many lanes have a consumer (``lanes``, with the database only)."""
 
     status: Literal["ok", "degraded"]
     database: Check
     broker: Check
+    lanes: Lanes | None = None
 
 
 class ProblemError(BaseModel):

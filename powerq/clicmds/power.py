@@ -336,11 +336,24 @@ def _line(counts: dict[str, int]) -> str:
 
 @click.command("status")
 @output_option
+def _lanes_line(lanes: dict[str, int] | None) -> str:
+    """``8 of 8 held by 2 agents``; ``unknown`` from an API that does not say."""
+    if not lanes:
+        return "unknown"
+    agents = lanes["agents"]
+    return f"{lanes['held']} of {lanes['total']} held by {agents} agent{'' if agents == 1 else 's'}"
+
+
 def status(output: Output) -> None:
     """Fleet summary: observed vs desired power, outstanding requests, faults."""
     api = client()
     health = api.health()
-    summary = {"api": api.base_url, "health": health.get("status"), **summarise(api.nodes())}
+    summary = {
+        "api": api.base_url,
+        "health": health.get("status"),
+        "lanes": health.get("lanes"),
+        **summarise(api.nodes()),
+    }
     outstanding = summary["outstanding"]
     pairs = [
         ("api", f"{summary['api']} ({summary['health']})"),
@@ -349,6 +362,7 @@ def status(output: Output) -> None:
         ("desired", _line(summary["desired"])),
         ("sync", _line(summary["in_sync"])),
         ("outstanding", f"{sum(outstanding.values())}: {_line(outstanding)}"),
+        ("lanes", _lanes_line(summary["lanes"])),
         ("faults", len(summary["faults"])),
     ]
     output.show(key_values("powerq status", pairs), summary)

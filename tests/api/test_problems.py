@@ -73,6 +73,7 @@ def test_health_reports_database_and_broker(client: FlaskClient, db: None) -> No
         "status": "ok",
         "database": {"ok": True, "detail": None},
         "broker": {"ok": True, "detail": None},
+        "lanes": {"total": 2, "held": 0, "agents": 0},  # no agent runs in this test
     }
 
 

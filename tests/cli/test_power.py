@@ -38,8 +38,10 @@ def test_power_wait_then_show_the_request_and_the_status(live: Stack, cli: Cli) 
     assert status["nodes"] == 3
     assert status["desired"] == {"on": 0, "off": 2, "none": 1}
     assert status["faults"] == []
+    assert status["lanes"] == {"total": 2, "held": 0, "agents": 0}  # workers run without agents
     table = cli("status", role="reader").stdout
     assert "observed" in table and "in sync" in table and "outstanding" in table
+    assert "0 of 2 held by 0 agents" in table
 
 
 def test_a_conflicting_power_request_is_refused_in_its_row(live: Stack, cli: Cli) -> None:
