@@ -334,8 +334,6 @@ def _line(counts: dict[str, int]) -> str:
     return " · ".join(f"{value} {key.replace('_', ' ')}" for key, value in counts.items())
 
 
-@click.command("status")
-@output_option
 def _lanes_line(lanes: dict[str, int] | None) -> str:
     """``8 of 8 held by 2 agents``; ``unknown`` from an API that does not say."""
     if not lanes:
@@ -344,6 +342,8 @@ def _lanes_line(lanes: dict[str, int] | None) -> str:
     return f"{lanes['held']} of {lanes['total']} held by {agents} agent{'' if agents == 1 else 's'}"
 
 
+@click.command("status")
+@output_option
 def status(output: Output) -> None:
     """Fleet summary: observed vs desired power, outstanding requests, faults."""
     api = client()
