@@ -52,23 +52,46 @@ class LaneDeadlines:
         return self.get(lane) - time.monotonic()
 
 
+# The lane this process consumes under its agent's deadline (set by watch()).
+_watched: tuple[LaneDeadlines, int] | None = None
+
+
 def watch(deadlines: LaneDeadlines, lane: int) -> threading.Thread:
     """In a lane worker: a daemon thread that ends this process (exit
     :data:`LEASE_LOST_EXIT`, no cleanup: a step in flight stops where it is,
     as after a SIGKILL, which fenced claims make safe) as soon as ``lane``'s
-    deadline has passed."""
+    deadline has passed. :func:`stop_if_lapsed` makes the same check inline."""
+    global _watched
+    _watched = (deadlines, lane)
 
     def run() -> None:
         while deadlines.left_s(lane) > 0:
             time.sleep(WATCH_PERIOD_S)
-        print(
-            f"lane {lane}: lease not renewed in time (agent stopped, hung or cut off "
-            "from PostgreSQL); stopping now",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(LEASE_LOST_EXIT)
+        _stop(lane)
 
     thread = threading.Thread(target=run, name=f"lane{lane}-lease-watch", daemon=True)
     thread.start()
     return thread
+
+
+def stop_if_lapsed() -> None:
+    """In a lane worker: end this process now, as the watchdog would, if its lane's
+    deadline has passed (nothing in a process that :func:`watch` does not watch).
+
+    The watchdog looks every :data:`WATCH_PERIOD_S`; a worker that was frozen
+    (SIGSTOP, a VM paused) past its deadline wakes with every thread at once, and
+    a run that slept between checks would otherwise go on talking to its BMC and
+    finish before the watchdog's next look. Steps call this before each BMC
+    conversation and before a run ends."""
+    if _watched is not None and _watched[0].left_s(_watched[1]) <= 0:
+        _stop(_watched[1])
+
+
+def _stop(lane: int) -> None:
+    print(
+        f"lane {lane}: lease not renewed in time (agent stopped, hung or cut off "
+        "from PostgreSQL); stopping now",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(LEASE_LOST_EXIT)
