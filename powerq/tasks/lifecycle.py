@@ -45,23 +45,32 @@ def resume_lane(lane: int) -> list[uuid.UUID]:
     Returns the request ids resumed. A broker error leaves them to the sweeper.
     """
     lanes = get_settings().lanes
+    leased = (
+        PowerRequest.status == RequestStatus.RUNNING,
+        PowerRequest.lease_expires_at > func.now(),
+    )
     with session_scope() as session:
+        # Read without locking, then lock only this lane's rows: workers of several
+        # lanes start together (an agent takes over a dead one's lanes), and locking
+        # every leased row with SKIP LOCKED made each skip the others' lanes' rows,
+        # which then waited for their lease and the sweeper.
         held = session.execute(
             select(PowerRequest.id, Node.name, PowerRequest.action)
             .join(Node, Node.id == PowerRequest.node_id)
-            .where(
-                PowerRequest.status == RequestStatus.RUNNING,
-                PowerRequest.lease_expires_at > func.now(),
-            )
-            .with_for_update(of=PowerRequest, skip_locked=True)
+            .where(*leased)
         ).all()
-        mine = [(rid, name, action) for rid, name, action in held if lane_for(name, lanes) == lane]
-        if mine:
-            session.execute(
+        candidates = {
+            rid: (rid, name, action) for rid, name, action in held if lane_for(name, lanes) == lane
+        }
+        mine = []
+        if candidates:
+            ended = session.scalars(
                 update(PowerRequest)
-                .where(PowerRequest.id.in_([rid for rid, _, _ in mine]))
+                .where(PowerRequest.id.in_(list(candidates)), *leased)
                 .values(lease_expires_at=func.now())
+                .returning(PowerRequest.id)
             )
+            mine = [candidates[rid] for rid in ended]
     for request_id, name, action in mine:
         try:
             send_step(request_id, name, action=action)
