@@ -33,6 +33,7 @@ import pytest
 from kombu import Queue
 from sqlalchemy import text
 
+from powerq.agent import placement
 from powerq.batches import BatchSpec, create_batch
 from powerq.bmc.simfleet.executions import POWER_CHANGING
 from powerq.bmc.simfleet.launcher import SimFleetProcess
@@ -89,6 +90,15 @@ class AgentStack:
         self.stack.processes.python(name, "powerq.cli", "agent", "--lanes", "auto", "--name", name)
         self.agents.append(name)
 
+    def dump_agents(self) -> None:
+        """Have every live agent write its threads' stacks to its log, and end
+        (SIGABRT with PYTHONFAULTHANDLER): for a test that failed waiting on them."""
+        for name in self.agents:
+            child = self.stack.processes.children.get(name)
+            if child is not None and child.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid, signal.SIGABRT)
+
     def pid(self, name: str) -> int:
         return self.stack.processes.children[name].process.pid
 
@@ -125,9 +135,21 @@ class AgentStack:
         start = time.monotonic()
         while not condition(self.held_by()):
             if time.monotonic() - start > timeout:
-                raise TimeoutError(f"{what}: not within {timeout:.0f} s; leases {self.held_by()}")
+                held = self.held_by()
+                self.dump_agents()
+                raise TimeoutError(
+                    f"{what}: not within {timeout:.0f} s; leases {held}; where each agent "
+                    f"was: {self.stack.processes.log_dir}"
+                )
             time.sleep(0.05)
         return time.monotonic() - start
+
+    def placed(self, agents: set[str]) -> Callable[[dict[str, set[int]]], bool]:
+        """A condition for :meth:`wait_lanes`: every lane held by the agent that
+        rendezvous hashing over ``agents`` names for it, and no other."""
+        wanted = {agent: placement.lanes_of(agent, agents, self.lanes) for agent in agents}
+        wanted = {agent: lanes for agent, lanes in wanted.items() if lanes}
+        return lambda held: held == wanted
 
     def wait_all_consuming(self, timeout: float = 60.0) -> None:
         """Until every lane is held and its worker (``laneK@AGENT``) answers a ping."""
@@ -245,6 +267,7 @@ def agent_stack(
             "POWERQ_STEP_JOURNAL": str(journal_dir),
             # the monitor's refreshes would only compete with the batch here
             "POWERQ_MONITOR_INTERVAL_S": "3600",
+            "PYTHONFAULTHANDLER": "1",  # see AgentStack.dump_agents
         }
         environment = _environment(monkeypatch, redis_server.url, None, env)
         environment.__enter__()
@@ -264,12 +287,14 @@ def agent_stack(
         stack.processes.python("control", "powerq.cli", "worker", "--control", "--beat")
         for number in range(1, agents + 1):
             s.start_agent(f"a{number}")
+        s.wait_lanes(s.placed(set(s.agents)), "lanes shared out", 60)
         s.wait_all_consuming()
         phase("agents")
         return s
 
     yield build
     for s, environment in built:
+        s.stack.processes.signal_all()  # every agent stops its workers at once, not in turn
         s.stack.stop()
         s.stack.fleet.stop()
         environment.__exit__(None, None, None)  # type: ignore[attr-defined]
@@ -333,6 +358,7 @@ def test_sigkill_one_of_three_agents_mid_batch(agent_stack: Callable[..., AgentS
     killed = time.monotonic()
     os.kill(s.pid(victim), signal.SIGKILL)  # the agent only: its workers get SIGTERM (pdeathsig)
 
+    survivors_hold = s.placed({"a1", "a3"})
     workers_gone_s: float | None = None
     takeover_s: float | None = None
     while takeover_s is None:
@@ -344,8 +370,7 @@ def test_sigkill_one_of_three_agents_mid_batch(agent_stack: Callable[..., AgentS
         if any(leases[lane].fence > fences_before[lane] for lane in lanes_of_victim):
             # the first lane taken over: the old workers must all have stopped by now
             assert workers_gone_s is not None, "a lane was taken while its old worker ran"
-        held = s.held_by()
-        if victim not in held and sum(map(len, held.values())) == s.lanes:
+        if survivors_hold(s.held_by()):
             takeover_s = now
         time.sleep(0.05)
     for lane in lanes_of_victim:
@@ -384,9 +409,7 @@ def test_partitioned_agent_wakes_to_find_its_lanes_gone(
     running_at_stop = s.running(ids)
 
     takeover_s = s.wait_lanes(
-        lambda held: victim not in held and sum(map(len, held.values())) == s.lanes,
-        "the others hold the frozen agent's lanes",
-        TAKEOVER_BOUND_S,
+        s.placed({"a1", "a2"}), "the others hold the frozen agent's lanes", TAKEOVER_BOUND_S
     )
     leases = s.leases()
     assert all(leases[lane].fence > fences_before[lane] for lane in lanes_of_victim)
@@ -405,9 +428,7 @@ def test_partitioned_agent_wakes_to_find_its_lanes_gone(
 
     # The agent, awake again, rejoins: lanes are shared out over three agents again.
     rejoin_s = s.wait_lanes(
-        lambda held: len(held) == 3 and sum(map(len, held.values())) == s.lanes,
-        "the woken agent gets a share again",
-        TAKEOVER_BOUND_S,
+        s.placed({"a1", "a2", "a3"}), "the woken agent gets its share again", TAKEOVER_BOUND_S
     )
 
     s.assert_all_succeeded(ids, timeout=120)
@@ -432,9 +453,7 @@ def test_third_agent_joins_mid_batch(agent_stack: Callable[..., AgentStack]) -> 
     s.wait_running(ids, at_least=100)
     s.start_agent("a3")
     moved_s = s.wait_lanes(
-        lambda held: len(held) == 3 and sum(map(len, held.values())) == s.lanes,
-        "the new agent holds its share",
-        TAKEOVER_BOUND_S,
+        s.placed({"a1", "a2", "a3"}), "the new agent holds its share", TAKEOVER_BOUND_S
     )
     held = s.held_by()
     assert all(2 <= len(lanes) <= 6 for lanes in held.values()), held  # about 12 / 3 each
