@@ -12,9 +12,11 @@ log), the fleet must see no two operations overlap on one machine, and the
 journal must show no lane consumed by two processes at once, with fences per
 lane that only go up. Time bounds are hang guards, not speed assertions.
 
-The SIGKILL test runs :data:`KILL_NODES` BMCs (default 1,000: about 60 s on
-a 2-core machine; ``POWERQ_FAILOVER_NODES=3000`` runs the full 3,000 the
-issue asks for, about 2 min there).
+The SIGKILL test runs :data:`KILL_NODES` BMCs: 1,000 by default (45-76 s on
+this 2-core machine while other test runs shared it; the other two tests run
+300 BMCs, 15-47 s each). ``POWERQ_FAILOVER_NODES=3000`` runs the 3,000 the
+issue asks for; with the machine shared (load average 50-70) that batch did
+not finish within the 180 s wait, so 3,000 is not the default.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,8 +329,6 @@ def _register(fleet: SimFleetProcess) -> None:
 
 
 def _power_all_on(fleet: SimFleetProcess) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda row: fleet.control.set_power(row["name"], "on"), fleet.manifest))
     fleet.control.reset_logs()
@@ -345,7 +346,6 @@ def _gone(processes: list[psutil.Process]) -> bool:
 def test_sigkill_one_of_three_agents_mid_batch(agent_stack: Callable[..., AgentStack]) -> None:
     started = time.monotonic()
     s = agent_stack(nodes=KILL_NODES, lanes=24)
-    assert all(len(lanes) >= 1 for lanes in s.held_by().values())
     ids = s.cycle_all()
     s.wait_running(ids, at_least=min(100, len(ids)))
 
@@ -353,7 +353,7 @@ def test_sigkill_one_of_three_agents_mid_batch(agent_stack: Callable[..., AgentS
     lanes_of_victim = s.held_by()[victim]
     fences_before = {lane: s.leases()[lane].fence for lane in lanes_of_victim}
     workers = s.workers(victim)
-    assert len(workers) == len(lanes_of_victim)
+    assert lanes_of_victim and len(workers) == len(lanes_of_victim)
     running_at_kill = s.running(ids)
     killed = time.monotonic()
     os.kill(s.pid(victim), signal.SIGKILL)  # the agent only: its workers get SIGTERM (pdeathsig)
