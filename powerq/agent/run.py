@@ -131,8 +131,8 @@ class Agent:
         self._check_explicit_lanes()
         with _signals_stop():
             try:
+                self._preload()  # first: once registered, it must heartbeat every tick
                 self._register()
-                self._preload()
                 next_tick = 0.0
                 while True:
                     now = time.monotonic()
@@ -177,7 +177,11 @@ class Agent:
     def _preload(self) -> None:
         """Import what lane workers run (and the drivers the nodes use) once, here,
         so that every forked worker shares those pages instead of importing them
-        itself; the database pool is emptied before the first fork."""
+        itself; the database pool is emptied before the first fork.
+
+        Done before the first heartbeat: it takes seconds on a loaded host, and
+        an agent silent for longer than the lease once the others have seen it
+        makes them hand lanes over, take them back, and hand them over again."""
         import gc
 
         from powerq.tasks import worker
