@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -136,7 +137,7 @@ def run(options: UpOptions) -> None:
             warn_if_over_connection_budget(options.api_workers)
             nodes = _start_fleet(group, options, data_dir) if options.sim_nodes else 0
             token = _admin_token(data_dir)
-            agent = _start_workers(group, data_dir, options.port)
+            agent = _start_workers(group, data_dir)
             _start_api(group, options, api_url)
             _wait_workers(group, data_dir, agent)
             flower_auth = _start_flower(group, options, data_dir) if options.flower else None
@@ -376,7 +377,7 @@ def _admin_token(data_dir: Path) -> str:
     return token
 
 
-def _start_workers(group: ProcessGroup, data_dir: Path, api_port: int) -> Agent:
+def _start_workers(group: ProcessGroup, data_dir: Path) -> Agent:
     """Start this host's agent inside this process (it leases every lane and
     forks one worker per lane, at its first tick) and fork the control worker
     (which runs beat too); return the agent, for :func:`_supervise` to tick.
@@ -404,13 +405,23 @@ def _start_workers(group: ProcessGroup, data_dir: Path, api_port: int) -> Agent:
     ready = data_dir / "run"
     ready.mkdir(exist_ok=True)
     _fork_worker(group, "control", ["control", "--beat"], ready)
-    # Named after the API port too: a host may also run `powerq agent` (named
-    # after the host) against the same database.
-    name = f"{default_name()}-up{api_port}"
-    options = AgentOptions(name=name, log_dir=data_dir / "logs", ready_dir=ready, settle=False)
+    # Named after the data dir too: a host may also run `powerq agent` (named after
+    # the host) on the same database. The data dir's lock says no earlier run of
+    # this name is alive, so its lanes are taken at once (take_over).
+    options = AgentOptions(
+        name=f"{default_name()}-up-{_short_hash(str(data_dir))}",
+        log_dir=data_dir / "logs",
+        ready_dir=ready,
+        settle=False,
+        take_over=True,
+    )
     agent = Agent(options)
     agent.start()  # registered; its first tick (in _wait_workers) takes the lanes
     return agent
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
 
 
 def _fork_worker(group: ProcessGroup, name: str, args: list[str], ready: Path) -> Child:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ class Identity:
     incarnation: uuid.UUID
     pid: int
     auto: bool
+    # The caller knows no earlier run of this name is alive (``powerq up`` holds its
+    # data dir's lock): take its name and lanes at once instead of after the lease.
+    take_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,15 @@ _HEARTBEAT = text(
                               THEN agents.started_at ELSE now() END,
             expires_at = excluded.expires_at
         WHERE agents.incarnation = excluded.incarnation OR agents.expires_at <= now()
+              OR :take_over
         RETURNING name
     ), renewed AS (
         UPDATE lane_leases
         SET expires_at = now() + make_interval(secs => :lease_s)
-        WHERE incarnation = :incarnation AND expires_at > now() AND EXISTS (SELECT 1 FROM me)
+        WHERE lane IN (SELECT lane FROM lane_leases
+                       WHERE incarnation = :incarnation AND lane = ANY(CAST(:held AS integer[]))
+                         AND expires_at > now() AND EXISTS (SELECT 1 FROM me)
+                       ORDER BY lane FOR UPDATE)
         RETURNING lane, fence
     )
     SELECT EXISTS (SELECT 1 FROM me) AS registered,
@@ -77,9 +85,14 @@ _HEARTBEAT = text(
 )
 
 
-def heartbeat(me: Identity, lease_s: float) -> Heartbeat:
-    """Renew this agent's heartbeat and every lane lease it still holds, for
-    ``lease_s`` seconds; one statement.
+def heartbeat(me: Identity, lease_s: float, held: Collection[int] = ()) -> Heartbeat:
+    """Renew this agent's heartbeat and the leases of ``held`` (the lanes it runs)
+    that it still holds, for ``lease_s`` seconds; one statement.
+
+    Only the lanes named are renewed: a lease this run took but lost track of
+    (its answer was lost) runs out instead of being kept with no worker. Rows
+    are locked in lane order, as :func:`acquire` locks them, so two agents'
+    statements never deadlock.
 
     :raises sqlalchemy.exc.DBAPIError: the database is unreachable.
     """
@@ -91,6 +104,8 @@ def heartbeat(me: Identity, lease_s: float) -> Heartbeat:
             "auto": me.auto,
             "pid": me.pid,
             "lease_s": lease_s,
+            "held": sorted(held),
+            "take_over": me.take_over,
         },
     )
     assert row is not None
@@ -108,10 +123,11 @@ _ACQUIRE = text(
         INSERT INTO lane_leases AS l (lane, owner, incarnation, fence, acquired_at, expires_at)
         SELECT lane, :name, :incarnation, 1, now(), now() + make_interval(secs => :lease_s)
         FROM unnest(CAST(:lanes AS integer[])) AS lane
+        ORDER BY lane
         ON CONFLICT (lane) DO UPDATE
         SET owner = excluded.owner, incarnation = excluded.incarnation, fence = l.fence + 1,
             acquired_at = now(), expires_at = excluded.expires_at
-        WHERE l.expires_at <= now()
+        WHERE l.expires_at <= now() OR (:take_over AND l.owner = :name)
         RETURNING lane, fence
     )
     SELECT coalesce(json_object_agg(lane, fence), '{}') AS taken FROM taken
@@ -129,7 +145,13 @@ def acquire(me: Identity, lanes: list[int], lease_s: float) -> dict[int, int]:
         return {}
     row = run_statement(
         _ACQUIRE,
-        {"name": me.name, "incarnation": me.incarnation, "lanes": lanes, "lease_s": lease_s},
+        {
+            "name": me.name,
+            "incarnation": me.incarnation,
+            "lanes": sorted(lanes),
+            "lease_s": lease_s,
+            "take_over": me.take_over,
+        },
     )
     assert row is not None
     return {int(lane): int(fence) for lane, fence in _json(row.taken).items()}

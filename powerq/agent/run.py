@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -44,11 +45,11 @@ from types import FrameType
 from sqlalchemy.exc import DBAPIError
 
 from powerq.agent import leases, placement
-from powerq.agent.deadline import LaneDeadlines
+from powerq.agent.deadline import MARGIN_SHARE, LaneDeadlines, clock
 from powerq.agent.leases import Heartbeat, Identity
 from powerq.config import Settings, get_settings
 from powerq.errors import ConfigError
-from powerq.supervisor import Backoff, ProcessGroup, RestartPolicy
+from powerq.supervisor import Backoff, Handle, ProcessGroup, RestartPolicy
 
 log = logging.getLogger(__name__)
 TICKS_PER_LEASE = 5
@@ -69,6 +70,9 @@ class AgentOptions:
     log_dir: Path | None = None
     ready_dir: Path | None = None
     settle: bool = True
+    # No earlier run of this name can be alive (powerq up holds its data dir's
+    # lock): take its name and lanes at once.
+    take_over: bool = False
 
 
 @dataclass
@@ -80,10 +84,6 @@ class _Lane:
     stopping_since: float | None = None
     restart_at: float | None = None
     backoff: Backoff | None = None
-
-
-class _Stop(Exception):
-    """SIGTERM or SIGINT arrived."""
 
 
 @dataclass
@@ -99,11 +99,12 @@ class Agent:
             incarnation=uuid.uuid4(),
             pid=os.getpid(),
             auto=self.options.lanes is None,
+            take_over=self.options.take_over,
         )
         self.lease_s = self.settings.lane_lease_s
         self.tick_s = self.lease_s / TICKS_PER_LEASE
         # Stop consuming a lane this long before its lease could run out.
-        self.margin_s = self.lease_s / 4
+        self.margin_s = self.lease_s * MARGIN_SHARE
         self.deadlines = LaneDeadlines(self.settings.lanes)
         self.group = ProcessGroup(
             env=dict(os.environ),
@@ -120,6 +121,8 @@ class Agent:
             window_s=self.settings.restart_window_s,
         )
         self._unreachable_since: float | None = None
+        self._dying: list[Handle] = []  # killed workers not yet reaped
+        self.stopping = False  # set by SIGTERM/SIGINT: the loop ends at its next look
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> int:
@@ -128,14 +131,12 @@ class Agent:
 
         :raises SystemExit: another live agent has this name (one line, exit 1).
         """
-        with _signals_stop():
+        with self._signals_stop():
             try:
                 self.start()
-                while True:
+                while not self.stopping:
                     self.poll()
                     _sleep(POLL_S)
-            except _Stop:
-                pass
             finally:
                 self.stop()
         return 0
@@ -148,8 +149,8 @@ class Agent:
         :raises SystemExit: another live agent has this name.
         """
         self._check_explicit_lanes()
+        self._preload()  # first: once registered, it must heartbeat every tick
         self._register()
-        self._preload()
 
     def poll(self) -> None:
         """One look: the heartbeat tick when one is due (every fifth of the lease),
@@ -157,7 +158,8 @@ class Agent:
 
         :raises SystemExit: this agent's name was taken over by another run.
         """
-        now = time.monotonic()
+        self._dying = [handle for handle in self._dying if handle.poll() is None]
+        now = clock()
         if now >= self._next_tick:
             self._next_tick = now + self.tick_s
             self.tick()
@@ -177,10 +179,12 @@ class Agent:
 
         :raises SystemExit: another live agent has this name.
         """
-        beat = self._heartbeat_or_none(time.monotonic())
-        while beat is None:  # the database is not there yet: keep trying
-            _sleep(self.tick_s)
-            beat = self._heartbeat_or_none(time.monotonic())
+        beat = self._heartbeat_or_none(clock())
+        while beat is None and not self.stopping:  # no database yet: keep trying
+            self._pause(self.tick_s)
+            beat = self._heartbeat_or_none(clock())
+        if beat is None:
+            return
         if not beat.registered:
             raise SystemExit(
                 f"another powerq agent named {self.me.name!r} is running; "
@@ -188,12 +192,22 @@ class Agent:
             )
         log.info("agent %s: registered; lane lease %.0f s", self.me.name, self.lease_s)
         if self.options.settle:
-            _sleep(self.tick_s)
+            self._pause(self.tick_s)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if asked to stop."""
+        until = clock() + seconds
+        while not self.stopping and clock() < until:
+            _sleep(POLL_S)
 
     def _preload(self) -> None:
         """Import what lane workers run (and the drivers the nodes use) once, here,
         so that every forked worker shares those pages instead of importing them
-        itself; the database pool is emptied before the first fork."""
+        itself; the database pool is emptied before the first fork.
+
+        Done before the first heartbeat: it takes seconds on a loaded host, and
+        an agent silent for longer than the lease once the others have seen it
+        makes them hand lanes over, take them back, and hand them over again."""
         import gc
 
         from powerq.tasks import worker
@@ -210,7 +224,7 @@ class Agent:
         :raises SystemExit: this agent's name was taken over by another run
             (it was cut off for longer than the lease).
         """
-        sent = time.monotonic()
+        sent = clock()
         beat = self._heartbeat_or_none(sent)
         if beat is None:
             self._restart_dead(sent)
@@ -223,11 +237,11 @@ class Agent:
         self.wanted = self._wanted(beat)
         self._hand_over(self.wanted)
         self._take(self.wanted, sent)
-        self._restart_dead(time.monotonic())
+        self._restart_dead(clock())
 
     def _heartbeat_or_none(self, sent: float) -> Heartbeat | None:
         try:
-            beat = leases.heartbeat(self.me, self.lease_s)
+            beat = leases.heartbeat(self.me, self.lease_s, held=self.held)
         except DBAPIError as exc:
             if self._unreachable_since is None:
                 self._unreachable_since = sent
@@ -261,7 +275,7 @@ class Agent:
     def _hand_over(self, wanted: set[int]) -> None:
         """Ask the workers of lanes no longer wanted to stop; give back the lanes
         whose workers have stopped; SIGKILL those that take too long."""
-        now = time.monotonic()
+        now = clock()
         done = []
         for lane, held in self.held.items():
             if lane in wanted and held.stopping_since is None:
@@ -323,7 +337,7 @@ class Agent:
         try:
             fence = leases.refence(self.me, lane)
         except DBAPIError:
-            held.restart_at = time.monotonic() + self.tick_s  # try again later
+            held.restart_at = clock() + self.tick_s  # try again later
             return
         if fence is None:  # lost meanwhile: the next tick drops it
             return
@@ -357,26 +371,50 @@ class Agent:
                 os.killpg(child.process.pid, sig)
 
     def _kill(self, lane: int) -> None:
+        """SIGKILL lane ``lane``'s worker without waiting: it is reaped later, and
+        meanwhile this loop goes on renewing the other lanes."""
         self._signal(lane, signal.SIGKILL)
-        child = self.group.children.get(_child(lane))
+        child = self.group.children.pop(_child(lane), None)
         if child is not None:
-            child.process.wait(30)
+            self._dying.append(child.process)
 
     def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after the grace), then give
         every lane back and leave the agents' list (never raises for a lost
         database: the leases then simply expire)."""
         self.group.signal_all()
-        grace = time.monotonic() + self.lease_s * STOP_GRACE_SHARE
+        grace = clock() + self.lease_s * STOP_GRACE_SHARE
         while any(child.alive for child in self.group.children.values()):
-            if time.monotonic() > grace:
+            if clock() > grace:
                 break
             time.sleep(0.05)
         self.group.stop_all(timeout=0)
+        for handle in self._dying:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                handle.wait(5)
         for lane in list(self.held):
             self.deadlines.withdraw(lane)
         with contextlib.suppress(DBAPIError):
             leases.leave(self.me)
+
+    @contextlib.contextmanager
+    def _signals_stop(self) -> Iterator[None]:
+        """SIGTERM and SIGINT set :attr:`stopping` (the loop ends at its next look,
+        never in the middle of a statement or a fork); SIGHUP too."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stopping = True
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def _child(lane: int) -> str:
@@ -390,29 +428,6 @@ def default_name() -> str:
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
-
-
-@contextlib.contextmanager
-def _signals_stop() -> Iterator[None]:
-    """Turn SIGTERM and SIGINT into :class:`_Stop` for the loop's thread."""
-
-    asked = False
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal asked
-        if not asked:  # once: a second signal must not interrupt the stopping
-            asked = True
-            raise _Stop
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def main(options: AgentOptions) -> int:

@@ -22,10 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# SQL: the lease named by :fence_lane / :fence is current (or there is none to check).
+# SQL: the lease named by :fence_lane / :fence is current, with at least
+# :fence_headroom_s of it left (the share the agent keeps as its margin), or
+# there is none to check.
 CURRENT = (
     "(CAST(:fence AS bigint) IS NULL OR EXISTS (SELECT 1 FROM lane_leases f"
-    " WHERE f.lane = :fence_lane AND f.fence = :fence AND f.expires_at > now()))"
+    " WHERE f.lane = :fence_lane AND f.fence = :fence"
+    " AND f.expires_at > now() + make_interval(secs => :fence_headroom_s)))"
 )
 
 
@@ -53,6 +56,10 @@ def held() -> LaneFence | None:
 
 def params() -> dict[str, Any]:
     """The bind parameters :data:`CURRENT` and the claim's record of it need."""
+    from powerq.agent.deadline import MARGIN_SHARE
+    from powerq.config import get_settings
+
+    headroom = get_settings().lane_lease_s * MARGIN_SHARE
     if _held is None:
-        return {"fence_lane": None, "fence": None}
-    return {"fence_lane": _held.lane, "fence": _held.fence}
+        return {"fence_lane": None, "fence": None, "fence_headroom_s": headroom}
+    return {"fence_lane": _held.lane, "fence": _held.fence, "fence_headroom_s": headroom}

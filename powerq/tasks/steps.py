@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from powerq.agent import deadline
 from powerq.bmc import driver_for
 from powerq.bmc.base import BmcAckUnknown, BmcError, PowerDriver
 from powerq.config import get_settings
@@ -165,6 +166,7 @@ def run_request(request_id: uuid.UUID, *, continuing: leases.Parked | None = Non
         return
     with journal.claimed_run(request_id, run_started):
         _run_claimed(c, run_started)
+        deadline.stop_if_lapsed()  # a run that outlived its lane's lease is not journalled
 
 
 def _run_claimed(c: Claim, run_started: float) -> None:
@@ -321,7 +323,9 @@ def _close(c: Claim, outcome: Done) -> None:
 
 
 def perform(c: Claim, driver: PowerDriver) -> Outcome:
-    """Run the claim's next step against the BMC and say what follows."""
+    """Run the claim's next step against the BMC and say what follows (nothing, in a
+    lane worker whose lane lease lapsed: it ends at once)."""
+    deadline.stop_if_lapsed()
     step_to_run = c.next_step
     if c.command_sent_at is not None and step_to_run is not Step.CHECK:
         # Marked as sent (maybe by an attempt that died before it could record
@@ -391,6 +395,7 @@ def _send(
     )
     if marked is None:
         return Fenced()
+    deadline.stop_if_lapsed()  # marked under the lane's lease: still ours at the transmit
     try:
         driver.send_power_action(command)
     except BmcAckUnknown as exc:

@@ -36,7 +36,8 @@ class Agents:
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
         self.log_dir = log_dir
         self.env = {**os.environ, **env}
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}  # the latest of each name
+        self.started: list[subprocess.Popen[bytes]] = []  # every one, for stop_all
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None
@@ -49,6 +50,7 @@ class Agents:
                 start_new_session=True,
             )  # fmt: skip
         self.running[name] = process
+        self.started.append(process)
         return process
 
     def stop(self, name: str) -> int:
@@ -61,10 +63,11 @@ class Agents:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
     def stop_all(self) -> None:
-        for process in self.running.values():
+        """Stop every agent started, a refused second one of a name included."""
+        for process in self.started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.running.values():
+        for process in self.started:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:

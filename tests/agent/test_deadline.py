@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-from powerq.agent.deadline import LEASE_LOST_EXIT, LaneDeadlines, watch
+from powerq.agent.deadline import LEASE_LOST_EXIT, LaneDeadlines, clock, watch
 from powerq.tasks.journal import Run, overlaps
 
 
@@ -27,10 +27,10 @@ def _lane_worker(deadlines: LaneDeadlines) -> multiprocessing.process.BaseProces
 
 def test_the_watchdog_ends_the_worker_when_the_deadline_passes() -> None:
     deadlines = LaneDeadlines(lanes=4)
-    deadlines.set(1, time.monotonic() + 0.5)
+    deadlines.set(1, clock() + 0.5)
     child = _lane_worker(deadlines)
     time.sleep(0.2)
-    deadlines.set(1, time.monotonic() + 0.5)  # renewed by the agent, seen by the child
+    deadlines.set(1, clock() + 0.5)  # renewed by the agent, seen by the child
     time.sleep(0.4)
     assert child.is_alive()
 
@@ -40,7 +40,7 @@ def test_the_watchdog_ends_the_worker_when_the_deadline_passes() -> None:
 
 def test_a_withdrawn_lane_stops_its_worker_at_once() -> None:
     deadlines = LaneDeadlines(lanes=2)
-    deadlines.set(1, time.monotonic() + 60)
+    deadlines.set(1, clock() + 60)
     child = _lane_worker(deadlines)
     deadlines.withdraw(1)
 

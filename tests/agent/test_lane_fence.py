@@ -116,3 +116,14 @@ def test_a_starting_worker_resumes_only_what_other_consumers_of_its_lane_held(
     assert leases.claim(mine.id, lease_s=60) is not None
 
     assert resume_lane(LANE, new_fence) == [earlier.id]
+
+
+def test_no_claim_once_less_than_the_margin_of_the_lease_is_left(
+    session: Session, fenced: None
+) -> None:
+    request = _pending(session)
+    lane_fence.hold(LaneFence(LANE, _take_lane("me")))
+    session.execute(text("UPDATE lane_leases SET expires_at = now() + interval '1 s'"))
+    session.commit()  # the agent is late renewing: its workers stop before the lease runs out
+
+    assert leases.claim(request.id, lease_s=60) is None

@@ -35,8 +35,8 @@ def test_an_expired_lane_changes_hands_under_a_higher_fence(session: Session) ->
     _expire(session, "lane_leases", "lane = 3")
 
     assert leases.acquire(b, [3], lease_s=30) == {3: 2}
-    assert leases.heartbeat(a, lease_s=30).held == {}  # a does not get it back by renewing
-    assert leases.heartbeat(b, lease_s=30).held == {3: 2}
+    assert leases.heartbeat(a, lease_s=30, held=[3]).held == {}  # not a's again by renewing
+    assert leases.heartbeat(b, lease_s=30, held=[3]).held == {3: 2}
 
 
 def test_a_heartbeat_renews_only_this_runs_unexpired_leases(session: Session) -> None:
@@ -45,7 +45,7 @@ def test_a_heartbeat_renews_only_this_runs_unexpired_leases(session: Session) ->
     _expire(session, "lane_leases", "lane = 1")
     restarted = Identity("a", uuid.uuid4(), 2, True)  # same name, a new run
 
-    assert leases.heartbeat(a, lease_s=30).held == {0: 1}
+    assert leases.heartbeat(a, lease_s=30, held=[0, 1]).held == {0: 1}
     assert leases.heartbeat(restarted, lease_s=30).registered is False
     assert leases.acquire(restarted, [0, 1], lease_s=30) == {1: 2}  # 0 is still a's
 
@@ -92,3 +92,29 @@ def test_a_restarted_worker_gets_a_fence_of_its_own_while_the_lease_holds(
     assert leases.refence(b, 0) is None
     _expire(session, "lane_leases", "lane = 0")
     assert leases.refence(a, 0) is None
+
+
+def test_only_the_lanes_an_agent_runs_are_renewed(session: Session) -> None:
+    a = _agent("a")
+    leases.acquire(a, [0, 1], lease_s=30)  # say the answer about lane 1 was lost
+    session.execute(text("UPDATE lane_leases SET expires_at = now() + interval '1 s'"))
+    session.commit()
+
+    assert leases.heartbeat(a, lease_s=30, held=[0]).held == {0: 1}
+    (until,) = session.execute(
+        text("SELECT expires_at - now() < interval '2 s' FROM lane_leases WHERE lane = 1")
+    ).one()
+    assert until  # lane 1 runs out instead of being kept with no worker
+
+
+def test_a_run_that_knows_its_predecessor_is_dead_takes_its_name_and_lanes_at_once(
+    session: Session,
+) -> None:
+    crashed = _agent("up")
+    leases.heartbeat(crashed, lease_s=30)
+    leases.acquire(crashed, [0, 1], lease_s=30)
+    leases.acquire(_agent("other"), [2], lease_s=30)
+    restarted = Identity("up", uuid.uuid4(), 2, True, take_over=True)
+
+    assert leases.heartbeat(restarted, lease_s=30).registered
+    assert leases.acquire(restarted, [0, 1, 2], lease_s=30) == {0: 2, 1: 2}  # not another's
