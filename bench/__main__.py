@@ -31,6 +31,7 @@ BENCHMARKS = (
     "recovery",
     "import_nodes",
     "cli_cost",
+    "scaling",
 )
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
@@ -45,6 +46,7 @@ ALL_DEFAULTS: dict[str, list[str]] = {
     "recovery": [],
     "import_nodes": [],
     "cli_cost": [],
+    "scaling": ["--nodes", "1000", "--actions", "off"],
 }
 FULL_DEFAULTS: dict[str, list[str]] = {
     **ALL_DEFAULTS,

@@ -1,0 +1,712 @@
+"""Benchmark 11 (capacity model): 1, 2 and 3 ``powerq agent`` processes sharing one set of lanes.
+
+For each agent count A (``--agents``, default 1,2,3), on the same fleet of
+simulated IPMI BMCs (``--nodes``, transition 0.5 s) and the same
+``POWERQ_LANES`` (``--lanes``, default 12):
+
+* A agents are started as shipped (``python -m powerq.cli agent --lanes auto
+  --name aK``); the run waits until every lane's lease is held by the agent
+  rendezvous hashing gives it to and every lane worker answers a ping;
+* an idle window (``--idle`` seconds, no request): what the agents, the
+  control worker and beat cost PostgreSQL and Redis doing nothing, and the
+  lane-lease heartbeats (rows of ``agents`` and ``lane_leases`` updated);
+* one verified batch per action (``--actions``, default off then on) of every
+  node through ``POST /v1/batches`` (gunicorn, control worker and beat as
+  ``powerq up`` runs them, shared by every A), timed from the POST to the last
+  ``finished_at``; actions/s overall, per lane and per agent (from the lane of
+  each request and the agent that held that lane); PostgreSQL transactions and
+  rows written per action (``pg_stat_database`` and ``pg_stat_user_tables``
+  deltas of the bench database; raw, and net of the idle window's rate);
+  Redis commands per action (``INFO commandstats`` of the private
+  redis-server); CPU per action by party (agents and their lane workers,
+  this database's PostgreSQL backends, Redis, the fleet, API, control);
+* what the BMCs executed, from their own logs: exactly one power command per
+  node and no command overlapping a transition, or the run FAILS (rows marked
+  NOT, exit code 1).
+
+After the last agent count, one monitor refresh of every node (the beat task
+body called once, as beat calls it) is measured the same way: transactions,
+rows and Redis commands per node read. Every figure is also given as a ratio
+to the first agent count of the same run. Bounded (every wait times out), stops
+by itself, and every process it starts is stopped by process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import common
+from bench.batch import (
+    executions_at_bmcs,
+    power_all,
+    progress,
+    submit_batch_api,
+    system_cpu,
+    wait_fleet_settled,
+)
+from bench.common import Result, Row, say
+
+TRANSITION_S = 0.5
+RUN_TIMEOUT_S = 600.0
+READY_TIMEOUT_S = 180.0
+# PostgreSQL 15 backends report their counters when idle, at most once a
+# second, and an idle backend with counters pending reports them within 10 s:
+# a snapshot taken this long after the work has all of it.
+STATS_FLUSH_S = 11.0
+POLL_S = 0.5
+# Commands the bench itself sends to Redis (its snapshots), not counted.
+OWN_REDIS_COMMANDS = ("info", "config", "client", "hello", "select", "ping")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m bench scaling``."""
+    parser.add_argument("--nodes", type=int, default=2000, help="fleet size (default 2000)")
+    parser.add_argument(
+        "--lanes", type=int, default=12, help="POWERQ_LANES of every agent (default 12)"
+    )
+    parser.add_argument(
+        "--agents", default="1,2,3", help="comma-separated agent counts (default 1,2,3)"
+    )
+    parser.add_argument(
+        "--transition",
+        type=float,
+        default=TRANSITION_S,
+        help=f"seconds a simulated power transition takes (default {TRANSITION_S})",
+    )
+    parser.add_argument(
+        "--actions", default="off,on", help="batches per agent count, in order (default off,on)"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds of the idle window (default 20)"
+    )
+    parser.add_argument(
+        "--no-monitor", action="store_true", help="skip the monitor refresh at the end"
+    )
+    parser.add_argument(
+        "--output", default="scaling", help="results file under bench/results (default scaling)"
+    )
+
+
+# --- counters -------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """PostgreSQL, Redis and CPU counters at one moment."""
+
+    at: float
+    pg: dict[str, int]
+    tables: dict[str, dict[str, int]]
+    redis: dict[str, int]
+    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
+    busy: tuple[float, float] = (0.0, 0.0)
+
+
+_DB_COUNTERS = (
+    "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted"
+    " FROM pg_stat_database WHERE datname = current_database()"
+)
+_TABLE_COUNTERS = (
+    "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd FROM pg_stat_user_tables"
+)
+
+
+def snapshot(services: common.Services, database: str) -> Snapshot:
+    """The counters now (one PostgreSQL transaction of the bench's own, subtracted later)."""
+    import psycopg
+    import redis
+
+    with psycopg.connect(services.psycopg_url) as conn:
+        row = conn.execute(_DB_COUNTERS).fetchone()
+        tables = {
+            name: {"ins": ins, "upd": upd, "del": dele, "hot_upd": hot}
+            for name, ins, upd, dele, hot in conn.execute(_TABLE_COUNTERS).fetchall()
+        }
+    assert row is not None
+    pg = dict(zip(("commit", "rollback", "ins", "upd", "del"), map(int, row), strict=True))
+    client = redis.Redis.from_url(services.broker_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    commands = {
+        key.removeprefix("cmdstat_"): int(value["calls"])
+        for key, value in stats.items()
+        if key.removeprefix("cmdstat_").split("|")[0] not in OWN_REDIS_COMMANDS
+    }
+    return Snapshot(time.time(), pg, tables, commands, cpu_by_party(database), system_cpu())
+
+
+def cpu_by_party(database: str) -> dict[int, tuple[str, float]]:
+    """:func:`common.cpu_by_party`, with the backends of ``database`` told apart from the
+    rest of the shared PostgreSQL server (other engineers' tests use it too), and the
+    agents (whose command line says ``agent``) with their forked lane workers."""
+    import psutil
+
+    parties = common.cpu_by_party()
+    for pid, (party, cpu) in list(parties.items()):
+        try:
+            line = " ".join(psutil.Process(pid).cmdline())
+        except (psutil.Error, OSError):
+            continue
+        if party == "postgres" and database in line:
+            parties[pid] = ("postgres (bench db)", cpu)
+        elif party == "postgres":
+            parties[pid] = ("postgres (other)", cpu)
+        elif "powerq.cli agent" in line or party == "lanes":
+            parties[pid] = ("agents", cpu)  # an agent, or a lane worker it forked
+    return parties
+
+
+def deltas(before: Snapshot, after: Snapshot, own_transactions: int) -> dict[str, Any]:
+    """What happened between two snapshots: transactions, rows (by table), Redis commands.
+
+    ``own_transactions``: transactions the bench itself ran in between (its
+    progress polls, the first snapshot), not counted.
+    """
+    pg = {key: after.pg[key] - before.pg[key] for key in after.pg}
+    tables = {}
+    for name, counts in after.tables.items():
+        start = before.tables.get(name, {k: 0 for k in counts})
+        changed = {k: counts[k] - start[k] for k in counts}
+        if any(changed.values()):
+            tables[name] = changed
+    commands = {
+        name: calls - before.redis.get(name, 0)
+        for name, calls in after.redis.items()
+        if calls - before.redis.get(name, 0)
+    }
+    return {
+        "seconds": after.at - before.at,
+        "transactions": pg["commit"] + pg["rollback"] - own_transactions,
+        "rollbacks": pg["rollback"],
+        "rows_written": pg["ins"] + pg["upd"] + pg["del"],
+        "rows": {"inserted": pg["ins"], "updated": pg["upd"], "deleted": pg["del"]},
+        "rows_by_table": dict(sorted(tables.items(), key=lambda item: -sum(item[1].values()))),
+        "redis_commands": sum(commands.values()),
+        "redis_by_command": dict(sorted(commands.items(), key=lambda item: -item[1])),
+    }
+
+
+def rates(window: dict[str, Any]) -> dict[str, float]:
+    """Per-second rates of an idle window's deltas."""
+    seconds = window["seconds"]
+    return {
+        "transactions": window["transactions"] / seconds,
+        "rows_written": window["rows_written"] / seconds,
+        "redis_commands": window["redis_commands"] / seconds,
+    }
+
+
+def net(window: dict[str, Any], background: dict[str, float]) -> dict[str, float]:
+    """A window's totals less what the idle rate accounts for over its length."""
+    seconds = window["seconds"]
+    return {key: window[key] - background[key] * seconds for key in background}
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+def agent_names(count: int) -> list[str]:
+    """a1 … aN."""
+    return [f"a{k}" for k in range(1, count + 1)]
+
+
+def start_agents(group: Any, names: list[str], lanes: int) -> float:
+    """Start the agents; wait until every lane is held by its rendezvous owner and every
+    lane worker answers a ping. Returns the seconds taken.
+
+    :raises TimeoutError: not settled within READY_TIMEOUT_S.
+    :raises RuntimeError: an agent died.
+    """
+    from powerq.agent.placement import owner
+    from powerq.tasks.app import app
+
+    env = {
+        "POWERQ_LANES": str(lanes),
+        "POWERQ_MONITOR_INTERVAL_S": "3600",
+        "PYTHONPATH": str(common.REPO_DIR),
+    }
+    started = time.monotonic()
+    for name in names:
+        group.python(name, "powerq.cli", "agent", "--lanes", "auto", "--name", name, extra_env=env)
+    expected = {lane: owner(lane, names) for lane in range(lanes)}
+    destinations = sorted(f"lane{lane}@{agent}" for lane, agent in expected.items())
+    deadline = started + READY_TIMEOUT_S
+    while True:
+        dead = [c.name for c in group.dead() if c.name in names]
+        if dead:
+            raise RuntimeError(f"agents died: {dead}; logs in {group.log_dir}")
+        if lease_owners() == expected:
+            answered: set[str] = set()
+            for reply in app.control.ping(destination=destinations, timeout=1.0):
+                answered |= set(reply)
+            if answered >= set(destinations):
+                return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"agents {names} not settled after {READY_TIMEOUT_S:.0f} s: leases "
+                f"{lease_owners()}, expected {expected}; logs in {group.log_dir}"
+            )
+        time.sleep(0.5)
+
+
+def lease_owners() -> dict[int, str]:
+    """Lane -> owner of every live lane lease."""
+    from sqlalchemy import text
+
+    from powerq.db import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(
+            text("SELECT lane, owner FROM lane_leases WHERE expires_at > now()")
+        ).all()
+    return {int(lane): str(owner) for lane, owner in rows}
+
+
+def stop_agents(group: Any, names: list[str]) -> None:
+    """SIGTERM every agent at once (each stops its workers, gives its lanes back and
+    leaves), then wait for each (SIGKILL after 30 s)."""
+    for name in names:
+        child = group.children.get(name)
+        if child is not None and child.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+    for name in names:
+        group.stop(name, timeout=30)
+
+
+# --- one batch ------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every run of one invocation shares."""
+
+    services: common.Services
+    fleet: Any
+    names: list[str]
+    lanes: int
+    api_url: str
+
+
+def one_batch(
+    ctx: Context, agents: list[str], action: str, background: dict[str, float]
+) -> dict[str, Any]:
+    """One verified batch ``action`` of every node; its figures and what the BMCs executed."""
+    n = len(ctx.names)
+    power_all(ctx.fleet, "off" if action == "on" else "on")  # also empties the BMCs' logs
+    actor = f"bench-scaling-A{len(agents)}-{action}"
+    token = common.create_api_token("operator", actor)
+    owners = lease_owners()
+    before = snapshot(ctx.services, ctx.services.database_name)
+    t0 = time.time()
+    submit_s = submit_batch_api({"url": ctx.api_url, "token": token}, ctx.names, action)
+    polls = 0
+    state: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal state, polls
+        polls += 1
+        state = progress(actor)
+        return bool(state["done"] == n)
+
+    common.wait_until(finished, RUN_TIMEOUT_S, f"batch {action} with {len(agents)} agents", POLL_S)
+    done = snapshot(ctx.services, ctx.services.database_name)  # CPU at the end of the work
+    time.sleep(STATS_FLUSH_S)
+    after = snapshot(ctx.services, ctx.services.database_name)
+    wall = float(state["last_finished"]) - t0
+    window = deltas(before, after, own_transactions=polls + 2)
+    window_net = net(window, background)
+    cpu = common.cpu_delta_by_party(before.cpu, done.cpu)
+    busy = (done.busy[0] - before.busy[0]) / max(1.0, done.busy[1] - before.busy[1])
+    fleet_after = wait_fleet_settled(ctx.fleet)
+    at_bmcs = executions_at_bmcs(ctx.fleet)
+    lanes, by_agent = per_lane_and_agent(actor, t0, ctx.lanes, owners)
+    target = "off" if action == "off" else "on"
+    problems = []
+    if state["ok"] != n:
+        problems.append(f"{state['ok']}/{n} requests succeeded")
+    if fleet_after[target] != n:
+        problems.append(f"fleet {fleet_after}, expected {n} {target}")
+    if at_bmcs["executions"] != n or at_bmcs["nodes_without_execution"]:
+        problems.append(
+            f"{at_bmcs['executions']} power commands executed by {n} BMCs "
+            f"({at_bmcs['nodes_without_execution']} nodes without one)"
+        )
+    if at_bmcs["beyond_one_per_node"] or at_bmcs["overlapping_a_transition"]:
+        problems.append(
+            f"{at_bmcs['beyond_one_per_node']} executions beyond one per node, "
+            f"{at_bmcs['overlapping_a_transition']} overlapping a transition"
+        )
+    figures = {
+        "action": action,
+        "agents": len(agents),
+        "wall_s": wall,
+        "submit_s": submit_s,
+        "actions_per_s": n / wall,
+        "per_lane": lanes,
+        "per_agent": by_agent,
+        "requests": state,
+        "progress_polls": polls,
+        "window": window,
+        "window_net_of_idle": window_net,
+        "per_action": {
+            "transactions": window["transactions"] / n,
+            "rows_written": window["rows_written"] / n,
+            "redis_commands": window["redis_commands"] / n,
+            "transactions_net": window_net["transactions"] / n,
+            "rows_written_net": window_net["rows_written"] / n,
+            "redis_commands_net": window_net["redis_commands"] / n,
+            "cpu_ms_by_party": {party: s * 1000 / n for party, s in cpu.items()},
+        },
+        "cpu_s_by_party": cpu,
+        "machine_busy_fraction": busy,
+        "loadavg_after": os.getloadavg(),
+        "fleet_after": fleet_after,
+        "at_bmcs": at_bmcs,
+        "problems": problems,
+    }
+    say(
+        f"A={len(agents)} {action}: {wall:.1f} s ({n / wall:.0f} actions/s, POST {submit_s:.1f} s),"
+        f" {window['transactions'] / n:.2f} txn, {window['rows_written'] / n:.2f} rows,"
+        f" {window['redis_commands'] / n:.1f} Redis commands per action; CPU s {cpu};"
+        f" at the BMCs {at_bmcs}"
+    )
+    if problems:
+        say(f"!!! A={len(agents)} {action} FAILED: {'; '.join(problems)}")
+    return figures
+
+
+def per_lane_and_agent(
+    actor: str, t0: float, lanes: int, owners: dict[int, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Actions/s of each lane (its requests over the time to its last ``finished_at``), and
+    of each agent (the lanes it held during the batch)."""
+    from sqlalchemy import text
+
+    from powerq.db import session_scope
+    from powerq.tasks.routing import lane_for
+
+    with session_scope() as session:
+        rows = session.execute(
+            text(
+                "SELECT n.name, extract(epoch FROM r.finished_at) FROM power_requests r"
+                " JOIN nodes n ON n.id = r.node_id WHERE r.requested_by = :actor"
+                " AND r.status = 'succeeded'"
+            ),
+            {"actor": actor},
+        ).all()
+    count = [0] * lanes
+    last = [t0] * lanes
+    for name, finished in rows:
+        lane = lane_for(name, lanes)
+        count[lane] += 1
+        last[lane] = max(last[lane], float(finished))
+    lane_rates = [count[k] / max(1e-6, last[k] - t0) for k in range(lanes)]
+    agents: dict[str, Any] = {}
+    for lane in range(lanes):
+        agent = owners.get(lane, "?")
+        entry = agents.setdefault(agent, {"lanes": [], "actions": 0, "last": t0})
+        entry["lanes"].append(lane)
+        entry["actions"] += count[lane]
+        entry["last"] = max(entry["last"], last[lane])
+    for entry in agents.values():
+        entry["actions_per_s"] = entry["actions"] / max(1e-6, entry.pop("last") - t0)
+    ordered = sorted(lane_rates)
+    return (
+        {
+            "actions": count,
+            "actions_per_s": lane_rates,
+            "min": ordered[0],
+            "median": common.median(ordered),
+            "max": ordered[-1],
+        },
+        agents,
+    )
+
+
+def idle_window(ctx: Context, seconds: float) -> dict[str, Any]:
+    """The installation doing nothing for ``seconds``: background rates and lease heartbeats."""
+    time.sleep(STATS_FLUSH_S)  # counters of the start-up have landed
+    before = snapshot(ctx.services, ctx.services.database_name)
+    time.sleep(seconds)
+    after = snapshot(ctx.services, ctx.services.database_name)
+    window = deltas(before, after, own_transactions=1)
+    tables = window["rows_by_table"]
+    span = window["seconds"]
+    return {
+        **window,
+        "rates": rates(window),
+        "agents_rows_updated_per_s": tables.get("agents", {}).get("upd", 0) / span,
+        "lane_leases_rows_updated_per_s": tables.get("lane_leases", {}).get("upd", 0) / span,
+        "cpu_s_by_party": common.cpu_delta_by_party(before.cpu, after.cpu),
+    }
+
+
+# --- the monitor ----------------------------------------------------------------------------
+
+
+def monitor_tick(ctx: Context, background: dict[str, float]) -> dict[str, Any]:
+    """One monitor refresh of every node through the lanes (every node due); its writes."""
+    from bench.monitor import refreshed, sessions_opened
+    from powerq.config import get_settings
+    from powerq.tasks.monitor import monitor
+
+    n = len(ctx.names)
+    os.environ["POWERQ_MONITOR_INTERVAL_S"] = "1"  # every node is due (this process only)
+    get_settings.cache_clear()
+    time.sleep(2)
+    logins0 = sessions_opened(ctx.fleet)
+    before = snapshot(ctx.services, ctx.services.database_name)
+    t0 = time.time()
+    marked = monitor()
+    polls = 0
+    state: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal state, polls
+        polls += 1
+        state = refreshed(t0)
+        return state["done"] + state["errors"] >= n
+
+    common.wait_until(done, RUN_TIMEOUT_S, "monitor refresh", POLL_S)
+    end = snapshot(ctx.services, ctx.services.database_name)
+    time.sleep(STATS_FLUSH_S)
+    after = snapshot(ctx.services, ctx.services.database_name)
+    os.environ["POWERQ_MONITOR_INTERVAL_S"] = "3600"
+    get_settings.cache_clear()
+    window = deltas(before, after, own_transactions=polls + 2)
+    window_net = net(window, background)
+    cpu = common.cpu_delta_by_party(before.cpu, end.cpu)
+    wall = float(state["last"] or time.time()) - t0
+    figures = {
+        "marked": marked,
+        "wall_s": wall,
+        "refreshed": state,
+        "logins": sessions_opened(ctx.fleet) - logins0,
+        "window": window,
+        "window_net_of_idle": window_net,
+        "per_node": {
+            "transactions": window["transactions"] / n,
+            "rows_written": window["rows_written"] / n,
+            "redis_commands": window["redis_commands"] / n,
+            "transactions_net": window_net["transactions"] / n,
+            "rows_written_net": window_net["rows_written"] / n,
+            "redis_commands_net": window_net["redis_commands"] / n,
+            "cpu_ms_by_party": {party: s * 1000 / n for party, s in cpu.items()},
+        },
+        "cpu_s_by_party": cpu,
+    }
+    say(
+        f"monitor refresh of {n}: {wall:.1f} s, {state}, {window_net['transactions'] / n:.3f} txn,"
+        f" {window_net['rows_written'] / n:.2f} rows, "
+        f"{window_net['redis_commands'] / n:.3f} Redis commands per node (net of idle)"
+    )
+    return figures
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Every agent count on one fleet, one database, one Redis; the rows."""
+    counts = [int(x) for x in args.agents.split(",")]
+    actions = [a.strip() for a in args.actions.split(",") if a.strip()]
+    if set(actions) - {"off", "on"} or not actions:
+        raise SystemExit(f"--actions: off and/or on (got {actions})")
+    result = Result(
+        args.output,
+        {
+            "nodes": args.nodes,
+            "lanes": args.lanes,
+            "agents": counts,
+            "transition_s": args.transition,
+            "actions": actions,
+            "idle_s": args.idle,
+            "lane_lease_s": None,
+            "lane_fanout": None,
+        },
+    )
+    result.details["loadavg_start"] = os.getloadavg()
+    with common.bench_services(args.lanes, redis_url=args.redis_url) as services:
+        from powerq.config import get_settings
+        from powerq.tasks.app import app  # noqa: F401  (imported with --lanes lanes)
+
+        settings = get_settings()
+        result.params["lane_lease_s"] = settings.lane_lease_s
+        result.params["lane_fanout"] = settings.lane_fanout
+        result.params["sweep_interval_s"] = settings.sweep_interval_s
+        group = services.processes
+        env = {"POWERQ_LANES": str(args.lanes), "POWERQ_MONITOR_INTERVAL_S": "3600"}
+        common.start_control_and_beat(group, env)
+        api_url = common.start_gunicorn(group, "api", "powerq.api.wsgi:app", extra_env=env)
+        with common.sim_fleet(args.nodes, transition=args.transition) as fleet:
+            names = common.register_nodes(fleet.manifest)
+            say(f"fleet of {args.nodes} BMCs up and registered; {args.lanes} lanes")
+            ctx = Context(services, fleet, names, args.lanes, api_url)
+            for count in counts:
+                agents = agent_names(count)
+                detail: dict[str, Any] = {"loadavg_start": os.getloadavg()}
+                try:
+                    detail["ready_s"] = start_agents(group, agents, args.lanes)
+                    detail["lanes_by_agent"] = _lanes_by_agent(lease_owners())
+                    say(f"A={count}: settled in {detail['ready_s']:.1f} s, "
+                        f"lanes {detail['lanes_by_agent']}")  # fmt: skip
+                    detail["idle"] = idle_window(ctx, args.idle)
+                    background = detail["idle"]["rates"]
+                    say(f"A={count} idle: {background}, agents rows/s "
+                        f"{detail['idle']['agents_rows_updated_per_s']:.2f}, lane_leases rows/s "
+                        f"{detail['idle']['lane_leases_rows_updated_per_s']:.2f}")  # fmt: skip
+                    for action in actions:
+                        detail[action] = one_batch(ctx, agents, action, background)
+                    if count == counts[-1] and not args.no_monitor:
+                        result.details["monitor"] = monitor_tick(ctx, background)
+                        result.details["monitor"]["agents"] = count
+                finally:
+                    stop_agents(group, agents)
+                detail["loadavg_end"] = os.getloadavg()
+                result.details[f"A{count}"] = detail
+    add_rows(result, counts, actions, args.nodes, args.lanes)
+    return result
+
+
+def _lanes_by_agent(owners: dict[int, str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for lane, agent in sorted(owners.items()):
+        out.setdefault(agent, []).append(lane)
+    return out
+
+
+def combined(detail: dict[str, Any], actions: list[str], n: int) -> dict[str, float]:
+    """The figures of one agent count over all of its batches (2N actions for off,on)."""
+    runs = [detail[a] for a in actions]
+    total = n * len(runs)
+    wall = sum(r["wall_s"] for r in runs)
+    agents = runs[0]["agents"]
+    lane_cpu = sum(r["cpu_s_by_party"].get("agents", 0.0) for r in runs)
+    pg_cpu = sum(r["cpu_s_by_party"].get("postgres (bench db)", 0.0) for r in runs)
+
+    def per(key: str) -> float:
+        return sum(r["window_net_of_idle"][key] for r in runs) / total
+
+    return {
+        "actions": total,
+        "wall_s": wall,
+        "actions_per_s": total / wall,
+        "per_lane_median": common.median([r["per_lane"]["median"] for r in runs]),
+        "per_agent": total / wall / agents,
+        "transactions": per("transactions"),
+        "rows_written": per("rows_written"),
+        "redis_commands": per("redis_commands"),
+        "agents_cpu_ms": lane_cpu * 1000 / total,
+        "pg_cpu_ms": pg_cpu * 1000 / total,
+        "problems": sum(len(r["problems"]) for r in runs),
+    }
+
+
+def add_rows(result: Result, counts: list[int], actions: list[str], n: int, lanes: int) -> None:
+    """Rows: each figure per agent count, as a ratio to the first agent count's."""
+    figures = {c: combined(result.details[f"A{c}"], actions, n) for c in counts}
+    result.details["combined"] = figures
+    base_count = counts[0]
+    base = figures[base_count]
+    label = f"{base_count} agent{'s' if base_count != 1 else ''}, same run"
+    what = "+".join(actions)
+    specs = (
+        ("actions/s overall", "actions/s", "actions_per_s"),
+        ("actions/s per lane (median lane)", "actions/s", "per_lane_median"),
+        ("actions/s per agent", "actions/s", "per_agent"),
+        ("PostgreSQL transactions per action (net of idle)", "txn", "transactions"),
+        ("PostgreSQL rows written per action (net of idle)", "rows", "rows_written"),
+        ("Redis commands per action (net of idle)", "commands", "redis_commands"),
+        ("agents + lane workers CPU per action", "ms", "agents_cpu_ms"),
+        ("bench database's PostgreSQL backends CPU per action", "ms", "pg_cpu_ms"),
+    )
+    for count in counts:
+        mine = figures[count]
+        for metric, unit, key in specs:
+            ratio = mine[key] / base[key] if base[key] else None
+            result.add(
+                Row("11 scaling", f"N={n} L={lanes} A={count} {what}: {metric}", unit, "(info)",
+                    label, base[key], mine[key], ratio, None)
+            )  # fmt: skip
+        idle = result.details[f"A{count}"]["idle"]
+        result.add(
+            Row("11 scaling", f"A={count} idle: agent heartbeat statements per agent per s",
+                "stmt/s", "5 per lease", "5 / POWERQ_LANE_LEASE_S",
+                5 / float(result.params["lane_lease_s"]),
+                idle["agents_rows_updated_per_s"] / count,
+                idle["agents_rows_updated_per_s"] / count
+                / (5 / float(result.params["lane_lease_s"])), None,
+                f"lane_leases rows renewed {idle['lane_leases_rows_updated_per_s']:.2f}/s; "
+                f"idle {idle['rates']['transactions']:.1f} txn/s, "
+                f"{idle['rates']['redis_commands']:.0f} Redis commands/s")
+        )  # fmt: skip
+        problems = [p for a in actions for p in result.details[f"A{count}"][a]["problems"]]
+        at = [result.details[f"A{count}"][a]["at_bmcs"] for a in actions]
+        result.add(
+            Row("11 scaling", f"A={count}: power commands executed at the BMCs per node per action",
+                "commands", "exactly 1, 0 overlaps", "", None,
+                sum(x["executions"] for x in at) / (n * len(actions)), None, not problems,
+                ("NOT CORRECT: " + "; ".join(problems)) if problems else
+                f"{sum(x['executions'] for x in at)} executions for {n * len(actions)} actions, "
+                f"{sum(x['overlapping_a_transition'] for x in at)} overlapping")
+        )  # fmt: skip
+    if "monitor" in result.details:
+        per_node = result.details["monitor"]["per_node"]
+        mon = result.details["monitor"]
+        result.add(
+            Row("11 scaling", f"monitor refresh of {n} nodes: per node read", "txn / rows",
+                "(info)", "", per_node["transactions_net"], per_node["rows_written_net"], None,
+                None, f"wall {mon['wall_s']:.1f} s; Redis commands per node "
+                f"{per_node['redis_commands_net']:.3f}; logins {mon['logins']}")
+        )  # fmt: skip
+
+
+def table_markdown(result: Result) -> str:
+    """The BENCHMARKS.md table of one run."""
+    figures = result.details["combined"]
+    counts = list(figures)
+    base = figures[counts[0]]
+    lines = [
+        "| agents | actions/s | x | per lane (median) | per agent | PG txn / action | "
+        "PG rows / action | Redis cmds / action | agent CPU ms / action | PG CPU ms / action |"
+        " heartbeats / agent / s | BMC commands / node / action, overlaps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for count in counts:
+        f = figures[count]
+        idle = result.details[f"A{count}"]["idle"]
+        at = [result.details[f"A{count}"][a]["at_bmcs"] for a in result.params["actions"]]
+        execs = sum(x["executions"] for x in at) / f["actions"]
+        overlaps = sum(x["overlapping_a_transition"] for x in at)
+        lines.append(
+            f"| {count} | {f['actions_per_s']:.0f}"
+            f" | {f['actions_per_s'] / base['actions_per_s']:.2f}"
+            f" | {f['per_lane_median']:.1f} | {f['per_agent']:.0f} | {f['transactions']:.2f}"
+            f" | {f['rows_written']:.2f} | {f['redis_commands']:.1f} | {f['agents_cpu_ms']:.1f}"
+            f" | {f['pg_cpu_ms']:.1f} | {idle['agents_rows_updated_per_s'] / count:.2f}"
+            f" | {execs:.2f}, {overlaps} |"
+        )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> Result:
+    """Run, print the table, write the JSON; loud when the BMCs did not execute exactly one
+    command per node per action."""
+    result = run(args)
+    print(common.rows_table(result.rows))
+    print()
+    print(table_markdown(result))
+    result.write()
+    bad = [r for r in result.rows if r.note.startswith("NOT")]
+    if bad:
+        say("!!! SCALING RUN FAILED: " + " | ".join(r.note for r in bad))
+    return result
