@@ -89,6 +89,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-monitor", action="store_true", help="skip the monitor refresh at the end"
     )
     parser.add_argument(
+        "--db-pool",
+        default="2,1",
+        help="POWERQ_DB_POOL_SIZE,POWERQ_DB_MAX_OVERFLOW of the agents (default 2,1: 12 lanes "
+        "as shipped, 3+3, could hold 72 of a shared server's 100 connections; 'shipped': "
+        "leave them as configured)",
+    )
+    parser.add_argument(
+        "--no-ceilings",
+        action="store_true",
+        help="skip pgbench and redis-benchmark (this host's ceilings) at the end",
+    )
+    parser.add_argument(
         "--output", default="scaling", help="results file under bench/results (default scaling)"
     )
 
@@ -119,10 +131,9 @@ _TABLE_COUNTERS = (
 
 def snapshot(services: common.Services, database: str) -> Snapshot:
     """The counters now (one PostgreSQL transaction of the bench's own, subtracted later)."""
-    import psycopg
     import redis
 
-    with psycopg.connect(services.psycopg_url) as conn:
+    with _connect(services.psycopg_url) as conn:
         row = conn.execute(_DB_COUNTERS).fetchone()
         tables = {
             name: {"ins": ins, "upd": upd, "del": dele, "hot_upd": hot}
@@ -141,6 +152,34 @@ def snapshot(services: common.Services, database: str) -> Snapshot:
         if key.removeprefix("cmdstat_").split("|")[0] not in OWN_REDIS_COMMANDS
     }
     return Snapshot(time.time(), pg, tables, commands, cpu_by_party(database), system_cpu())
+
+
+def _connect(url: str) -> Any:
+    """A psycopg connection; the shared server may be full for a moment (other engineers'
+    tests use it too): up to 10 tries, a second apart.
+
+    :raises psycopg.OperationalError: still refused after the last try.
+    """
+    import psycopg
+
+    for attempt in range(10):
+        try:
+            return psycopg.connect(url)
+        except psycopg.OperationalError:
+            if attempt == 9:
+                raise
+            say("PostgreSQL refused a connection (too many clients?); trying again")
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def connections(database: str, admin_url: str) -> int:
+    """Connections open to ``database`` now (pg_stat_activity)."""
+    with _connect(admin_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def cpu_by_party(database: str) -> dict[int, tuple[str, float]]:
@@ -218,7 +257,7 @@ def agent_names(count: int) -> list[str]:
     return [f"a{k}" for k in range(1, count + 1)]
 
 
-def start_agents(group: Any, names: list[str], lanes: int) -> float:
+def start_agents(group: Any, names: list[str], lanes: int, pool: str = "shipped") -> float:
     """Start the agents; wait until every lane is held by its rendezvous owner and every
     lane worker answers a ping. Returns the seconds taken.
 
@@ -233,6 +272,9 @@ def start_agents(group: Any, names: list[str], lanes: int) -> float:
         "POWERQ_MONITOR_INTERVAL_S": "3600",
         "PYTHONPATH": str(common.REPO_DIR),
     }
+    if pool != "shipped":
+        size, overflow = pool.split(",")
+        env.update(POWERQ_DB_POOL_SIZE=size.strip(), POWERQ_DB_MAX_OVERFLOW=overflow.strip())
     started = time.monotonic()
     for name in names:
         group.python(name, "powerq.cli", "agent", "--lanes", "auto", "--name", name, extra_env=env)
@@ -311,10 +353,15 @@ def one_batch(
     polls = 0
     state: dict[str, Any] = {}
 
+    peak_connections = 0
+
     def finished() -> bool:
-        nonlocal state, polls
+        nonlocal state, polls, peak_connections
         polls += 1
         state = progress(actor)
+        peak_connections = max(
+            peak_connections, connections(ctx.services.database_name, ctx.services.admin_url)
+        )
         return bool(state["done"] == n)
 
     common.wait_until(finished, RUN_TIMEOUT_S, f"batch {action} with {len(agents)} agents", POLL_S)
@@ -355,6 +402,7 @@ def one_batch(
         "per_agent": by_agent,
         "requests": state,
         "progress_polls": polls,
+        "peak_connections_to_the_database": peak_connections,
         "window": window,
         "window_net_of_idle": window_net,
         "per_action": {
@@ -512,6 +560,60 @@ def monitor_tick(ctx: Context, background: dict[str, float]) -> dict[str, Any]:
     return figures
 
 
+# --- ceilings of this host -----------------------------------------------------------------
+
+CEILING_S = 10
+
+
+def ceilings(services: common.Services, private_redis: bool) -> dict[str, Any]:
+    """What this host's PostgreSQL and Redis do flat out, under the same load, right after
+    the agents stopped: ``pgbench -b simple-update`` (one transaction: an UPDATE, a SELECT,
+    an INSERT: 2 rows written) in the bench database, 8 clients, CEILING_S seconds; and
+    ``redis-benchmark`` LPUSH / RPOP / SET on the private redis-server (not on a shared one:
+    ``--redis-url`` skips it). The capacity model divides by these.
+    """
+    import shutil
+    import subprocess
+
+    out: dict[str, Any] = {}
+    if shutil.which("pgbench"):
+        url = services.psycopg_url
+        init = subprocess.run(
+            ["pgbench", "-i", "-s", "1", "-q", url], capture_output=True, text=True, timeout=120
+        )
+        run = subprocess.run(
+            ["pgbench", "-n", "-b", "simple-update", "-c", "8", "-j", "2",
+             "-T", str(CEILING_S), url],
+            capture_output=True, text=True, timeout=CEILING_S + 120,
+        )  # fmt: skip
+        tps = [
+            float(line.split("=")[1].split()[0])
+            for line in run.stdout.splitlines()
+            if line.startswith("tps =")
+        ]
+        out["pgbench_simple_update_tps"] = tps[0] if tps else None
+        out["pgbench_rows_per_txn"] = 2
+        if not tps:
+            out["pgbench_error"] = (init.stderr + run.stderr)[-2000:]
+    else:
+        out["pgbench_error"] = "pgbench not installed"
+    if private_redis and shutil.which("redis-benchmark"):
+        host, port = services.broker_url.removeprefix("redis://").split("/")[0].split(":")
+        run = subprocess.run(
+            ["redis-benchmark", "-h", host, "-p", port, "-n", "200000", "-c", "50",
+             "-t", "lpush,rpop,set", "--csv"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        for line in run.stdout.splitlines():
+            cells = [c.strip('"') for c in line.split(",")]
+            if len(cells) > 1 and cells[0] in ("LPUSH", "RPOP", "SET"):
+                out[f"redis_{cells[0].lower()}_per_s"] = float(cells[1])
+    else:
+        out["redis_error"] = "skipped: not a private redis-server, or no redis-benchmark"
+    say(f"ceilings of this host: {out}")
+    return out
+
+
 # --- the benchmark --------------------------------------------------------------------------
 
 
@@ -530,6 +632,7 @@ def run(args: argparse.Namespace) -> Result:
             "transition_s": args.transition,
             "actions": actions,
             "idle_s": args.idle,
+            "agents_db_pool": args.db_pool,
             "lane_lease_s": None,
             "lane_fanout": None,
         },
@@ -555,7 +658,7 @@ def run(args: argparse.Namespace) -> Result:
                 agents = agent_names(count)
                 detail: dict[str, Any] = {"loadavg_start": os.getloadavg()}
                 try:
-                    detail["ready_s"] = start_agents(group, agents, args.lanes)
+                    detail["ready_s"] = start_agents(group, agents, args.lanes, args.db_pool)
                     detail["lanes_by_agent"] = _lanes_by_agent(lease_owners())
                     say(f"A={count}: settled in {detail['ready_s']:.1f} s, "
                         f"lanes {detail['lanes_by_agent']}")  # fmt: skip
@@ -573,6 +676,8 @@ def run(args: argparse.Namespace) -> Result:
                     stop_agents(group, agents)
                 detail["loadavg_end"] = os.getloadavg()
                 result.details[f"A{count}"] = detail
+            if not args.no_ceilings:
+                result.details["ceilings"] = ceilings(services, args.redis_url is None)
     add_rows(result, counts, actions, args.nodes, args.lanes)
     return result
 
