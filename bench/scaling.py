@@ -11,9 +11,11 @@ simulated IPMI BMCs (``--nodes``, transition 0.5 s) and the same
   control worker and beat cost PostgreSQL and Redis doing nothing, and the
   lane-lease heartbeats (rows of ``agents`` and ``lane_leases`` updated);
 * one verified batch per action (``--actions``, default off then on) of every
-  node through ``POST /v1/batches`` (gunicorn, control worker and beat as
-  ``powerq up`` runs them, shared by every A), timed from the POST to the last
-  ``finished_at``; actions/s overall, per lane and per agent (from the lane of
+  node, made as ``POST /v1/batches`` makes it (``create_batch`` in one
+  transaction, ``dispatch_releases`` after commit; in the bench process, so no
+  gunicorn holds connections and CPU), with the control worker and beat as
+  ``powerq up`` runs them (shared by every A), timed from the submission to the
+  last ``finished_at``; actions/s overall, per lane and per agent (from the lane of
   each request and the agent that held that lane); PostgreSQL transactions and
   rows written per action (``pg_stat_database`` and ``pg_stat_user_tables``
   deltas of the bench database; raw, and net of the idle window's rate);
@@ -46,7 +48,6 @@ from bench.batch import (
     executions_at_bmcs,
     power_all,
     progress,
-    submit_batch_api,
     system_cpu,
     wait_fleet_settled,
 )
@@ -156,30 +157,54 @@ def snapshot(services: common.Services, database: str) -> Snapshot:
 
 def _connect(url: str) -> Any:
     """A psycopg connection; the shared server may be full for a moment (other engineers'
-    tests use it too): up to 10 tries, a second apart.
+    tests use it too): up to 30 tries, a second apart.
 
     :raises psycopg.OperationalError: still refused after the last try.
     """
     import psycopg
 
-    for attempt in range(10):
+    for attempt in range(30):
         try:
             return psycopg.connect(url)
         except psycopg.OperationalError:
-            if attempt == 9:
+            if attempt == 29:
                 raise
             say("PostgreSQL refused a connection (too many clients?); trying again")
             time.sleep(1)
     raise AssertionError("unreachable")
 
 
-def connections(database: str, admin_url: str) -> int:
-    """Connections open to ``database`` now (pg_stat_activity)."""
-    with _connect(admin_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
-        ).fetchone()
-    return int(row[0]) if row else 0
+def connections() -> int:
+    """Connections open to the bench database now (pg_stat_activity; one transaction on
+    the bench process's pooled connection)."""
+    from sqlalchemy import text
+
+    from powerq.db import session_scope
+
+    with session_scope() as session:
+        count = session.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        ).scalar_one()
+    return int(count)
+
+
+def submit_batch(names: list[str], action: str, actor: str) -> float:
+    """One batch of ``action`` on every node, exactly as ``POST /v1/batches`` makes it
+    (``create_batch`` in one transaction, then ``dispatch_releases`` after commit), in
+    this process: no gunicorn holding connections and CPU. Returns seconds taken."""
+    from powerq.batches import BatchSpec, create_batch
+    from powerq.db import session_scope
+    from powerq.states import Action
+    from powerq.tasks.batch_pump import dispatch_releases
+
+    start = time.perf_counter()
+    with session_scope() as session:
+        created = create_batch(
+            session, BatchSpec(Action(action), nodes=tuple(names), name=actor), actor=actor
+        )
+        releases = created.releases
+    dispatch_releases(releases)
+    return time.perf_counter() - start
 
 
 def cpu_by_party(database: str) -> dict[int, tuple[str, float]]:
@@ -335,7 +360,6 @@ class Context:
     fleet: Any
     names: list[str]
     lanes: int
-    api_url: str
 
 
 def one_batch(
@@ -345,11 +369,10 @@ def one_batch(
     n = len(ctx.names)
     power_all(ctx.fleet, "off" if action == "on" else "on")  # also empties the BMCs' logs
     actor = f"bench-scaling-A{len(agents)}-{action}"
-    token = common.create_api_token("operator", actor)
     owners = lease_owners()
     before = snapshot(ctx.services, ctx.services.database_name)
     t0 = time.time()
-    submit_s = submit_batch_api({"url": ctx.api_url, "token": token}, ctx.names, action)
+    submit_s = submit_batch(ctx.names, action, actor)
     polls = 0
     state: dict[str, Any] = {}
 
@@ -359,9 +382,7 @@ def one_batch(
         nonlocal state, polls, peak_connections
         polls += 1
         state = progress(actor)
-        peak_connections = max(
-            peak_connections, connections(ctx.services.database_name, ctx.services.admin_url)
-        )
+        peak_connections = max(peak_connections, connections())
         return bool(state["done"] == n)
 
     common.wait_until(finished, RUN_TIMEOUT_S, f"batch {action} with {len(agents)} agents", POLL_S)
@@ -369,7 +390,7 @@ def one_batch(
     time.sleep(STATS_FLUSH_S)
     after = snapshot(ctx.services, ctx.services.database_name)
     wall = float(state["last_finished"]) - t0
-    window = deltas(before, after, own_transactions=polls + 2)
+    window = deltas(before, after, own_transactions=2 * polls + 2)
     window_net = net(window, background)
     cpu = common.cpu_delta_by_party(before.cpu, done.cpu)
     busy = (done.busy[0] - before.busy[0]) / max(1.0, done.busy[1] - before.busy[1])
@@ -422,7 +443,7 @@ def one_batch(
         "problems": problems,
     }
     say(
-        f"A={len(agents)} {action}: {wall:.1f} s ({n / wall:.0f} actions/s, POST {submit_s:.1f} s),"
+        f"A={len(agents)} {action}: {wall:.1f} s ({n / wall:.0f} actions/s, submit {submit_s:.1f} s),"
         f" {window['transactions'] / n:.2f} txn, {window['rows_written'] / n:.2f} rows,"
         f" {window['redis_commands'] / n:.1f} Redis commands per action; CPU s {cpu};"
         f" at the BMCs {at_bmcs}"
@@ -649,11 +670,10 @@ def run(args: argparse.Namespace) -> Result:
         group = services.processes
         env = {"POWERQ_LANES": str(args.lanes), "POWERQ_MONITOR_INTERVAL_S": "3600"}
         common.start_control_and_beat(group, env)
-        api_url = common.start_gunicorn(group, "api", "powerq.api.wsgi:app", extra_env=env)
         with common.sim_fleet(args.nodes, transition=args.transition) as fleet:
             names = common.register_nodes(fleet.manifest)
             say(f"fleet of {args.nodes} BMCs up and registered; {args.lanes} lanes")
-            ctx = Context(services, fleet, names, args.lanes, api_url)
+            ctx = Context(services, fleet, names, args.lanes)
             for count in counts:
                 agents = agent_names(count)
                 detail: dict[str, Any] = {"loadavg_start": os.getloadavg()}
