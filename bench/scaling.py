@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "leave them as configured)",
     )
     parser.add_argument(
+        "--monitor-mark",
+        metavar="SIZES",
+        help="instead: time the monitor's marking of due nodes (database only, no BMC) at "
+        "these fleet sizes, e.g. 10000,100000,200000 (results file NAME-monitor-mark)",
+    )
+    parser.add_argument(
         "--no-ceilings",
         action="store_true",
         help="skip pgbench and redis-benchmark (this host's ceilings) at the end",
@@ -443,14 +449,55 @@ def one_batch(
         "problems": problems,
     }
     say(
-        f"A={len(agents)} {action}: {wall:.1f} s ({n / wall:.0f} actions/s, submit {submit_s:.1f} s),"
+        f"A={len(agents)} {action}: {wall:.1f} s ({n / wall:.0f} actions/s,"
+        f" submit {submit_s:.1f} s),"
         f" {window['transactions'] / n:.2f} txn, {window['rows_written'] / n:.2f} rows,"
         f" {window['redis_commands'] / n:.1f} Redis commands per action; CPU s {cpu};"
         f" at the BMCs {at_bmcs}"
     )
     if problems:
+        figures["not_succeeded"] = not_succeeded(ctx, actor, agents)
         say(f"!!! A={len(agents)} {action} FAILED: {'; '.join(problems)}")
+        say(f"!!! requests that did not succeed: {figures['not_succeeded']}")
     return figures
+
+
+def not_succeeded(ctx: Context, actor: str, agents: list[str]) -> list[dict[str, Any]]:
+    """Every request of the run that did not succeed: its fields, its node's last error,
+    what its BMC logged, and the lines of the agents' logs that name it or are warnings."""
+    from sqlalchemy import text
+
+    from powerq.db import session_scope
+
+    with session_scope() as session:
+        rows = (
+            session.execute(
+                text(
+                    "SELECT r.id::text, n.name, r.status::text, r.error, r.attempt, r.checks,"
+                    " r.dispatch_count, n.last_error, r.created_at::text, r.finished_at::text"
+                    " FROM power_requests r JOIN nodes n ON n.id = r.node_id"
+                    " WHERE r.requested_by = :actor AND r.status <> 'succeeded' LIMIT 20"
+                ),
+                {"actor": actor},
+            )
+            .mappings()
+            .all()
+        )
+    out = []
+    for row in rows:
+        entry = dict(row)
+        with contextlib.suppress(Exception):
+            entry["bmc_log"] = ctx.fleet.control.log(row["name"])[-20:]
+        lines = []
+        for agent in agents:
+            path = ctx.services.data_dir / "logs" / f"{agent}.log"
+            with contextlib.suppress(OSError):
+                for line in path.read_text(errors="replace").splitlines():
+                    if row["id"] in line or "ERROR" in line or "Traceback" in line:
+                        lines.append(f"{agent}: {line[:400]}")
+        entry["agent_log_lines"] = lines[-60:]
+        out.append(entry)
+    return out
 
 
 def per_lane_and_agent(
@@ -633,6 +680,102 @@ def ceilings(services: common.Services, private_redis: bool) -> dict[str, Any]:
         out["redis_error"] = "skipped: not a private redis-server, or no redis-benchmark"
     say(f"ceilings of this host: {out}")
     return out
+
+
+# --- the monitor's marking at fleet sizes no sim fleet reaches --------------------------------
+
+
+def monitor_mark(args: argparse.Namespace) -> Result:
+    """``--monitor-mark SIZES``: the database side of a monitor tick at each size.
+
+    No BMC is read: nodes are inserted (as :func:`common.register_nodes` does, BMC
+    addresses that are never contacted), then ``due_for_refresh`` (what the beat's
+    monitor call does before it rings the lanes) is timed twice per size: with
+    every node due (a tick after a full interval), then at once again with none
+    due (the cost of a tick that has nothing to do). Each page of
+    :data:`~powerq.tasks.monitor.PAGE_SIZE` is one statement; its plan is kept.
+    """
+    sizes = [int(x) for x in args.monitor_mark.split(",")]
+    result = Result(f"{args.output}-monitor-mark", {"sizes": sizes})
+    with common.bench_services(args.lanes, redis_url=args.redis_url) as services:
+        from sqlalchemy import text
+
+        from powerq.db import session_scope
+        from powerq.tasks.monitor import PAGE_SIZE, due_for_refresh
+
+        registered = 0
+        base: float | None = None
+        for size in sizes:
+            manifest = [
+                {"name": f"m{i:07d}", "address": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                 "port": 623, "username": "admin", "password": "password"}
+                for i in range(registered, size)
+            ]  # fmt: skip
+            common.register_nodes(manifest)
+            registered = size
+            with session_scope() as session:
+                session.execute(
+                    text("UPDATE nodes SET last_checked_at = now() - interval '1 hour'")
+                )
+                session.execute(text("ANALYZE nodes"))
+            start = time.perf_counter()
+            marked = len(due_for_refresh(60.0))
+            full = time.perf_counter() - start
+            start = time.perf_counter()
+            again = len(due_for_refresh(60.0))
+            empty = time.perf_counter() - start
+            pages = -(-marked // PAGE_SIZE)
+            per_page_ms = full * 1000 / max(1, pages)
+            base = base if base is not None else per_page_ms
+            figures = {
+                "marked": marked,
+                "pages": pages,
+                "all_due_s": full,
+                "per_page_ms": per_page_ms,
+                "none_due_s": empty,
+                "marked_again": again,
+                "plan": _mark_plan(services),
+            }
+            result.details[str(size)] = figures
+            say(f"monitor marking of {size:,} nodes: {full:.2f} s for {pages} pages "
+                f"({per_page_ms:.0f} ms a page); an idle tick {empty * 1000:.0f} ms")  # fmt: skip
+            result.add(
+                Row("11 scaling", f"monitor marking, {size:,} nodes all due: time per page of "
+                    f"{PAGE_SIZE}", "ms", "(info)", f"{sizes[0]:,} nodes, same run", base,
+                    per_page_ms, per_page_ms / base, None,
+                    f"{full:.2f} s for all {pages} pages; idle tick {empty * 1000:.0f} ms")
+            )  # fmt: skip
+    return result
+
+
+def _mark_plan(services: common.Services) -> list[str]:
+    """EXPLAIN (ANALYZE) of one marking page, rolled back."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects import postgresql
+
+    from powerq.db import db_now, session_scope
+    from powerq.tasks import monitor as monitor_module
+
+    captured: list[Any] = []
+    with session_scope() as session:
+        tick = db_now(session)
+        original = session.execute
+
+        def capture(statement: Any, *a: Any, **k: Any) -> Any:
+            captured.append(statement)
+            return original(statement, *a, **k)
+
+        session.execute = capture  # type: ignore[method-assign]
+        try:
+            monitor_module._mark_page(session, tick, 0.0, monitor_module.PAGE_SIZE)
+        finally:
+            session.execute = original  # type: ignore[method-assign]
+        compiled = captured[0].compile(
+            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+        )
+        rows = session.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}")).all()
+        session.rollback()
+    return [row[0] for row in rows]
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -826,6 +969,11 @@ def table_markdown(result: Result) -> str:
 def main(args: argparse.Namespace) -> Result:
     """Run, print the table, write the JSON; loud when the BMCs did not execute exactly one
     command per node per action."""
+    if args.monitor_mark:
+        result = monitor_mark(args)
+        print(common.rows_table(result.rows))
+        result.write()
+        return result
     result = run(args)
     print(common.rows_table(result.rows))
     print()
