@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "leave them as configured)",
     )
     parser.add_argument(
+        "--model",
+        metavar="RESULTS_JSON",
+        help="instead: print SCALING.md's sizing table from a results file "
+        "(e.g. bench/results/scaling.json)",
+    )
+    parser.add_argument(
         "--monitor-mark",
         metavar="SIZES",
         help="instead: time the monitor's marking of due nodes (database only, no BMC) at "
@@ -778,6 +784,81 @@ def _mark_plan(services: common.Services) -> list[str]:
     return [row[0] for row in rows]
 
 
+# --- the capacity model (SCALING.md) ----------------------------------------------------------
+
+# Assumptions of the model, not measurements (SCALING.md says why each).
+MODEL_BATCH_WINDOW_S = 300.0  # a fleet-wide verified batch should finish in 5 minutes
+MODEL_LANE_CORE_SHARE = 0.5  # plan each lane (one Python process: at most one core) at half a core
+MODEL_CORES_PER_HOST = 16  # an agent host: 16 cores, so 16 lanes at half a core each leave 8 free
+MODEL_SPARE_HOSTS = 1  # one host more than the load needs: a dead host's lanes move to the rest
+MODEL_CONNECTIONS_PER_PROCESS = 6  # POWERQ_DB_POOL_SIZE 3 + POWERQ_DB_MAX_OVERFLOW 3, as shipped
+MODEL_OTHER_CONNECTIONS = 6 + 2 * 11  # control worker; 2 API workers x (8 threads + 3 overflow)
+MODEL_SIZES = ((10_000, 60.0), (100_000, 60.0), (1_000_000, 60.0), (1_000_000, 600.0))
+
+
+def model(path: str) -> str:
+    """The sizing table of SCALING.md, from a results file of this benchmark."""
+    import json
+    import math
+
+    data = json.loads(open(path).read())  # noqa: SIM115 (read once)
+    figures = data["details"]["combined"]
+    lanes_run = data["params"]["lanes"]
+
+    def mean(key: str) -> float:
+        return sum(f[key] for f in figures.values()) / len(figures)
+
+    txn, rows, redis = mean("transactions"), mean("rows_written"), mean("redis_commands")
+    cpu_ms = mean("agents_cpu_ms")
+    monitor = data["details"]["monitor"]["per_node"]
+    idle = data["details"][f"A{data['params']['agents'][0]}"]["idle"]
+    idle_redis_per_lane = idle["rates"]["redis_commands"] / lanes_run
+    ceilings = data["details"].get("ceilings", {})
+    lines = [
+        f"Per action (mean of {len(figures)} agent counts): {txn:.2f} transactions, "
+        f"{rows:.1f} rows, {redis:.1f} Redis commands, {cpu_ms:.1f} ms of lane CPU. Per node "
+        f"read by the monitor: {monitor['transactions_net']:.3f} transactions, "
+        f"{monitor['rows_written_net']:.2f} rows, {monitor['redis_commands_net']:.3f} Redis "
+        f"commands, {monitor['cpu_ms_by_party'].get('agents', 0.0):.1f} ms of lane CPU. "
+        f"Idle: {idle_redis_per_lane:.2f} Redis commands/s per lane.",
+        "",
+        "| fleet | monitor period | batch actions/s | lane cores | lanes | agent hosts |"
+        " PG txn/s batch | PG rows/s batch | PG txn/s monitor | PG rows/s monitor |"
+        " Redis cmds/s batch + idle | Redis cmds/s monitor | lease heartbeats txn/s, rows/s |"
+        " PG connections (as shipped) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for nodes, period in MODEL_SIZES:
+        rate = nodes / MODEL_BATCH_WINDOW_S
+        cores = rate * cpu_ms / 1000
+        reads = nodes / period
+        monitor_cores = reads * monitor["cpu_ms_by_party"].get("agents", 0.0) / 1000
+        wanted = max(8, (cores + monitor_cores) / MODEL_LANE_CORE_SHARE)
+        lanes = min(1024, MODEL_CORES_PER_HOST * math.ceil(wanted / MODEL_CORES_PER_HOST))
+        hosts = math.ceil(lanes / MODEL_CORES_PER_HOST) + MODEL_SPARE_HOSTS
+        connections = lanes * MODEL_CONNECTIONS_PER_PROCESS + MODEL_OTHER_CONNECTIONS + hosts
+        lines.append(
+            f"| {nodes:,} | {period:.0f} s | {rate:,.0f} | {cores + monitor_cores:.1f} | {lanes}"
+            f" | {hosts} | {rate * txn:,.0f} | {rate * rows:,.0f}"
+            f" | {reads * monitor['transactions_net']:,.0f}"
+            f" | {reads * monitor['rows_written_net']:,.0f}"
+            f" | {rate * redis + lanes * idle_redis_per_lane:,.0f}"
+            f" | {reads * monitor['redis_commands_net']:,.0f}"
+            f" | {hosts / 3:.1f}, {(hosts + lanes) / 3:.0f} | {connections:,} |"
+        )
+    if ceilings.get("pgbench_simple_update_tps"):
+        tps = ceilings["pgbench_simple_update_tps"]
+        lines += [
+            "",
+            f"This host's ceilings (same run): pgbench simple-update {tps:,.0f} txn/s "
+            f"({2 * tps:,.0f} rows/s): {min(tps / txn, 2 * tps / rows):,.0f} powerq actions/s; "
+            f"redis-benchmark LPUSH {ceilings.get('redis_lpush_per_s', 0):,.0f}/s: "
+            f"{ceilings.get('redis_lpush_per_s', 0) / redis:,.0f} powerq actions/s; "
+            f"lane CPU: {1000 / cpu_ms:,.0f} actions/s per core.",
+        ]
+    return "\n".join(lines)
+
+
 # --- the benchmark --------------------------------------------------------------------------
 
 
@@ -969,6 +1050,9 @@ def table_markdown(result: Result) -> str:
 def main(args: argparse.Namespace) -> Result:
     """Run, print the table, write the JSON; loud when the BMCs did not execute exactly one
     command per node per action."""
+    if args.model:
+        print(model(args.model))
+        raise SystemExit(0)
     if args.monitor_mark:
         result = monitor_mark(args)
         print(common.rows_table(result.rows))
