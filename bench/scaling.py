@@ -146,12 +146,14 @@ def snapshot(services: common.Services, database: str) -> Snapshot:
     """The counters now (one PostgreSQL transaction of the bench's own, subtracted later)."""
     import redis
 
-    with _connect(services.psycopg_url) as conn:
+    conn = _stats_connection(services.psycopg_url)
+    with conn.transaction():
         row = conn.execute(_DB_COUNTERS).fetchone()
         tables = {
             name: {"ins": ins, "upd": upd, "del": dele, "hot_upd": hot}
             for name, ins, upd, dele, hot in conn.execute(_TABLE_COUNTERS).fetchall()
         }
+    conn.execute("SELECT pg_stat_clear_snapshot()")  # the next read sees fresh counters
     assert row is not None
     pg = dict(zip(("commit", "rollback", "ins", "upd", "del"), map(int, row), strict=True))
     client = redis.Redis.from_url(services.broker_url)
@@ -165,6 +167,20 @@ def snapshot(services: common.Services, database: str) -> Snapshot:
         if key.removeprefix("cmdstat_").split("|")[0] not in OWN_REDIS_COMMANDS
     }
     return Snapshot(time.time(), pg, tables, commands, cpu_by_party(database), system_cpu())
+
+
+_STATS: dict[str, Any] = {}
+
+
+def _stats_connection(url: str) -> Any:
+    """One connection for every snapshot, opened once and kept: the shared server is
+    sometimes full ("too many clients") for a minute while other engineers' tests run."""
+    conn = _STATS.get(url)
+    if conn is None or conn.closed:
+        conn = _connect(url)
+        conn.autocommit = True
+        _STATS[url] = conn
+    return conn
 
 
 def _connect(url: str) -> Any:
@@ -402,7 +418,7 @@ def one_batch(
     time.sleep(STATS_FLUSH_S)
     after = snapshot(ctx.services, ctx.services.database_name)
     wall = float(state["last_finished"]) - t0
-    window = deltas(before, after, own_transactions=2 * polls + 2)
+    window = deltas(before, after, own_transactions=2 * polls + 3)
     window_net = net(window, background)
     cpu = common.cpu_delta_by_party(before.cpu, done.cpu)
     busy = (done.busy[0] - before.busy[0]) / max(1.0, done.busy[1] - before.busy[1])
@@ -604,7 +620,7 @@ def monitor_tick(ctx: Context, background: dict[str, float]) -> dict[str, Any]:
     after = snapshot(ctx.services, ctx.services.database_name)
     os.environ["POWERQ_MONITOR_INTERVAL_S"] = "3600"
     get_settings.cache_clear()
-    window = deltas(before, after, own_transactions=polls + 2)
+    window = deltas(before, after, own_transactions=polls + 3)
     window_net = net(window, background)
     cpu = common.cpu_delta_by_party(before.cpu, end.cpu)
     wall = float(state["last"] or time.time()) - t0
@@ -926,6 +942,13 @@ def run(args: argparse.Namespace) -> Result:
     return result
 
 
+def _close_stats() -> None:
+    for conn in _STATS.values():
+        with contextlib.suppress(Exception):
+            conn.close()
+    _STATS.clear()
+
+
 def _lanes_by_agent(owners: dict[int, str]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for lane, agent in sorted(owners.items()):
@@ -1058,7 +1081,10 @@ def main(args: argparse.Namespace) -> Result:
         print(common.rows_table(result.rows))
         result.write()
         return result
-    result = run(args)
+    try:
+        result = run(args)
+    finally:
+        _close_stats()
     print(common.rows_table(result.rows))
     print()
     print(table_markdown(result))
