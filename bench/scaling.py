@@ -4,6 +4,9 @@ For each agent count A (``--agents``, default 1,2,3), on the same fleet of
 simulated IPMI BMCs (``--nodes``, transition 0.5 s) and the same
 ``POWERQ_LANES`` (``--lanes``, default 12):
 
+* first, one unmeasured batch per action (the executor learns each node's
+  transition window from its first actions, and every agent count should
+  find it learned);
 * A agents are started as shipped (``python -m powerq.cli agent --lanes auto
   --name aK``); the run waits until every lane's lease is held by the agent
   rendezvous hashing gives it to and every lane worker answers a ping;
@@ -107,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZES",
         help="instead: time the monitor's marking of due nodes (database only, no BMC) at "
         "these fleet sizes, e.g. 10000,100000,200000 (results file NAME-monitor-mark)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the unmeasured batches (one per action) before the first agent count",
     )
     parser.add_argument(
         "--no-ceilings",
@@ -482,6 +490,37 @@ def one_batch(
         say(f"!!! A={len(agents)} {action} FAILED: {'; '.join(problems)}")
         say(f"!!! requests that did not succeed: {figures['not_succeeded']}")
     return figures
+
+
+def warm_up(ctx: Context, actions: list[str]) -> dict[str, Any]:
+    """One unmeasured batch of each action before the first agent count: the executor
+    learns each node's transition window from its first actions (later checks are
+    fewer and cheaper), so without this the first agent count alone pays for it."""
+    out = {}
+    for action in actions:
+        power_all(ctx.fleet, "off" if action == "on" else "on")
+        actor = f"bench-scaling-warmup-{action}"
+        start = time.time()
+        submit_batch(ctx.names, action, actor)
+        state = _wait_done(actor, len(ctx.names), f"warm-up batch {action}")
+        out[action] = {"wall_s": time.time() - start, "requests": state}
+        say(f"warm-up {action}: {out[action]['wall_s']:.1f} s, {state['ok']} succeeded, "
+            f"{state['checks']:.0f} checks")  # fmt: skip
+    wait_fleet_settled(ctx.fleet)
+    return out
+
+
+def _wait_done(actor: str, n: int, what: str) -> dict[str, Any]:
+    """Poll until the ``n`` requests of ``actor`` are done; their progress."""
+    state: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal state
+        state = progress(actor)
+        return bool(state["done"] == n)
+
+    common.wait_until(finished, RUN_TIMEOUT_S, what, POLL_S)
+    return state
 
 
 def not_succeeded(ctx: Context, actor: str, agents: list[str]) -> list[dict[str, Any]]:
@@ -922,6 +961,8 @@ def run(args: argparse.Namespace) -> Result:
                     detail["lanes_by_agent"] = _lanes_by_agent(lease_owners())
                     say(f"A={count}: settled in {detail['ready_s']:.1f} s, "
                         f"lanes {detail['lanes_by_agent']}")  # fmt: skip
+                    if count == counts[0] and not args.no_warmup:
+                        result.details["warmup"] = warm_up(ctx, actions)
                     detail["idle"] = idle_window(ctx, args.idle)
                     background = detail["idle"]["rates"]
                     say(f"A={count} idle: {background}, agents rows/s "
