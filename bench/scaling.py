@@ -31,9 +31,18 @@ simulated IPMI BMCs (``--nodes``, transition 0.5 s) and the same
 
 After the last agent count, one monitor refresh of every node (the beat task
 body called once, as beat calls it) is measured the same way: transactions,
-rows and Redis commands per node read. Every figure is also given as a ratio
-to the first agent count of the same run. Bounded (every wait times out), stops
-by itself, and every process it starts is stopped by process group.
+rows and Redis commands per node read; then this host's ceilings under the
+same load (``pgbench -b simple-update``, ``redis-benchmark``). Every figure is
+also given as a ratio to the first agent count of the same run. Bounded (every
+wait times out), stops by itself, and every process it starts is stopped by
+process group.
+
+Two other modes: ``--model RESULTS_JSON`` prints SCALING.md's sizing table
+(measured costs times the rates a fleet needs, under the MODEL_* assumptions);
+``--monitor-mark SIZES`` times the monitor's marking of due nodes in the
+database alone, at fleet sizes no simulated fleet here reaches.
+
+Run: ``python -m bench scaling --nodes 2000 --lanes 12 --agents 1,2,3``.
 """
 
 from __future__ import annotations
@@ -942,6 +951,7 @@ def run(args: argparse.Namespace) -> Result:
         from powerq.config import get_settings
         from powerq.tasks.app import app  # noqa: F401  (imported with --lanes lanes)
 
+        _stats_connection(services.psycopg_url)  # now, while the shared server has room
         settings = get_settings()
         result.params["lane_lease_s"] = settings.lane_lease_s
         result.params["lane_fanout"] = settings.lane_fanout
