@@ -32,6 +32,9 @@ BENCHMARKS = (
     "import_nodes",
     "cli_cost",
 )
+# Registered like the others but not run by `all`: minutes of their own, and their
+# results file backs a document of its own (scaling: SCALING.md).
+ON_THEIR_OWN = ("scaling",)
 # What `all` runs by default: sized to finish in < 15 minutes on 2 cores (see BENCHMARKS.md).
 ALL_DEFAULTS: dict[str, list[str]] = {
     "batch": ["--nodes", "1000", "--lanes", "8"],
@@ -65,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     )
     every.add_argument("--only", help="comma-separated subset, e.g. api,sweeper")
     every.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *ON_THEIR_OWN):
         p = sub.add_parser(name, help=f"benchmark {name}")
         p.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
         importlib.import_module(f"bench.{name}").add_arguments(p)
