@@ -4,9 +4,11 @@ command marks.
 A worker started by ``powerq agent`` holds lane ``lane`` under fence
 ``fence`` (:mod:`powerq.agent.leases`); every worker process the agent
 starts gets a fence of its own. Claiming a request and marking a command as
-sent both require that lease to be current, in the same statement, so a
-worker whose lane has changed hands (its agent was stopped or partitioned
-for longer than the lease, then woke) claims nothing and sends nothing. A
+sent both require that lease to be current, with the agent's margin left, in
+the same statement, so a worker whose lane has changed hands (its agent was
+stopped or partitioned for longer than the lease, then woke) claims nothing
+and marks no command (the transmit after a mark checks the worker's
+deadline once more: docs/scaling-out.md says what window is left). A
 worker started on its own (``powerq worker --lane K``) has no fence and
 checks none: one consumer per lane is then its operator's promise.
 
