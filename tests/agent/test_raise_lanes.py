@@ -10,7 +10,7 @@ and the second batch runs on the new lanes."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,13 +56,27 @@ def installation(db: None, tmp_path: Path) -> Iterator[tuple[Stack, Agents, Path
             stack.stop()
 
 
+@pytest.fixture
+def publisher_lanes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]:
+    """Switch this process's lane count (the API's publisher); the cached
+    settings are dropped again afterwards, so later tests see the suite's."""
+
+    def switch(lanes: int) -> None:
+        monkeypatch.setenv("POWERQ_LANES", str(lanes))
+        get_settings.cache_clear()
+
+    yield switch
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 def _lanes_held(count: int, agents: Agents) -> None:
     wait_until(lambda: set(holders()) == set(range(count)), f"lanes 0-{count - 1} held", 60,
                lambda: all(p.poll() is None for p in agents.running.values()))  # fmt: skip
 
 
 def test_lanes_raised_mid_batch_run_every_request_once(
-    installation: tuple[Stack, Agents, Path], monkeypatch: pytest.MonkeyPatch
+    installation: tuple[Stack, Agents, Path], publisher_lanes: Callable[[int], None]
 ) -> None:
     stack, agents, runs = installation
     names = [row["name"] for row in stack.fleet.manifest]
@@ -75,8 +89,7 @@ def test_lanes_raised_mid_batch_run_every_request_once(
     for name in ("host-a", "host-b"):  # one host at a time, as an operator would
         assert agents.stop(name) == 0
         agents.start(name, env={"POWERQ_LANES": str(NEW_LANES)})
-    monkeypatch.setenv("POWERQ_LANES", str(NEW_LANES))  # the API's publisher too
-    get_settings.cache_clear()
+    publisher_lanes(NEW_LANES)  # the API's publisher too
     _lanes_held(NEW_LANES, agents)
     _all_succeeded(stack, cycles)
     offs = [stack.submit(name, Action.OFF) for name in names]

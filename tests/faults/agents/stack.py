@@ -1,26 +1,6 @@
-"""Agent failover: lanes change hands under fenced leases, and no BMC notices.
-
-Real processes on loopback, on a throwaway Redis and the suite's PostgreSQL:
-three ``powerq agent --lanes auto`` (each forking one Celery worker per lane
-it holds), the control worker with beat (sweeps every second), the simulated
-IPMI fleet, and with ``POWERQ_STEP_JOURNAL`` every lane worker's claimed runs
-journalled. A batch ``cycle`` of every node runs while an agent is killed
-(SIGKILL), frozen past its lease with its workers (SIGSTOP, then SIGCONT),
-or while a third agent joins. Every request must succeed, every BMC must have
-executed exactly one power-down and one power-up (counted in its own command
-log), the fleet must see no two operations overlap on one machine, and the
-journal must show no lane consumed by two processes at once, with fences per
-lane that only go up. Time bounds are hang guards, not speed assertions.
-
-The SIGKILL test runs :data:`KILL_NODES` BMCs: 1,000 by default (45-76 s on
-this 2-core machine while other test runs shared it; the other two tests run
-300 BMCs, 15-47 s each). ``POWERQ_FAILOVER_NODES=3000`` runs the 3,000 the
-issue asks for. It does not pass here yet: one run (load average 50-70 from
-other runs) still had 551 requests outstanding at the 180 s wait; another
-(load average 9-30) took 183 s and 384 cycles failed "off/on not verified
-within 120 s" (sent or maybe sent, never seen at the BMC; cause not yet
-established). So 3,000 is not the default.
-"""
+"""Three ``powerq agent`` processes, the control worker with beat, the simulated
+IPMI fleet and a throwaway Redis, for the agent failover tests
+(``test_failover.py``, ``test_partition.py``)."""
 
 from __future__ import annotations
 
@@ -53,8 +33,6 @@ from powerq.tasks.batch_pump import dispatch_releases
 from powerq.tasks.routing import lane_queue
 from tests.faults.conftest import FaultStack, _environment
 from tests.faults.services import ThrowawayRedis
-
-pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.ipmi]
 
 KILL_NODES = int(os.environ.get("POWERQ_FAILOVER_NODES", "1000"))
 LEASE_S = 4.0
@@ -337,137 +315,10 @@ def _power_all_on(fleet: SimFleetProcess) -> None:
     fleet.control.reset_logs()
 
 
-def _gone(processes: list[psutil.Process]) -> bool:
+def all_gone(processes: list[psutil.Process]) -> bool:
     """Whether every one has exited (a zombie whose parent is frozen has, too)."""
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             if process.status() != psutil.STATUS_ZOMBIE:
                 return False
     return True
-
-
-def test_sigkill_one_of_three_agents_mid_batch(agent_stack: Callable[..., AgentStack]) -> None:
-    started = time.monotonic()
-    s = agent_stack(nodes=KILL_NODES, lanes=24)
-    ids = s.cycle_all()
-    s.wait_running(ids, at_least=min(100, len(ids)))
-
-    victim = "a2"
-    lanes_of_victim = s.held_by()[victim]
-    fences_before = {lane: s.leases()[lane].fence for lane in lanes_of_victim}
-    workers = s.workers(victim)
-    assert lanes_of_victim and len(workers) == len(lanes_of_victim)
-    running_at_kill = s.running(ids)
-    killed = time.monotonic()
-    os.kill(s.pid(victim), signal.SIGKILL)  # the agent only: its workers get SIGTERM (pdeathsig)
-
-    survivors_hold = s.placed({"a1", "a3"})
-    workers_gone_s: float | None = None
-    takeover_s: float | None = None
-    while takeover_s is None:
-        now = time.monotonic() - killed
-        assert now < TAKEOVER_BOUND_S, f"no takeover within {TAKEOVER_BOUND_S:.0f} s: {s.held_by()}"
-        if workers_gone_s is None and _gone(workers):
-            workers_gone_s = now
-        leases = s.leases()
-        if any(leases[lane].fence > fences_before[lane] for lane in lanes_of_victim):
-            # the first lane taken over: the old workers must all have stopped by now
-            assert workers_gone_s is not None, "a lane was taken while its old worker ran"
-        if survivors_hold(s.held_by()):
-            takeover_s = now
-        time.sleep(0.05)
-    for lane in lanes_of_victim:
-        assert s.leases()[lane].fence > fences_before[lane]
-    assert set(s.held_by()) == {"a1", "a3"}
-
-    s.assert_all_succeeded(ids, timeout=180)
-    done_s = time.monotonic() - killed
-    s.assert_bmcs_cycled_once()
-    runs = s.assert_journal_clean()
-    print(
-        f"\n{len(ids)} cycles, {running_at_kill} running at the kill of {victim} "
-        f"({len(lanes_of_victim)} lanes); its workers gone {workers_gone_s:.1f} s and its lanes "
-        f"held by a1/a3 {takeover_s:.1f} s after it; batch done {done_s:.1f} s after it; "
-        f"{len(runs)} runs journalled; set-up {s.setup}, test {time.monotonic() - started:.0f} s"
-    )
-
-
-def test_partitioned_agent_wakes_to_find_its_lanes_gone(
-    agent_stack: Callable[..., AgentStack],
-) -> None:
-    started = time.monotonic()
-    s = agent_stack(nodes=300, lanes=9, transition=2.0)
-    ids = s.cycle_all()
-    s.wait_running(ids, at_least=100)
-
-    victim = "a3"
-    lanes_of_victim = s.held_by()[victim]
-    fences_before = {lane: s.leases()[lane].fence for lane in lanes_of_victim}
-    agent = psutil.Process(s.pid(victim))
-    workers = s.workers(victim)
-    old_pids = {worker.pid for worker in workers}
-    for process in [agent, *workers]:
-        process.suspend()  # SIGSTOP: the agent and its lane workers, as if cut off
-    stopped = time.monotonic()
-    running_at_stop = s.running(ids)
-
-    takeover_s = s.wait_lanes(
-        s.placed({"a1", "a2"}), "the others hold the frozen agent's lanes", TAKEOVER_BOUND_S
-    )
-    leases = s.leases()
-    assert all(leases[lane].fence > fences_before[lane] for lane in lanes_of_victim)
-    time.sleep(TICK_S * 2)  # the new owners' workers start consuming those lanes
-
-    # Wake the workers first, their agent still frozen: each stops by itself.
-    woke = time.monotonic()
-    for worker in workers:
-        worker.resume()
-    deadline = woke + 5
-    while not _gone(workers):
-        assert time.monotonic() < deadline, "a woken lane worker kept running"
-        time.sleep(0.02)
-    workers_stopped_s = time.monotonic() - woke
-    agent.resume()
-
-    # The agent, awake again, rejoins: lanes are shared out over three agents again.
-    rejoin_s = s.wait_lanes(
-        s.placed({"a1", "a2", "a3"}), "the woken agent gets its share again", TAKEOVER_BOUND_S
-    )
-
-    s.assert_all_succeeded(ids, timeout=120)
-    s.assert_bmcs_cycled_once()
-    late = [run for run in journal.read(s.journal_dir) if run.pid in old_pids and run.end > woke]
-    assert not late, f"a frozen worker went on with a run after it woke at {woke:.3f}: {late[:3]}"
-    s.assert_journal_clean()
-    print(
-        f"\n{len(ids)} cycles, {running_at_stop} running when {victim} and its "
-        f"{len(workers)} workers were frozen; lanes taken over {takeover_s:.1f} s after; "
-        f"woken workers stopped by themselves in {workers_stopped_s:.2f} s; agent back with a "
-        f"share {rejoin_s:.1f} s after waking; frozen {woke - stopped:.1f} s; "
-        f"set-up {s.setup}, test {time.monotonic() - started:.0f} s"
-    )
-
-
-def test_third_agent_joins_mid_batch(agent_stack: Callable[..., AgentStack]) -> None:
-    started = time.monotonic()
-    s = agent_stack(nodes=300, lanes=12, agents=2, transition=2.0)
-    assert set(s.held_by()) == {"a1", "a2"}
-    ids = s.cycle_all()
-    s.wait_running(ids, at_least=100)
-    s.start_agent("a3")
-    moved_s = s.wait_lanes(
-        s.placed({"a1", "a2", "a3"}), "the new agent holds its share", TAKEOVER_BOUND_S
-    )
-    held = s.held_by()
-    assert all(2 <= len(lanes) <= 6 for lanes in held.values()), held  # about 12 / 3 each
-    running_after = s.running(ids)
-
-    s.assert_all_succeeded(ids, timeout=120)
-    s.assert_bmcs_cycled_once()
-    s.assert_journal_clean()
-    print(
-        f"\n{len(ids)} cycles; a3 joined and held {len(held['a3'])} lanes {moved_s:.1f} s "
-        f"later ({running_after} requests still running then); shares "
-        f"{ {name: len(lanes) for name, lanes in sorted(held.items())} }; "
-        f"set-up {s.setup}, test {time.monotonic() - started:.0f} s"
-    )
