@@ -471,15 +471,7 @@ def one_batch(
         "peak_connections_to_the_database": peak_connections,
         "window": window,
         "window_net_of_idle": window_net,
-        "per_action": {
-            "transactions": window["transactions"] / n,
-            "rows_written": window["rows_written"] / n,
-            "redis_commands": window["redis_commands"] / n,
-            "transactions_net": window_net["transactions"] / n,
-            "rows_written_net": window_net["rows_written"] / n,
-            "redis_commands_net": window_net["redis_commands"] / n,
-            "cpu_ms_by_party": {party: s * 1000 / n for party, s in cpu.items()},
-        },
+        "per_action": per_unit(window, window_net, cpu, n),
         "cpu_s_by_party": cpu,
         "machine_busy_fraction": busy,
         "loadavg_after": os.getloadavg(),
@@ -568,6 +560,22 @@ def not_succeeded(ctx: Context, actor: str, agents: list[str]) -> list[dict[str,
         entry["agent_log_lines"] = lines[-60:]
         out.append(entry)
     return out
+
+
+def per_unit(
+    window: dict[str, Any], window_net: dict[str, Any], cpu: dict[str, float], n: int
+) -> dict[str, Any]:
+    """A window's database, Redis and CPU costs divided over its ``n`` actions (or
+    nodes), raw and net of the idle rate."""
+    return {
+        "transactions": window["transactions"] / n,
+        "rows_written": window["rows_written"] / n,
+        "redis_commands": window["redis_commands"] / n,
+        "transactions_net": window_net["transactions"] / n,
+        "rows_written_net": window_net["rows_written"] / n,
+        "redis_commands_net": window_net["redis_commands"] / n,
+        "cpu_ms_by_party": {party: s * 1000 / n for party, s in cpu.items()},
+    }
 
 
 def per_lane_and_agent(
@@ -679,15 +687,7 @@ def monitor_tick(ctx: Context, background: dict[str, float]) -> dict[str, Any]:
         "logins": sessions_opened(ctx.fleet) - logins0,
         "window": window,
         "window_net_of_idle": window_net,
-        "per_node": {
-            "transactions": window["transactions"] / n,
-            "rows_written": window["rows_written"] / n,
-            "redis_commands": window["redis_commands"] / n,
-            "transactions_net": window_net["transactions"] / n,
-            "rows_written_net": window_net["rows_written"] / n,
-            "redis_commands_net": window_net["redis_commands"] / n,
-            "cpu_ms_by_party": {party: s * 1000 / n for party, s in cpu.items()},
-        },
+        "per_node": per_unit(window, window_net, cpu, n),
         "cpu_s_by_party": cpu,
     }
     say(
