@@ -320,7 +320,8 @@ class Agent:
             if held.restart_at is None:
                 held.backoff = held.backoff or Backoff(self.policy, now)
                 child = self.group.children[_child(lane)]
-                delay = held.backoff.delay(now - child.started, now)
+                ran_s = time.monotonic() - child.started  # the supervisor's clock
+                delay = held.backoff.delay(ran_s, now)
                 held.restart_at = now + delay
                 log.warning(
                     "%s exited (%s); restarting in %.1f s",
