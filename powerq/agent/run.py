@@ -307,8 +307,15 @@ class Agent:
             return
         for lane, fence in sorted(taken.items()):
             self.deadlines.set(lane, sent + self.lease_s - self.margin_s)
+            try:
+                self._fork_worker(lane, fence)
+            except OSError as exc:  # no process to be had (pid or memory limits)
+                log.error("agent %s: cannot start lane %d's worker: %s", self.me.name, lane, exc)
+                self.deadlines.withdraw(lane)
+                with contextlib.suppress(DBAPIError):  # else it simply expires
+                    leases.release(self.me, [lane])
+                continue
             self.held[lane] = _Lane(fence)
-            self._fork_worker(lane, fence)
             log.info("agent %s: took lane %d (fence %d)", self.me.name, lane, fence)
 
     def _restart_dead(self, now: float) -> None:

@@ -28,3 +28,21 @@ def test_preload_comes_before_the_first_heartbeat(monkeypatch: pytest.MonkeyPatc
 
     assert agent.run() == 0
     assert calls == ["preload", "register"]
+
+
+def test_a_lane_whose_worker_cannot_start_is_given_back(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.agent.agents import holders
+
+    agent = Agent(AgentOptions(name="no-fork", settle=False))
+
+    def cannot_fork(lane: int, fence: int) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(agent, "_fork_worker", cannot_fork)
+    agent._register()
+    agent.tick()
+
+    assert agent.held == {}
+    assert holders() == {}  # not kept with no worker: free for the next try, or another agent
