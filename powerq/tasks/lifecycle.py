@@ -29,17 +29,6 @@ from powerq.tasks import lane_fence
 from powerq.tasks.dispatch import send_step
 
 log = logging.getLogger(__name__)
-_LANE_HOST_PREFIX = "lane"
-
-
-def lane_of_hostname(hostname: str) -> int | None:
-    """The lane of a worker named ``laneK@host`` (see :mod:`powerq.tasks.worker`), else None."""
-    name = hostname.split("@", 1)[0]
-    if not name.startswith(_LANE_HOST_PREFIX) or not name[len(_LANE_HOST_PREFIX) :].isdigit():
-        return None
-    return int(name[len(_LANE_HOST_PREFIX) :])
-
-
 _RESUME = text(
     """
     UPDATE power_requests r SET lease_expires_at = now()
@@ -86,13 +75,13 @@ def preload_drivers() -> tuple[DriverKind, ...]:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    lane = lane_of_hostname(getattr(sender, "hostname", "") or "")
-    if lane is None:
+    held = lane_fence.held()  # set by powerq.tasks.worker.serve for a lane worker
+    if held is None:
         return
+    lane = held.lane
     try:
         preload_drivers()
-        held = lane_fence.held()
-        resumed = resume_lane(lane, held.fence if held is not None else None)
+        resumed = resume_lane(lane, held.fence)
     except Exception:  # the database may be down: the sweeper recovers the work
         log.exception("lane %s: could not resume a predecessor's requests", lane)
         return

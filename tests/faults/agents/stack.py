@@ -255,9 +255,7 @@ def agent_stack(
         }
         environment = _environment(monkeypatch, redis_server.url, None, env)
         environment.__enter__()
-        _publishable(lanes)
-        with get_engine().begin() as conn:
-            conn.execute(text("TRUNCATE lane_leases, agents"))
+        _publishable(lanes)  # lane_leases and agents are emptied by the db fixture
         fleet = SimFleetProcess(count=nodes, transition=transition, soft_delay=2.0)
         fleet.start()
         stack = FaultStack(fleet, tmp_path, redis_server, None)
